@@ -1,0 +1,83 @@
+"""Command line: ``python -m prn_blender {reconstruct,info,blend,eval} ...``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _reconstruct(a) -> int:
+    from .core.export import write_outputs
+    from .core.image_io import ImageError, load_image
+    from .core.reconstruct import FaceReconstructor, ReconstructionError
+    from .core.weights import WeightsError
+    try:
+        rec = FaceReconstructor(weights=a.weights, device=a.device, detector=a.detector)
+        img = load_image(a.image)
+        faces = rec(img, box=a.box)
+    except (ImageError, ReconstructionError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for f in write_outputs(faces, img, a.out, Path(a.image).stem):
+        print(f)
+    return 0
+
+
+def _info(a) -> int:
+    from .core.network import count_parameters
+    from .core.reconstruct import PRNPredictor
+    from .core.weights import WeightsError
+    try:
+        p = PRNPredictor(a.weights, a.device)
+    except WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"parameters: {count_parameters(p.model):,}")
+    print(f"width: {p.model.width}")
+    print(f"layout: {p.layout.name} ({p.layout.n_vertices} vertices, {len(p.layout.triangles)} triangles)")
+    print(f"device: {p.device}")
+    for k, v in sorted(p.meta.get("meta", {}).items()):
+        print(f"{k}: {v}")
+    return 0
+
+
+def _blend(a) -> int:
+    from .blender.pipeline import run_blend
+    return run_blend(a.input, a.out, frames=a.frames, rig=a.rig, smoothing=a.smoothing, weights=a.weights)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m prn_blender")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("reconstruct", help="image -> OBJ + landmarks JSON + overlay PNG")
+    r.add_argument("image")
+    r.add_argument("--weights", help="weights file (default: the shipped model)")
+    r.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="face box, pixels")
+    r.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    r.add_argument("--detector", default="auto", help="auto | yuface | haar | yunet:PATH.onnx")
+    r.add_argument("--out", required=True, help="output folder")
+    r.set_defaults(fn=_reconstruct)
+    i = sub.add_parser("info", help="print parameter count, layout and device of a weights file")
+    i.add_argument("--weights")
+    i.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    i.set_defaults(fn=_info)
+    b = sub.add_parser("blend", help="image or video -> .blend (headless add-on pipeline)")
+    b.add_argument("input")
+    b.add_argument("--out", required=True, help="output .blend path")
+    b.add_argument("--frames", help="START:END:STEP for videos")
+    b.add_argument("--rig", action="store_true", help="also generate the face rig")
+    b.add_argument("--smoothing", help="'off' or MIN_CUTOFF,BETA for the One Euro filter")
+    b.add_argument("--weights")
+    b.set_defaults(fn=_blend)
+    return ap
+
+
+def main(argv=None) -> int:
+    from .cli_util import script_argv
+    a = build_parser().parse_args(script_argv() if argv is None else argv)
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    from .cli_util import exit_now
+    exit_now(main())

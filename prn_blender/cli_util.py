@@ -1,0 +1,22 @@
+"""Helpers for scripts that run both as ``python script.py ARGS`` and ``blender -b -P script.py -- ARGS``."""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def script_argv(argv: list[str] | None = None) -> list[str]:
+    """The script's own arguments: those after ``--`` when run by Blender, else ``sys.argv[1:]``."""
+    argv = sys.argv if argv is None else argv
+    if "--" in argv:
+        return argv[argv.index("--") + 1:]
+    return argv[1:]
+
+
+def exit_now(code: int) -> None:
+    """Flush and exit with ``code`` without running interpreter teardown (bpy 4.5 can hang at exit when loaded)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "bpy" in sys.modules:
+        os._exit(int(code))
+    sys.exit(int(code))

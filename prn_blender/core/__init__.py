@@ -1,0 +1,1 @@
+"""Pure numpy/torch/OpenCV core of prn_blender. Never imports bpy."""

@@ -1,0 +1,39 @@
+"""Every numeric convention of the PRN pipeline lives here (one place for each constant)."""
+
+#: Side of the network input crop and of the UV position map, in pixels.
+RESOLUTION = 256
+#: The network's sigmoid output is multiplied by this (256 * 1.1) to give crop pixels.
+POS_SCALE = 281.6
+
+#: Crop from a detector box: centre moved down by this fraction of the box size ...
+BOX_CENTER_SHIFT = 0.14
+#: ... and the square crop side is this multiple of the mean box side (PRNet api.py).
+BOX_CROP_SCALE = 1.58
+#: Crop from 68 landmarks (or a GT landmark box): side = mean box side * this, no shift.
+KPT_CROP_SCALE = 1.6
+
+#: iBUG-68 part names by index range (used for empty names and bone mapping).
+IBUG68_PARTS = (
+    ("jaw", 0, 17), ("brow_r", 17, 22), ("brow_l", 22, 27), ("nose", 27, 36),
+    ("eye_r", 36, 42), ("eye_l", 42, 48), ("mouth", 48, 60), ("lips", 60, 68),
+)
+
+
+def ibug68_part(i: int) -> str:
+    """Name of the facial part landmark ``i`` (0..67) belongs to. 'r'/'l' are the subject's right/left."""
+    for name, a, b in IBUG68_PARTS:
+        if a <= i < b:
+            return name
+    raise IndexError(i)
+
+
+#: Region labels of a UV layout and the paper's loss weights for them.
+REGION_NECK, REGION_FACE, REGION_EYES, REGION_NOSE, REGION_MOUTH, REGION_LANDMARK = 0, 1, 2, 3, 4, 5
+#: Named loss-weight presets: weight of (landmark, eyes/nose/mouth, face, neck).
+WEIGHT_PRESETS = {
+    "paper": (16.0, 4.0, 3.0, 0.0),
+    "uniform": (1.0, 1.0, 1.0, 1.0),
+    "no-neck": (1.0, 1.0, 1.0, 0.0),
+    "study-3-2-1": (3.0, 2.0, 1.0, 0.0),
+    "study-10-3-2": (10.0, 3.0, 2.0, 0.0),
+}

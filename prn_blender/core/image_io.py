@@ -1,0 +1,68 @@
+"""Image loading: any path (non-ASCII too) or array (uint8/uint16/float; gray/RGB/RGBA) -> float32 RGB in [0,1]."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+class ImageError(ValueError):
+    """The image cannot be read or has an unusable format."""
+
+
+def load_image(src) -> np.ndarray:
+    """(H,W,3) float32 RGB in [0,1] from a path or an array (arrays are taken as RGB/RGBA/gray)."""
+    if isinstance(src, (str, os.PathLike)):
+        p = Path(src)
+        if not p.is_file():
+            raise ImageError(f"cannot read image {p}: file not found")
+        data = np.fromfile(str(p), np.uint8)          # works for non-ASCII paths, unlike cv2.imread
+        if data.size == 0:
+            raise ImageError(f"cannot read image {p}: file is empty")
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        if img is None:
+            raise ImageError(f"cannot read image {p}: not a decodable image (truncated or unsupported format)")
+        if img.ndim == 3 and img.shape[2] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+        elif img.ndim == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    else:
+        img = np.asarray(src)
+    return to_float_rgb(img)
+
+
+def to_float_rgb(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        f = img.astype(np.float32) / 255.0
+    elif img.dtype == np.uint16:
+        f = img.astype(np.float32) / 65535.0
+    elif np.issubdtype(img.dtype, np.floating):
+        f = img.astype(np.float32)
+        if f.size and np.nanmax(f) > 1.5:       # float data in 0..255
+            f = f / 255.0
+    else:
+        raise ImageError(f"unsupported image dtype {img.dtype}")
+    if f.ndim == 2:
+        f = np.repeat(f[..., None], 3, 2)
+    elif f.ndim == 3 and f.shape[2] == 1:
+        f = np.repeat(f, 3, 2)
+    elif f.ndim == 3 and f.shape[2] == 4:
+        a = f[..., 3:]
+        f = f[..., :3] * a + (1 - a) * 0.5      # composite transparency on grey
+    elif not (f.ndim == 3 and f.shape[2] == 3):
+        raise ImageError(f"unsupported image shape {img.shape}")
+    if min(f.shape[:2]) < 16:
+        raise ImageError(f"image too small ({f.shape[1]}x{f.shape[0]}); need at least 16x16 pixels")
+    return np.ascontiguousarray(np.clip(np.nan_to_num(f), 0, 1))
+
+
+def save_image(path, rgb: np.ndarray) -> None:
+    """Write float RGB [0,1] (or RGBA) as 8-bit PNG/JPEG (non-ASCII paths too)."""
+    a = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+    a = cv2.cvtColor(a, cv2.COLOR_RGBA2BGRA if a.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(Path(path).suffix or ".png", a)
+    if not ok:
+        raise ImageError(f"cannot encode {path}")
+    buf.tofile(str(path))

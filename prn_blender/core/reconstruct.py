@@ -1,0 +1,205 @@
+"""Image -> list of FaceResult: the one callable API of the core (like 3DDFA_V2's ``TDDFA``).
+
+    rec = FaceReconstructor()                     # shipped weights, auto device, default detector
+    faces = rec("photo.jpg")                      # or an (H,W,3) array; box=... / landmarks=... to skip detection
+
+Stages (timed in ``FaceResult.timings``, milliseconds): detect, crop, net, uncrop, texture.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .constants import POS_SCALE, RESOLUTION
+from .crop import crop_from_box, crop_from_landmarks, uncrop_position_map, warp
+from .detect import Detector, make_detector
+from .image_io import load_image
+from .layout import UVLayout
+from .pose import estimate_pose
+from .result import CropTransform, FaceResult
+from .weights import load_model
+
+
+class ReconstructionError(RuntimeError):
+    """No face could be reconstructed from the input (one-line reason)."""
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' -> CUDA when the installed torch has it, else CPU; 'cuda' without CUDA raises."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ReconstructionError("CUDA requested but this torch build has no CUDA device")
+    return torch.device(device)
+
+
+@dataclass
+class InferenceOptions:
+    amp: bool = True              # bf16 autocast on CPU, fp16 on CUDA
+    channels_last: bool = True
+    batch_size: int = 8
+
+
+class PRNPredictor:
+    """Network wrapper: (B,256,256,3) float crops in [0,1] -> (B,256,256,3) crop-space position maps."""
+
+    def __init__(self, weights=None, device: str = "auto", options: InferenceOptions | None = None):
+        self.device = pick_device(device)
+        self.options = options or InferenceOptions()
+        self.model, self.layout, self.meta = load_model(weights, device=self.device)
+        if self.options.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def to(self, device: str | torch.device) -> "PRNPredictor":
+        self.device = torch.device(device)
+        self.model = self.model.to(self.device)
+        return self
+
+    @torch.inference_mode()
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.options.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dt = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        with torch.autocast(self.device.type, dtype=dt, enabled=self.options.amp):
+            return self.model(x).float()
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        out = []
+        bs = self.options.batch_size
+        for i in range(0, len(crops), bs):
+            x = torch.from_numpy(np.ascontiguousarray(crops[i:i + bs].transpose(0, 3, 1, 2))).float()
+            try:
+                y = self._run(x.to(self.device))
+            except torch.cuda.OutOfMemoryError:
+                warnings.warn("CUDA out of memory: falling back to the CPU")
+                torch.cuda.empty_cache()
+                self.to("cpu")
+                y = self._run(x)
+            out.append(y.cpu().numpy().transpose(0, 2, 3, 1) * POS_SCALE)
+        return np.concatenate(out) if out else np.zeros((0, RESOLUTION, RESOLUTION, 3), np.float32)
+
+
+class FaceReconstructor:
+    """Callable reconstruction API. ``weights``: path or None (shipped default); ``device``: auto/cuda/cpu;
+    ``detector``: 'auto' | 'yuface' | 'haar' | 'yunet:PATH' | a Detector instance."""
+
+    def __init__(self, weights=None, device: str = "auto", detector: str | Detector = "auto",
+                 max_faces: int = 8, options: InferenceOptions | None = None):
+        self.predictor = PRNPredictor(weights, device, options)
+        self.layout: UVLayout = self.predictor.layout
+        self._detector_spec = detector
+        self._detector = detector if isinstance(detector, Detector) else None
+        self.max_faces = max_faces
+        self._fit_idx = np.linspace(0, self.layout.n_vertices - 1, 2000).astype(int)
+
+    @property
+    def detector(self) -> Detector:
+        if self._detector is None:
+            self._detector = make_detector(self._detector_spec)
+        return self._detector
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    def crops_for(self, image: np.ndarray, box=None, landmarks=None, roi=None) -> list[CropTransform]:
+        if roi is not None:
+            from .crop import crop_from_roi
+            return [crop_from_roi(roi)]
+        if landmarks is not None:
+            return [crop_from_landmarks(np.asarray(landmarks))]
+        if box is not None:
+            return [crop_from_box(box)]
+        boxes = self.detector(image)[: self.max_faces]
+        return [crop_from_box(b) for b in boxes]
+
+    def __call__(self, image, box=None, landmarks=None, roi=None, texture: bool = True) -> list[FaceResult]:
+        """Reconstruct every face found (largest score first). Raises ReconstructionError when none is found."""
+        t0 = time.perf_counter()
+        img = load_image(image)
+        h, w = img.shape[:2]
+        crops = self.crops_for(img, box, landmarks, roi)
+        t1 = time.perf_counter()
+        if not crops:
+            raise ReconstructionError("no face found in the image")
+        batch = np.stack([warp(img, c) for c in crops])
+        t2 = time.perf_counter()
+        pos_crop = self.predictor(batch)
+        t3 = time.perf_counter()
+        results = []
+        for c, pc in zip(crops, pos_crop):
+            t4 = time.perf_counter()
+            pos = uncrop_position_map(pc, c)
+            verts = self.layout.vertices(pos)
+            lms = self.layout.landmarks(pos)
+            pose, resid = estimate_pose(verts, self.layout.canonical, self._fit_idx)
+            t5 = time.perf_counter()
+            if texture:
+                colors, tex, tmask, depth = texture_from_image(img, pos, verts, self.layout)
+            else:
+                colors = np.zeros_like(verts)
+                tex = np.zeros((RESOLUTION, RESOLUTION, 3), np.float32)
+                tmask = np.zeros((RESOLUTION, RESOLUTION), bool)
+                depth = np.full((h, w), np.nan, np.float32)
+            t6 = time.perf_counter()
+            inside = np.mean((lms[:, 0] >= 0) & (lms[:, 0] < w) & (lms[:, 1] >= 0) & (lms[:, 1] < h))
+            conf = float(np.exp(-(resid / 0.15) ** 2) * inside)
+            n = len(crops)
+            timings = {"detect": (t1 - t0) * 1e3 / n, "crop": (t2 - t1) * 1e3 / n, "net": (t3 - t2) * 1e3 / n,
+                       "uncrop": (t5 - t4) * 1e3, "texture": (t6 - t5) * 1e3}
+            results.append(FaceResult(position_map=pos, vertices=verts, triangles=self.layout.triangles,
+                                      uvs=self.layout.uvs, landmarks=lms, pose=pose, colors=colors, texture=tex,
+                                      texture_mask=tmask, depth=depth, crop=c, confidence=conf,
+                                      layout=self.layout.name, image_size=(w, h), timings=timings))
+        return results
+
+
+def _bilinear(img: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    n = len(xy)
+    cols = 512                                   # cv2.remap maps must stay below 32767 on each side
+    m = np.zeros((-(-n // cols) * cols, 2), np.float32)
+    m[:n] = xy
+    m = m.reshape(-1, cols, 2)
+    out = cv2.remap(img, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(-1, 3)[:n]
+
+
+def texture_from_image(img: np.ndarray, pos: np.ndarray, verts: np.ndarray, layout: UVLayout):
+    """Per-vertex colours, UV texture (256,256,3), texture visibility mask (z-buffer test) and an image-size depth
+    map (nan off the face). The z-buffer is splatted from the vertices on a grid no finer than the vertex spacing."""
+    h, w = img.shape[:2]
+    colors = _bilinear(img, verts[:, :2])
+    x0, y0 = np.floor(verts[:, :2].min(0)).astype(int)
+    x1, y1 = np.ceil(verts[:, :2].max(0)).astype(int)
+    span = max(x1 - x0, y1 - y0, 1)
+    cell = max(1.0, span / 160.0)          # ~160 cells across the face: the vertex grid is denser than that
+    gx = ((verts[:, 0] - x0) / cell).astype(int)
+    gy = ((verts[:, 1] - y0) / cell).astype(int)
+    gw, gh = gx.max() + 1, gy.max() + 1
+    zb = np.full(gh * gw, -np.inf, np.float32)
+    np.maximum.at(zb, gy * gw + gx, verts[:, 2].astype(np.float32))
+    zb = zb.reshape(gh, gw)
+    tol = 0.04 * span
+    visible = verts[:, 2] >= zb[gy, gx] - tol
+    tex = cv2.remap(img, pos[..., 0].astype(np.float32), pos[..., 1].astype(np.float32), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    tmask = np.zeros(RESOLUTION * RESOLUTION, bool)
+    inside = (verts[:, 0] >= 0) & (verts[:, 0] < w) & (verts[:, 1] >= 0) & (verts[:, 1] < h)
+    tmask[layout.face_ind] = visible & inside
+    tmask = tmask.reshape(RESOLUTION, RESOLUTION)
+    tex = tex * tmask[..., None]
+    depth = np.full((h, w), np.nan, np.float32)
+    zimg = np.where(np.isfinite(zb), zb, np.nan).astype(np.float32)
+    bw, bh = int(round(gw * cell)), int(round(gh * cell))
+    if bw > 0 and bh > 0:
+        up = cv2.resize(zimg, (bw, bh), interpolation=cv2.INTER_NEAREST)
+        xa, ya = max(x0, 0), max(y0, 0)
+        xb, yb = min(x0 + bw, w), min(y0 + bh, h)
+        if xb > xa and yb > ya:
+            depth[ya:yb, xa:xb] = up[ya - y0:yb - y0, xa - x0:xb - x0]
+    return colors.astype(np.float32), tex.astype(np.float32), tmask, depth

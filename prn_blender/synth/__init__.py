@@ -1,0 +1,1 @@
+"""Synthetic face data engine: ICT-FaceKit model, sampler, renderer."""

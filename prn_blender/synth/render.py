@@ -1,0 +1,285 @@
+"""Batched synthetic face renderer on torch tensors (CPU or CUDA).
+
+A sample = identity + expression + pose + camera + lighting + appearance + background. The ICT model surface is
+drawn as a dense point cloud (fixed area-weighted samples on its triangles) splatted with a z-buffer
+(``scatter_reduce``), then small holes are filled. The ground-truth position map is a fixed gather of the posed
+vertices over the layout's (pixel -> triangle, barycentrics).
+
+Frames: model space (cm, y up, z out of the face) -> crop space (256x256 pixels, x right, y down, z = depth toward
+the camera scaled like x,y and shifted so the face's minimum z is 0), exactly as PRN's position maps.
+The crop is the "GT landmark box x 1.6" convention (constants.KPT_CROP_SCALE), centred on the 68-point box.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.constants import KPT_CROP_SCALE, RESOLUTION
+from ..core.layout import UVLayout, load_layout
+from .ict import FACE_VERTS, ICTModel
+from .uvmap import LAYOUT_NAME, rasterize_face_uv, uv_to_pixel, vertex_uv
+
+GENERATOR_VERSION = "ictsynth-1"
+
+# part ids of the rendered point cloud
+P_FACE, P_HEAD, P_MOUTH, P_GUMS, P_TEETH, P_SCLERA, P_IRIS = range(7)
+_PART_RANGES = [  # (part, vmin, vmax, samples per cm^2)
+    (P_FACE, 0, FACE_VERTS, 0), (P_HEAD, 9409, 11248, 0), (P_MOUTH, 11248, 13294, 0),
+    (P_GUMS, 14062, 17039, 0), (P_TEETH, 17039, 21451, 0),
+    (P_SCLERA, 21451, 22221, 0), (P_IRIS, 22221, 23021, 0), (P_SCLERA, 23021, 23791, 0), (P_IRIS, 23791, 24591, 0),
+]
+
+
+@dataclass
+class Batch:
+    """One rendered batch. image (B,3,256,256) float RGB in [0,1]; pos (B,3,256,256) crop pixels (zero off the
+    face); kpt (B,68,3) crop pixels; visibility (B,256,256) bool (face pixels seen by the camera);
+    pose (B,3) yaw, pitch, roll in degrees (yaw > 0: the subject turns to its left)."""
+    image: torch.Tensor
+    pos: torch.Tensor
+    kpt: torch.Tensor
+    visibility: torch.Tensor
+    pose: torch.Tensor
+
+
+def _rotation(yaw, pitch, roll):
+    """(B,3,3) R = Rz(roll) @ Rx(pitch) @ Ry(yaw), angles in radians, model frame (y up, z to camera)."""
+    cy, sy, cp, sp, cr, sr = yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin(), roll.cos(), roll.sin()
+    o, z = torch.ones_like(yaw), torch.zeros_like(yaw)
+    Ry = torch.stack([cy, z, sy, z, o, z, -sy, z, cy], -1).view(-1, 3, 3)
+    Rx = torch.stack([o, z, z, z, cp, -sp, z, sp, cp], -1).view(-1, 3, 3)
+    Rz = torch.stack([cr, -sr, z, sr, cr, z, z, z, o], -1).view(-1, 3, 3)
+    return Rz @ Rx @ Ry
+
+
+class FaceRenderer:
+    """Holds the model and precomputed samplings on one device; ``render(params)`` draws a batch."""
+
+    def __init__(self, ict: ICTModel, layout: UVLayout | None = None, device="cpu", density: float = 90.0,
+                 seed: int = 0):
+        self.device = torch.device(device)
+        layout = layout or load_layout(LAYOUT_NAME)
+        g = rasterize_face_uv(ict)
+        if not np.array_equal(g.mask, layout.mask):
+            raise ValueError("ICT model rasterization does not match the layout asset; rebuild the layout")
+        self.layout = layout
+        dev = self.device
+        self.neutral = torch.from_numpy(ict.neutral).to(dev)
+        self.id_modes = torch.from_numpy(ict.identity_modes.reshape(len(ict.identity_modes), -1)).to(dev)
+        self.ex_modes = torch.from_numpy(ict.expression_modes.reshape(len(ict.expression_modes), -1)).to(dev)
+        self.face_ind = torch.from_numpy(layout.face_ind).to(dev)
+        self.kpt_flat = torch.from_numpy(layout.kpt_xy[:, 1].astype(np.int64) * RESOLUTION + layout.kpt_xy[:, 0])
+        self.kpt_vertex = torch.from_numpy(layout.kpt_vertex).to(dev)
+        self.lm_vids = torch.from_numpy(ict.landmarks68.astype(np.int64)).to(dev)
+        rng = np.random.default_rng(seed)
+
+        # render triangles and area-weighted point samples
+        tris, parts, tri_uv = [], [], []
+        vuv = vertex_uv(ict)
+        for part, a, b, _ in _PART_RANGES:
+            t, tu = ict.triangles(b, a)
+            tris.append(t)
+            parts.append(np.full(len(t), part))
+        tris = np.concatenate(tris)
+        parts = np.concatenate(parts)
+        v = ict.neutral
+        area = 0.5 * np.linalg.norm(np.cross(v[tris[:, 1]] - v[tris[:, 0]], v[tris[:, 2]] - v[tris[:, 0]]), axis=1)
+        n_per = rng.poisson(area * density) + (rng.random(len(area)) < 0.5)
+        tri_id = np.repeat(np.arange(len(tris)), n_per)
+        r1, r2 = rng.random(len(tri_id)), rng.random(len(tri_id))
+        s1 = np.sqrt(r1)
+        bary = np.stack([1 - s1, s1 * (1 - r2), s1 * r2], 1).astype(np.float32)
+        self.render_tris = torch.from_numpy(tris.astype(np.int64)).to(dev)
+        s_tri = tris[tri_id]
+        self.s_tri = torch.from_numpy(tri_id.astype(np.int64)).to(dev)
+        self.s_part = torch.from_numpy(parts[tri_id]).to(dev)
+        self.n_points = M = len(tri_id)
+        V = len(ict.neutral)
+        # sparse (M,V) interpolation matrix: points = S @ vertices
+        warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant)")
+        rows = np.repeat(np.arange(M), 3)
+        self.S = torch.sparse_coo_tensor(np.stack([rows, s_tri.ravel()]), bary.ravel(), (M, V)).coalesce() \
+            .to_sparse_csr().to(dev)
+        N = len(g.vids)
+        rows = np.repeat(np.arange(N), 3)
+        self.G = torch.sparse_coo_tensor(np.stack([rows, g.vids.ravel()]), g.bary.ravel(), (N, V)).coalesce() \
+            .to_sparse_csr().to(dev)
+        canon = (v[s_tri] * bary[..., None]).sum(1)          # (M,3) cm, neutral face
+        # face-region masks from UV pixel positions of the face samples
+        suv = np.full((M, 2), -100.0, np.float32)
+        fm = parts[tri_id] == P_FACE
+        suv[fm] = (uv_to_pixel(vuv[s_tri[fm]]) * bary[fm][..., None]).sum(1)
+        kp = layout.kpt_xy.astype(np.float32)
+        lips = _inside(suv, kp[48:60]) & fm
+        brows = [np.concatenate([kp[a:b] + [0, -3], kp[a:b][::-1] + [0, 4]]) for a, b in ((17, 22), (22, 27))]
+        brow = (_inside(suv, brows[0]) | _inside(suv, brows[1])) & fm
+        beard_poly = np.concatenate([kp[2:15] + [0, 2], kp[[35, 34, 33, 32, 31]] + [0, 2]])
+        beard = _inside(suv, beard_poly) & fm & ~lips
+        skinpart = parts[tri_id] <= P_HEAD
+        # low-frequency 3D noise of the canonical position (random Fourier features)
+        K = 8
+        freqs = rng.normal(size=(K, 3)) * np.repeat([0.15, 0.4, 1.0, 2.5], K // 4)[:, None]
+        noise = np.sin(canon @ freqs.T + rng.random(K) * 2 * np.pi).astype(np.float32)      # (M,K)
+        # hair masks for a few hairline heights (canonical y, cm), and the back of the head
+        self.hairlines = (7.0, 9.0, 11.0, 13.0, 99.0)
+        jitter = 0.6 * noise[:, 0]
+        hair = [(canon[:, 1] + jitter > h) & skinpart for h in self.hairlines]
+        back = (canon[:, 2] < 1.0) & (canon[:, 1] > 0) & skinpart
+        hair = [(h | back) if hl < 50 else h for h, hl in zip(hair, self.hairlines)]
+        # albedo basis: albedo[b, m, c] = sum_j basis[m, j] * coef[b, j, c]; see albedo_coefs()
+        cols = {"skin": skinpart & ~lips & ~brow & ~beard, "lips": lips, "brow": brow, "beard": beard,
+                "mouth": parts[tri_id] == P_MOUTH, "gums": parts[tri_id] == P_GUMS,
+                "teeth": parts[tri_id] == P_TEETH, "sclera": parts[tri_id] == P_SCLERA,
+                "iris": parts[tri_id] == P_IRIS}
+        basis = [cols[k].astype(np.float32) for k in cols]
+        self.basis_names = list(cols)
+        for k in range(K):
+            basis.append(noise[:, k] * skinpart)
+        self.n_noise = K
+        self.hair_masks = torch.from_numpy(np.stack(hair, 1).astype(np.float32)).to(dev)       # (M,H)
+        self.basis = torch.from_numpy(np.stack(basis, 1)).to(dev)                             # (M,J)
+        self.inner = torch.from_numpy((parts[tri_id] >= P_MOUTH) & (parts[tri_id] <= P_TEETH)).to(dev)
+
+    # ------------------------------------------------------------------ geometry
+    def shapes(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        """(B,V,3) model-space vertices (cm)."""
+        B = identity.shape[0]
+        d = identity @ self.id_modes + expression @ self.ex_modes
+        return self.neutral[None] + d.view(B, -1, 3)
+
+    def project(self, verts, yaw, pitch, roll, persp_dist):
+        """Model space -> crop pixels (B,V,3), crop = KPT box x 1.6 centred at 128. persp_dist: camera distance
+        in cm (inf = weak perspective)."""
+        R = _rotation(yaw, pitch, roll)
+        X = verts @ R.transpose(1, 2)
+        X = X - X[:, self.lm_vids].mean(1, keepdim=True)
+        d = torch.where(torch.isfinite(persp_dist), persp_dist, torch.full_like(persp_dist, 1e6))[:, None]
+        f = d / (d - X[..., 2]).clamp_min(1.0)
+        img = torch.stack([X[..., 0] * f, -X[..., 1] * f, X[..., 2]], -1)
+        lm = img[:, self.lm_vids, :2]
+        lo, hi = lm.min(1).values, lm.max(1).values
+        size = (hi - lo).sum(-1) / 2 * KPT_CROP_SCALE
+        s = RESOLUTION / size
+        center = (lo + hi) / 2
+        out = torch.empty_like(img)
+        out[..., :2] = (img[..., :2] - center[:, None]) * s[:, None, None] + RESOLUTION / 2
+        out[..., 2] = img[..., 2] * s[:, None]
+        return out, R
+
+    # ------------------------------------------------------------------ rendering
+    def _interp(self, mat, verts):
+        """(B,V,3) -> (B,R,3) through a sparse (R,V) interpolation matrix."""
+        B, V, _ = verts.shape
+        out = mat @ verts.permute(1, 0, 2).reshape(V, B * 3)
+        return out.view(-1, B, 3).permute(1, 0, 2)
+
+    def render(self, p: dict) -> Batch:
+        dev = self.device
+        B = p["identity"].shape[0]
+        verts = self.shapes(p["identity"], p["expression"])
+        img_v, R = self.project(verts, p["yaw"], p["pitch"], p["roll"], p["persp_dist"])
+        # position map (face pixels), z shifted to min 0
+        face = self._interp(self.G, img_v)                                                    # (B,N,3)
+        zf = face[..., 2].clone()
+        face[..., 2] -= face[..., 2].min(1, keepdim=True).values
+        pos = torch.zeros(B, RESOLUTION * RESOLUTION, 3, device=dev)
+        pos[:, self.face_ind] = face
+        kpt = face[:, self.kpt_vertex]
+
+        # flat triangle normals in camera space (x right, y up, z to camera) -> gathered per point
+        t = self.render_tris
+        v0, v1, v2 = verts[:, t[:, 0]], verts[:, t[:, 1]], verts[:, t[:, 2]]
+        fn = F.normalize(torch.cross(v1 - v0, v2 - v0, dim=-1) @ R.transpose(1, 2), dim=-1)
+        sn = fn[:, self.s_tri]                                                                # (B,M,3)
+        sp = self._interp(self.S, img_v)                                                      # (B,M,3)
+        albedo = self.albedo(p)                                                               # (B,M,3)
+        L = F.normalize(p["light_dir"], dim=-1)
+        lam = (sn @ L[..., None]).clamp_min(0)                                                # (B,M,1)
+        h = F.normalize(L + torch.tensor([0.0, 0.0, 1.0], device=dev), dim=-1)
+        spec = (sn @ h[..., None]).clamp_min(0) ** p["shininess"][:, None, None] * p["specular"][:, None, None]
+        col = albedo * (p["ambient"][:, None] + lam * p["light_col"][:, None]) + spec * p["light_col"][:, None]
+        col = torch.where(self.inner[None, :, None], col * 0.55, col)
+        # back-facing points never win the z-test (their surface's front side is in front of them)
+        front = sn[..., 2] > -0.05
+
+        image, zbuf = self._splat(sp, col, front, B)
+        # visibility of the face pixels
+        x = face[..., 0].round().long().clamp(0, RESOLUTION - 1)
+        y = face[..., 1].round().long().clamp(0, RESOLUTION - 1)
+        zb = zbuf.view(B, -1).gather(1, y * RESOLUTION + x)
+        vis = torch.zeros(B, RESOLUTION * RESOLUTION, dtype=torch.bool, device=dev)
+        vis[:, self.face_ind] = zf >= zb - 1.5
+        covered = torch.isfinite(zbuf)[:, None]
+        out = torch.where(covered, image, p["background"])
+        pose = torch.stack([p["yaw"], p["pitch"], p["roll"]], -1) * (180 / math.pi)
+        return Batch(image=out.clamp(0, 1), pos=pos.view(B, RESOLUTION, RESOLUTION, 3).permute(0, 3, 1, 2),
+                     kpt=kpt, visibility=vis.view(B, RESOLUTION, RESOLUTION), pose=pose)
+
+    def _splat(self, pts, col, keep, B):
+        """z-buffer splat of (B,M,3) points with colours (B,M,3), each on its 2x2 nearest pixels.
+        Returns image (B,3,H,W) and zbuf (B,H,W) (-inf where empty)."""
+        n = RESOLUTION
+        trash = B * n * n                       # out-of-image and culled points go to this extra slot
+        x0 = pts[..., 0].floor().long()         # pixel centres at integers: the 2x2 pixels around the point
+        y0 = pts[..., 1].floor().long()
+        base = torch.arange(B, device=pts.device)[:, None] * (n * n)
+        z = torch.where(keep, pts[..., 2], torch.full_like(pts[..., 2], -math.inf)).repeat(1, 4).reshape(-1)
+        idx = []
+        for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            x, y = x0 + dx, y0 + dy
+            ok = keep & (x >= 0) & (x < n) & (y >= 0) & (y < n)
+            idx.append(torch.where(ok, base + y * n + x, torch.full_like(x, trash)))
+        idx = torch.cat(idx, 1).reshape(-1)
+        c = col.repeat(1, 4, 1).reshape(-1, 3)
+        zbuf = torch.full((trash + 1,), -math.inf, device=pts.device)
+        zbuf.scatter_reduce_(0, idx, z, reduce="amax")
+        win = (z >= zbuf[idx] - 0.35).to(c.dtype)[:, None]
+        acc = torch.zeros(trash + 1, 4, device=pts.device)
+        acc.index_add_(0, idx, torch.cat([c * win, win], 1))
+        acc, zbuf = acc[:trash], zbuf[:trash]
+        img = (acc[:, :3] / acc[:, 3:].clamp_min(1)).view(B, n, n, 3).permute(0, 3, 1, 2)
+        zb = zbuf.view(B, 1, n, n)
+        # Holes: empty pixels, and pixels where a far surface leaks through a gap of a nearer one (much deeper
+        # than the nearest surface around them). Fill them from valid neighbours, twice.
+        valid = torch.isfinite(zb)
+        near = F.max_pool2d(zb, 5, 1, 2)
+        valid = valid & (zb > near - 6.0)
+        for _ in range(2):
+            v = valid.to(img.dtype)
+            cnt = F.avg_pool2d(v, 3, 1, 1) * 9
+            fill = (~valid) & (cnt >= 3)
+            csum = F.avg_pool2d(img * v, 3, 1, 1) * 9
+            img = torch.where(fill, csum / cnt.clamp_min(1), img)
+            zsum = F.avg_pool2d(torch.where(valid, zb, torch.zeros_like(zb)), 3, 1, 1) * 9
+            zb = torch.where(fill, zsum / cnt.clamp_min(1), zb)
+            valid = valid | fill
+        zb = torch.where(valid | torch.isfinite(zb), zb, torch.full_like(zb, -math.inf))
+        return img, zb[:, 0]
+
+    def albedo(self, p) -> torch.Tensor:
+        """(B,M,3) per-point albedo: a linear combination of fixed per-point bases (skin, lips, brows, stubble,
+        mouth, teeth, eyes, 3D noise) plus the hair mask for the sample's hairline."""
+        B = p["skin"].shape[0]
+        skin = p["skin"]
+        coef = torch.stack([
+            skin, skin * p["lip_tint"],
+            skin * (1 - p["brow_strength"][:, None]) + p["hair"] * p["brow_strength"][:, None],
+            skin * (1 - p["beard"][:, None]) + p["hair"] * p["beard"][:, None],
+            p["mouth_col"], p["mouth_col"] * 1.3, p["teeth"],
+            torch.tensor([0.85, 0.82, 0.78], device=skin.device).expand(B, 3), p["iris"] * 0.6,
+        ], 1)                                                                          # (B,9,3)
+        noise = p["noise_w"][:, :self.n_noise, None] * 0.08 * skin[:, None]          # (B,K,3)
+        coef = torch.cat([coef, noise], 1)
+        out = torch.einsum("mj,bjc->bmc", self.basis, coef)
+        hm = self.hair_masks[:, p["hair_idx"]].T[..., None]                          # (B,M,1)
+        return torch.where(hm > 0, p["hair"][:, None] * (1 + 0.25 * out.new_tensor(0.0)), out).clamp(0, 1)
+
+
+def _inside(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
+    from matplotlib.path import Path
+    return Path(poly.astype(np.float64)).contains_points(pts.astype(np.float64))

@@ -1,0 +1,178 @@
+"""Random scene parameters for the renderer, and image-space degradations/backgrounds/occlusions.
+
+Everything is drawn from one ``torch.Generator`` so a seed reproduces a batch exactly (on the same device).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..core.constants import RESOLUTION
+
+# ARKit-named expression groups sampled together (L/R pairs are made symmetric most of the time)
+_COMMON = {"jawOpen": 0.35, "eyeBlink_L": 0.15, "mouthSmile_L": 0.3, "browInnerUp_L": 0.15, "browDown_L": 0.1,
+           "mouthFunnel": 0.08, "mouthPucker": 0.08, "eyeWide_L": 0.08, "eyeSquint_L": 0.1, "cheekSquint_L": 0.1,
+           "mouthFrown_L": 0.1, "mouthStretch_L": 0.1, "mouthUpperUp_L": 0.08, "mouthLowerDown_L": 0.1,
+           "noseSneer_L": 0.05, "jawLeft": 0.05, "jawRight": 0.05, "mouthLeft": 0.05, "mouthRight": 0.05,
+           "mouthRollLower": 0.05, "mouthPress_L": 0.05, "mouthShrugUpper": 0.05, "cheekPuff_L": 0.04,
+           "browOuterUp_L": 0.1, "mouthClose": 0.03, "mouthDimple_L": 0.05}
+
+SKIN_TONES = torch.tensor([[0.96, 0.80, 0.69], [0.90, 0.70, 0.58], [0.80, 0.58, 0.45], [0.65, 0.45, 0.33],
+                           [0.48, 0.32, 0.22], [0.33, 0.22, 0.15], [0.92, 0.76, 0.62], [0.75, 0.57, 0.40]])
+HAIR = torch.tensor([[0.05, 0.04, 0.03], [0.15, 0.10, 0.06], [0.30, 0.20, 0.12], [0.55, 0.40, 0.25],
+                     [0.75, 0.62, 0.40], [0.45, 0.20, 0.10], [0.6, 0.6, 0.6], [0.12, 0.12, 0.12]])
+
+
+def sample_params(B: int, names: tuple, g: torch.Generator, device="cpu", max_yaw: float = 90.0,
+                  id_scale: float = 1.0) -> dict:
+    """Draw B scene parameter sets (see FaceRenderer.render) with generator ``g`` (CPU generator)."""
+    def U(*shape, lo=0.0, hi=1.0):
+        return torch.rand(*shape, generator=g) * (hi - lo) + lo
+
+    def N(*shape):
+        return torch.randn(*shape, generator=g)
+
+    idx = {n: i for i, n in enumerate(names)}
+    ex = torch.zeros(B, len(names))
+    for name, prob in _COMMON.items():
+        on = U(B) < prob
+        w = U(B) ** 0.7
+        ex[on, idx[name]] = w[on]
+        if name.endswith("_L"):
+            other = idx[name[:-2] + "_R"]
+            sym = U(B) < 0.75
+            ex[on & sym, other] = (w * U(B, lo=0.8, hi=1.0))[on & sym]
+            solo = (U(B) < prob * 0.3) & ~on
+            ex[solo, other] = U(B)[solo]
+    # small random background activation of everything
+    ex += (U(B, len(names)) < 0.05) * U(B, len(names)) * 0.3
+    ex = ex.clamp(0, 1)
+    # pose: half uniform over the full yaw range, half concentrated near frontal
+    yaw_u = U(B, lo=-max_yaw, hi=max_yaw)
+    yaw_n = (N(B) * 25).clamp(-max_yaw, max_yaw)
+    yaw = torch.where(U(B) < 0.5, yaw_u, yaw_n)
+    pitch = (N(B) * 14 - 3).clamp(-50, 45)
+    roll = (N(B) * 8).clamp(-30, 30)
+    persp = torch.where(U(B) < 0.6, U(B, lo=40, hi=250), torch.full((B,), math.inf))
+    skin = SKIN_TONES[torch.randint(len(SKIN_TONES), (B,), generator=g)] * U(B, 1, lo=0.85, hi=1.1) \
+        * (1 + 0.06 * N(B, 3))
+    hair = HAIR[torch.randint(len(HAIR), (B,), generator=g)] * U(B, 1, lo=0.8, hi=1.2)
+    light_dir = torch.stack([N(B) * 0.8, N(B) * 0.6 + 0.3, U(B, lo=0.2, hi=1.5)], -1)
+    warm = U(B, 3, lo=0.8, hi=1.2)
+    p = dict(
+        identity=N(B, 100) * id_scale, expression=ex,
+        yaw=yaw * math.pi / 180, pitch=pitch * math.pi / 180, roll=roll * math.pi / 180, persp_dist=persp,
+        skin=skin.clamp(0.05, 1), hair=hair.clamp(0, 1), noise_w=N(B, 8),
+        lip_tint=torch.stack([U(B, lo=0.85, hi=1.05), U(B, lo=0.6, hi=0.85), U(B, lo=0.6, hi=0.9)], -1),
+        brow_on=(U(B) < 0.95).float(), brow_strength=U(B, lo=0.3, hi=0.85),
+        beard=torch.where(U(B) < 0.2, U(B, lo=0.2, hi=0.9), torch.zeros(B)),
+        hair_idx=torch.where(U(B) < 0.9, torch.randint(4, (B,), generator=g), torch.full((B,), 4)),
+        mouth_col=torch.stack([U(B, lo=0.35, hi=0.6), U(B, lo=0.1, hi=0.2), U(B, lo=0.1, hi=0.2)], -1),
+        teeth=U(B, 1, lo=0.7, hi=0.95) * torch.tensor([1.0, 0.97, 0.88]),
+        iris=torch.stack([U(B, lo=0.1, hi=0.5), U(B, lo=0.1, hi=0.4), U(B, lo=0.05, hi=0.4)], -1),
+        light_dir=light_dir, light_col=warm * U(B, 1, lo=0.4, hi=1.0),
+        ambient=U(B, 3, lo=0.8, hi=1.2) * U(B, 1, lo=0.25, hi=0.7),
+        specular=U(B, lo=0.0, hi=0.25), shininess=U(B, lo=5, hi=40),
+    )
+    p["background"] = random_background(B, g)
+    return {k: v.to(device) for k, v in p.items()}
+
+
+def _smooth_noise(B, C, res, g, out=RESOLUTION):
+    return F.interpolate(torch.rand(B, C, res, res, generator=g), size=(out, out), mode="bicubic",
+                         align_corners=False)
+
+
+def random_background(B: int, g: torch.Generator) -> torch.Tensor:
+    """(B,3,256,256) procedural backgrounds: smooth colour noise, gradients, stripes, blobs, a torso."""
+    n = RESOLUTION
+    base = torch.rand(B, 3, 1, 1, generator=g)
+    res = int(torch.randint(2, 24, (1,), generator=g))
+    bg = base * 0.6 + 0.4 * _smooth_noise(B, 3, res, g)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
+    ang = torch.rand(B, 1, 1, generator=g) * 6.283
+    grad = (xx * ang.cos() + yy * ang.sin())[:, None]
+    bg = bg * (1 + 0.3 * grad * torch.rand(B, 1, 1, 1, generator=g))
+    stripes = torch.sin(grad * torch.randint(3, 40, (B, 1, 1, 1), generator=g)).gt(0).float()
+    use = (torch.rand(B, 1, 1, 1, generator=g) < 0.2).float()
+    bg = bg * (1 - 0.3 * use * stripes)
+    # torso/clothing under the face
+    cx = (torch.rand(B, 1, 1, generator=g) - 0.5) * 0.4
+    torso = (((xx - cx) / (0.9 + 0.4 * torch.rand(B, 1, 1, generator=g))) ** 2
+             + ((yy - 1.25) / 0.55) ** 2 < 1)[:, None].float()
+    torso = torso * (torch.rand(B, 1, 1, 1, generator=g) < 0.6)
+    cloth = torch.rand(B, 3, 1, 1, generator=g) * (0.7 + 0.3 * _smooth_noise(B, 1, 6, g))
+    bg = bg * (1 - torso) + cloth * torso
+    # high-frequency texture
+    bg = bg + 0.05 * (torch.rand(B, 1, n, n, generator=g) - 0.5) * torch.rand(B, 1, 1, 1, generator=g)
+    return bg.clamp(0, 1)
+
+
+def occlude(img: torch.Tensor, g: torch.Generator, prob: float = 0.4) -> torch.Tensor:
+    """The paper's synthetic occlusion: random ellipses/rectangles filled with a noise texture (image only)."""
+    B, _, n, _ = img.shape
+    yy, xx = torch.meshgrid(torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32),
+                            indexing="ij")
+    c = torch.rand(B, 2, generator=g) * n * 0.8 + n * 0.1
+    r = torch.rand(B, 2, generator=g) * n * 0.22 + n * 0.05
+    ell = ((xx - c[:, 0, None, None]) / r[:, 0, None, None]) ** 2 + ((yy - c[:, 1, None, None]) / r[:, 1, None, None]) ** 2 < 1
+    rect = ((xx - c[:, 0, None, None]).abs() < r[:, 0, None, None]) & ((yy - c[:, 1, None, None]).abs() < r[:, 1, None, None])
+    shape = torch.where((torch.rand(B, 1, 1, generator=g) < 0.5), ell, rect)
+    on = (torch.rand(B, 1, 1, generator=g) < prob)
+    m = (shape & on)[:, None].to(img.dtype)
+    tex = torch.rand(B, 3, 1, 1, generator=g) * 0.7 + 0.3 * _smooth_noise(B, 3, 16, g, n) \
+        + 0.15 * (torch.rand(B, 1, n, n, generator=g) - 0.5)
+    return img * (1 - m) + tex.clamp(0, 1).to(img.device) * m.to(img.device)
+
+
+def degrade(img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Camera-like degradations: down/up-sampling blur, noise, gamma, contrast, colour cast, grayscale."""
+    B, _, n, _ = img.shape
+    dev = img.device
+    out = img
+    low = torch.rand(B, generator=g) < 0.5
+    if low.any():
+        f = float(torch.rand(1, generator=g) * 0.6 + 0.25)
+        m = int(n * f)
+        small = F.interpolate(out[low], size=(m, m), mode="area")
+        out = out.clone()
+        out[low] = F.interpolate(small, size=(n, n), mode="bilinear", align_corners=False)
+    gamma = (torch.rand(B, 1, 1, 1, generator=g) * 0.8 + 0.7).to(dev)
+    out = out.clamp(1e-4, 1) ** gamma
+    contrast = (torch.rand(B, 1, 1, 1, generator=g) * 0.6 + 0.7).to(dev)
+    out = (out - 0.5) * contrast + 0.5 + ((torch.rand(B, 1, 1, 1, generator=g) - 0.5) * 0.3).to(dev)
+    gray = (torch.rand(B, 1, 1, 1, generator=g) < 0.08).to(dev)
+    out = torch.where(gray, out.mean(1, keepdim=True).expand_as(out), out)
+    sigma = (torch.rand(B, 1, 1, 1, generator=g) ** 2 * 0.05).to(dev)
+    out = out + sigma * torch.randn(out.shape, generator=g).to(dev)
+    return out.clamp(0, 1)
+
+
+def augment(img: torch.Tensor, pos: torch.Tensor, g: torch.Generator, rot_deg=45.0, trans=0.1,
+            scale=(0.9, 1.2), color=(0.6, 1.4)) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's augmentation on (image (B,3,H,W), position map (B,3,H,W) in crop pixels): in-plane rotation,
+    translation (fraction of the crop), scale, and per-channel colour scaling. The position map's x,y values are
+    moved by the same similarity; z is multiplied by the scale. Off-face pixels stay 0."""
+    B, _, n, _ = img.shape
+    dev = img.device
+    a = ((torch.rand(B, generator=g) * 2 - 1) * rot_deg * math.pi / 180).to(dev)
+    s = (torch.rand(B, generator=g) * (scale[1] - scale[0]) + scale[0]).to(dev)
+    t = ((torch.rand(B, 2, generator=g) * 2 - 1) * trans * n).to(dev)
+    c = n / 2
+    # forward map (crop pixels): p' = s R (p - c) + c + t
+    cos, sin = a.cos(), a.sin()
+    A = torch.stack([torch.stack([s * cos, -s * sin], -1), torch.stack([s * sin, s * cos], -1)], -2)  # (B,2,2)
+    # image warp: output pixel q samples input at A^-1 (q - c - t) + c ; in normalized coords (align_corners=False)
+    Ai = torch.linalg.inv(A)
+    theta = torch.cat([Ai, (-Ai @ t[..., None])], -1) / 1.0
+    theta[:, :, 2] = theta[:, :, 2] / c  # translation to normalized units
+    grid = F.affine_grid(theta, img.shape, align_corners=False)
+    img2 = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    mask = (pos.abs().sum(1, keepdim=True) > 0).to(pos.dtype)
+    xy = pos[:, :2] + 0.5 - c   # pixel centres at integer+0.5 in the continuous frame used by grid_sample
+    xy2 = torch.einsum("bij,bjhw->bihw", A, xy) + c - 0.5 + t[..., None, None]
+    pos2 = torch.cat([xy2, pos[:, 2:] * s[:, None, None, None]], 1) * mask
+    cs = (torch.rand(B, 3, 1, 1, generator=g) * (color[1] - color[0]) + color[0]).to(dev)
+    return (img2 * cs).clamp(0, 1), pos2

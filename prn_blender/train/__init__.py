@@ -1,0 +1,1 @@
+"""Training: weighted position-map loss, on-the-fly synthetic data, checkpoints, DDP."""

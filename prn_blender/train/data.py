@@ -1,0 +1,43 @@
+"""On-the-fly synthetic training batches (render -> occlude -> degrade -> paper augmentation).
+
+``SyntheticStream`` renders fresh batches and keeps a small replay pool: with ``reuse`` > 0 a rendered batch is
+served ``1 + reuse`` times, each time with new occlusion/degradation/augmentation (cheap), which keeps a slow CPU
+busy training instead of rendering. Deterministic for a given seed and rank.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..synth.ict import load_ict
+from ..synth.render import FaceRenderer
+from ..synth.sampler import augment, degrade, occlude, sample_params
+
+
+class SyntheticStream:
+    def __init__(self, batch: int, seed: int = 0, rank: int = 0, device="cpu", reuse: int = 0,
+                 max_yaw: float = 90.0, shared=None, augment_on: bool = True, density: float = 40.0):
+        self.ict = load_ict(shared=shared)
+        self.renderer = FaceRenderer(self.ict, device=device, density=density)
+        self.batch, self.reuse, self.max_yaw, self.augment_on = batch, reuse, max_yaw, augment_on
+        self.g = torch.Generator().manual_seed(seed * 1000 + rank)
+        self.device = device
+        self._cache, self._left = None, 0
+
+    def render(self, n: int | None = None):
+        p = sample_params(n or self.batch, self.ict.expression_names, self.g, self.device, self.max_yaw)
+        return self.renderer.render(p)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image (B,3,256,256) in [0,1], position map (B,3,256,256) in crop pixels)."""
+        if self._left <= 0:
+            b = self.render()
+            self._cache, self._left = (b.image, b.pos), self.reuse + 1
+        self._left -= 1
+        img, pos = self._cache
+        if not self.augment_on:
+            return img, pos
+        img = degrade(occlude(img, self.g), self.g)
+        return augment(img, pos, self.g)

@@ -1,0 +1,172 @@
+"""Train ResFCN256 on synthetic ICT-FaceKit faces with the PRN recipe.
+
+Loss: mean over pixels of the layout weight mask x squared error of position maps normalized by POS_SCALE.
+Adam, lr halved every ``--halve-every`` epochs (an epoch = ``--epoch-size`` samples). Checkpoints every
+``--save-every`` steps to ``OUT/checkpoint.pt`` (resumable with ``--resume``), JSON log lines in ``OUT/log.jsonl``,
+final weights exported to ``OUT/weights.safetensors``. Multi-process: ``torchrun --nproc-per-node N train.py ...``
+(DDP, gloo on CPU / nccl on CUDA).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..core.constants import POS_SCALE, WEIGHT_PRESETS
+from ..core.layout import load_layout
+from ..core.network import ResFCN256, count_parameters
+from ..core.weights import save_weights
+from ..synth.render import GENERATOR_VERSION
+from ..synth.uvmap import LAYOUT_NAME
+
+PRESETS = {  # name -> (region weights, lr)
+    "paper": ("paper", 1e-4), "uniform": ("uniform", 1e-4), "no-neck": ("no-neck", 1e-4),
+    "study-1-1-1": ("no-neck", 2e-4), "study-3-2-1": ("study-3-2-1", 2e-4), "study-10-3-2": ("study-10-3-2", 2e-4),
+}
+
+
+def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """pred, target: (B,3,H,W) normalized position maps; weight (H,W). Mean of weight * squared error."""
+    return ((pred.float() - target) ** 2 * weight).sum(1).mean()
+
+
+def build_argparser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="output folder (checkpoint, log, weights)")
+    ap.add_argument("--width", type=int, default=16, help="base channels: 16 = full PRN, 8 = half, 4 = quarter")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="region weights (+ lr)")
+    ap.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
+    ap.add_argument("--epoch-size", type=int, default=20000, help="samples per (virtual) epoch")
+    ap.add_argument("--halve-every", type=float, default=5, help="halve lr every this many epochs")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse", type=int, default=0, help="serve each rendered batch 1+REUSE times, re-augmented")
+    ap.add_argument("--max-yaw", type=float, default=90.0)
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+                    help="autocast: bf16 on CPU, fp16 on CUDA when auto")
+    ap.add_argument("--save-every", type=int, default=200)
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    ap.add_argument("--init", help="initialize from a weights file (fine-tuning)")
+    ap.add_argument("--shared", help="development data folder (default $PRN_BLENDER_SHARED or ../shared)")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_argparser().parse_args(argv)
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    dev = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
+                       else "cpu")
+    if ddp:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(dev)
+    else:
+        rank, world = 0, 1
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from .data import SyntheticStream
+    layout = load_layout(LAYOUT_NAME)
+    regions, lr = PRESETS[a.preset]
+    lr = a.lr or lr
+    weight = torch.from_numpy(layout.weight_mask(regions)).to(dev)
+    # channels_last backward crashes in torch 2.13 CPU (double free); keep NCHW for training
+    model = ResFCN256(a.width).to(dev)
+    if a.init:
+        from ..core.weights import load_model
+        model.load_state_dict(load_model(a.init)[0].state_dict())
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    step, t_start, samples = 0, time.time(), 0
+    ck = out / "checkpoint.pt"
+    if a.resume and ck.exists():
+        state = torch.load(ck, map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, samples = state["step"], state["samples"]
+        t_start -= state.get("elapsed", 0.0)
+    net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    amp = a.amp if a.amp != "auto" else ("fp16" if dev.type == "cuda" else "bf16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and dev.type == "cuda" else None
+    data = SyntheticStream(a.batch, seed=a.seed + 7919 * step, rank=rank, device=dev, reuse=a.reuse,
+                           max_yaw=a.max_yaw, shared=a.shared)
+    log = open(out / "log.jsonl", "a") if rank == 0 else None
+    bar = None
+    if rank == 0 and not a.no_progress:
+        from tqdm import tqdm
+        bar = tqdm(total=a.steps, initial=step, dynamic_ncols=True)
+    if rank == 0:
+        print(f"ResFCN256 width {a.width}: {count_parameters(model):,} params; device {dev}; amp {amp}; "
+              f"world {world}; preset {a.preset} lr {lr}", flush=True)
+    model.train()
+    t_data = t_net = 0.0
+    while step < a.steps:
+        t0 = time.time()
+        img, pos = next(data)
+        img = img.to(dev, non_blocking=True)
+        target = pos.to(dev) / POS_SCALE
+        t1 = time.time()
+        epoch = samples / a.epoch_size
+        cur_lr = lr * 0.5 ** math.floor(epoch / a.halve_every)
+        for gparam in opt.param_groups:
+            gparam["lr"] = cur_lr
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            pred = net(img)
+        loss = weighted_loss(pred, target, weight)
+        opt.zero_grad(set_to_none=True)
+        if scaler:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        step += 1
+        samples += a.batch * world
+        t2 = time.time()
+        t_data += t1 - t0
+        t_net += t2 - t1
+        if rank == 0:
+            rec = {"step": step, "loss": float(loss), "lr": cur_lr, "samples": samples,
+                   "elapsed": round(time.time() - t_start, 2), "data_s": round(t1 - t0, 4), "net_s": round(t2 - t1, 4)}
+            log.write(json.dumps(rec) + "\n")
+            if bar:
+                bar.set_postfix(loss=f"{float(loss):.5f}", lr=f"{cur_lr:.1e}")
+                bar.update(1)
+            if step % a.save_every == 0 or step == a.steps:
+                log.flush()
+                tmp = ck.with_suffix(".tmp")
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                            "samples": samples, "elapsed": time.time() - t_start, "args": vars(a)}, tmp)
+                os.replace(tmp, ck)
+                meta = {"data": "ICT-FaceKit synthetic (MIT)", "generator": GENERATOR_VERSION, "seed": a.seed,
+                        "width": a.width, "steps": step, "images_seen": samples, "batch": a.batch * world,
+                        "preset": a.preset, "lr": lr, "device": str(dev), "amp": amp,
+                        "wall_time_s": round(time.time() - t_start, 1)}
+                save_weights(model, out / "weights.safetensors", LAYOUT_NAME, meta)
+    if bar:
+        bar.close()
+    if rank == 0:
+        print(f"done: {step} steps, {samples} samples, data {t_data:.1f}s net {t_net:.1f}s -> "
+              f"{out / 'weights.safetensors'}", flush=True)
+        log.close()
+    if ddp:
+        dist.destroy_process_group()
+    return 0
+
+
+WEIGHT_PRESET_NAMES = tuple(WEIGHT_PRESETS)
