@@ -79,5 +79,11 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .cli_util import exit_now
-    exit_now(main())
+    if not __package__:         # run as a file: blender -b -P prn_blender/__main__.py -- ARGS
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from prn_blender.__main__ import main as _main
+        from prn_blender.cli_util import exit_now
+    else:
+        from .cli_util import exit_now
+        _main = main
+    exit_now(_main())

@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
                 it.add_marker(skip)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared() -> Path:
     if SHARED is None:
         pytest.skip("../shared (development data) not present; set PRN_BLENDER_SHARED")

@@ -40,6 +40,7 @@ def save_weights(model: ResFCN256, path: str | Path, layout: str, meta: dict | N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(path), metadata=md)
+    path.chmod(0o644)
     return path
 
 

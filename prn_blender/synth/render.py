@@ -28,10 +28,11 @@ GENERATOR_VERSION = "ictsynth-1"
 
 # part ids of the rendered point cloud
 P_FACE, P_HEAD, P_MOUTH, P_GUMS, P_TEETH, P_SCLERA, P_IRIS = range(7)
-_PART_RANGES = [  # (part, vmin, vmax, samples per cm^2)
-    (P_FACE, 0, FACE_VERTS, 0), (P_HEAD, 9409, 11248, 0), (P_MOUTH, 11248, 13294, 0),
-    (P_GUMS, 14062, 17039, 0), (P_TEETH, 17039, 21451, 0),
-    (P_SCLERA, 21451, 22221, 0), (P_IRIS, 22221, 23021, 0), (P_SCLERA, 23021, 23791, 0), (P_IRIS, 23791, 24591, 0),
+_PART_RANGES = [  # (part, vmin, vmax, relative sampling density)
+    (P_FACE, 0, FACE_VERTS, 1.0), (P_HEAD, 9409, 11248, 0.6), (P_MOUTH, 11248, 13294, 0.5),
+    (P_GUMS, 14062, 17039, 0.5), (P_TEETH, 17039, 21451, 0.6),
+    (P_SCLERA, 21451, 22221, 1.0), (P_IRIS, 22221, 23021, 1.0), (P_SCLERA, 23021, 23791, 1.0),
+    (P_IRIS, 23791, 24591, 1.0),
 ]
 
 
@@ -79,17 +80,19 @@ class FaceRenderer:
         rng = np.random.default_rng(seed)
 
         # render triangles and area-weighted point samples
-        tris, parts, tri_uv = [], [], []
+        tris, parts, dens = [], [], []
         vuv = vertex_uv(ict)
-        for part, a, b, _ in _PART_RANGES:
+        for part, a, b, rel in _PART_RANGES:
             t, tu = ict.triangles(b, a)
             tris.append(t)
             parts.append(np.full(len(t), part))
+            dens.append(np.full(len(t), rel))
         tris = np.concatenate(tris)
         parts = np.concatenate(parts)
+        dens = np.concatenate(dens)
         v = ict.neutral
         area = 0.5 * np.linalg.norm(np.cross(v[tris[:, 1]] - v[tris[:, 0]], v[tris[:, 2]] - v[tris[:, 0]]), axis=1)
-        n_per = rng.poisson(area * density) + (rng.random(len(area)) < 0.5)
+        n_per = rng.poisson(area * density * dens) + (rng.random(len(area)) < 0.5)
         tri_id = np.repeat(np.arange(len(tris)), n_per)
         r1, r2 = rng.random(len(tri_id)), rng.random(len(tri_id))
         s1 = np.sqrt(r1)
@@ -123,7 +126,7 @@ class FaceRenderer:
         skinpart = parts[tri_id] <= P_HEAD
         # low-frequency 3D noise of the canonical position (random Fourier features)
         K = 8
-        freqs = rng.normal(size=(K, 3)) * np.repeat([0.15, 0.4, 1.0, 2.5], K // 4)[:, None]
+        freqs = rng.normal(size=(K, 3)) * np.repeat([0.08, 0.15, 0.3, 0.6], K // 4)[:, None]
         noise = np.sin(canon @ freqs.T + rng.random(K) * 2 * np.pi).astype(np.float32)      # (M,K)
         # hair masks for a few hairline heights (canonical y, cm), and the back of the head
         self.hairlines = (7.0, 9.0, 11.0, 13.0, 99.0)
@@ -273,7 +276,7 @@ class FaceRenderer:
             p["mouth_col"], p["mouth_col"] * 1.3, p["teeth"],
             torch.tensor([0.85, 0.82, 0.78], device=skin.device).expand(B, 3), p["iris"] * 0.6,
         ], 1)                                                                          # (B,9,3)
-        noise = p["noise_w"][:, :self.n_noise, None] * 0.08 * skin[:, None]          # (B,K,3)
+        noise = p["noise_w"][:, :self.n_noise, None] * 0.05 * skin[:, None]          # (B,K,3)
         coef = torch.cat([coef, noise], 1)
         out = torch.einsum("mj,bjc->bmc", self.basis, coef)
         hm = self.hair_masks[:, p["hair_idx"]].T[..., None]                          # (B,M,1)

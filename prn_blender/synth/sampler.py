@@ -52,7 +52,7 @@ def sample_params(B: int, names: tuple, g: torch.Generator, device="cpu", max_ya
     # pose: half uniform over the full yaw range, half concentrated near frontal
     yaw_u = U(B, lo=-max_yaw, hi=max_yaw)
     yaw_n = (N(B) * 25).clamp(-max_yaw, max_yaw)
-    yaw = torch.where(U(B) < 0.5, yaw_u, yaw_n)
+    yaw = torch.where(U(B) < 0.4, yaw_u, yaw_n)
     pitch = (N(B) * 14 - 3).clamp(-50, 45)
     roll = (N(B) * 8).clamp(-30, 30)
     persp = torch.where(U(B) < 0.6, U(B, lo=40, hi=250), torch.full((B,), math.inf))
@@ -67,7 +67,7 @@ def sample_params(B: int, names: tuple, g: torch.Generator, device="cpu", max_ya
         skin=skin.clamp(0.05, 1), hair=hair.clamp(0, 1), noise_w=N(B, 8),
         lip_tint=torch.stack([U(B, lo=0.85, hi=1.05), U(B, lo=0.6, hi=0.85), U(B, lo=0.6, hi=0.9)], -1),
         brow_on=(U(B) < 0.95).float(), brow_strength=U(B, lo=0.3, hi=0.85),
-        beard=torch.where(U(B) < 0.2, U(B, lo=0.2, hi=0.9), torch.zeros(B)),
+        beard=torch.where(U(B) < 0.2, U(B, lo=0.1, hi=0.5), torch.zeros(B)),
         hair_idx=torch.where(U(B) < 0.9, torch.randint(4, (B,), generator=g), torch.full((B,), 4)),
         mouth_col=torch.stack([U(B, lo=0.35, hi=0.6), U(B, lo=0.1, hi=0.2), U(B, lo=0.1, hi=0.2)], -1),
         teeth=U(B, 1, lo=0.7, hi=0.95) * torch.tensor([1.0, 0.97, 0.88]),

@@ -117,8 +117,11 @@ def build_ict_layout(ict: ICTModel) -> UVLayout:
     kp = uv_to_pixel(vuv[ict.landmarks68])
     yy, xx = np.divmod(face_ind, n)
     kpt = np.zeros((68, 2), np.int32)
-    for i, (x, y) in enumerate(kp):
-        j = np.argmin((xx - x) ** 2 + (yy - y) ** 2)
+    for i, (x, y) in enumerate(kp):     # among mask pixels within 3 px, the one nearest the vertex in 3D
+        d2 = (xx - x) ** 2 + (yy - y) ** 2
+        near = np.flatnonzero(d2 <= max(9.0, d2.min()))
+        d3 = np.linalg.norm(canonical[near] - ict.neutral[ict.landmarks68[i]], axis=1)
+        j = near[np.argmin(d3)]
         kpt[i] = xx[j], yy[j]
 
     regions = np.full((n, n), REGION_NECK, np.uint8)

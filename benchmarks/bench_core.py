@@ -1,0 +1,110 @@
+"""Core speed benchmark (one run prints every figure with its same-run baseline and the ratio).
+
+* network: full-size ResFCN256 (random weights: speed does not depend on values), batch 1 latency and batch 8
+  throughput, optimized path (bf16 autocast + channels_last on CPU / fp16 on CUDA, inference_mode) vs naive eager
+  fp32 NCHW of the same weights; plus the shipped model's width.
+* end-to-end image -> FaceResult with the shipped weights, split by stage.
+* synthetic data engine throughput (samples/s) when ../shared is present.
+Run: ``.venv/bin/python benchmarks/bench_core.py [--device cpu|cuda] [--reps N]``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from prn_blender.core.network import ResFCN256  # noqa: E402
+
+
+def timeit(fn, reps):
+    fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def bench_net(width, dev, reps):
+    m = ResFCN256(width).to(dev).eval()
+    fast = ResFCN256(width).to(dev).eval()
+    fast.load_state_dict(m.state_dict())
+    fast = fast.to(memory_format=torch.channels_last)
+    dt = torch.float16 if dev.type == "cuda" else torch.bfloat16
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def naive(x):
+        with torch.no_grad():
+            m(x)
+        sync()
+
+    def opt(x):
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=dt):
+            fast(x.contiguous(memory_format=torch.channels_last))
+        sync()
+
+    rows = []
+    for b in (1, 8):
+        x = torch.rand(b, 3, 256, 256, device=dev)
+        tn = timeit(lambda: naive(x), reps)
+        to = timeit(lambda: opt(x), reps)
+        rows.append((b, tn * 1e3 / b, to * 1e3 / b, tn / to))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--image", help="photo for the end-to-end split (default: scikit-image astronaut)")
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    from prn_blender.core.weights import DEFAULT_WEIGHTS, read_metadata
+    shipped_w = int(read_metadata(DEFAULT_WEIGHTS)["width"]) if DEFAULT_WEIGHTS.exists() else 8
+    for width in sorted({16, shipped_w}, reverse=True):
+        print(f"\nResFCN256 width {width}: ms/image (naive fp32 NCHW eager | optimized) and speed-up")
+        for b, tn, to, r in bench_net(width, dev, a.reps):
+            print(f"  batch {b}: naive {tn:7.1f} ms/img ({1e3 / tn:6.1f} img/s) | optimized {to:7.1f} ms/img "
+                  f"({1e3 / to:6.1f} img/s) | x{r:.2f}")
+    if DEFAULT_WEIGHTS.exists():
+        from prn_blender.core.reconstruct import FaceReconstructor
+        if a.image:
+            img = a.image
+        else:
+            from skimage import data
+            img = data.astronaut()
+        rec = FaceReconstructor(device=a.device)
+        rec(img)
+        acc = {}
+        for _ in range(a.reps):
+            for k, v in rec(img)[0].timings.items():
+                acc.setdefault(k, []).append(v)
+        tot = sum(np.median(v) for v in acc.values())
+        print("\nend-to-end image -> FaceResult (shipped weights), median ms by stage:")
+        print("  " + ", ".join(f"{k} {np.median(v):.1f}" for k, v in acc.items()) + f"; total {tot:.1f} ms")
+    from prn_blender.core.paths import shared_dir
+    if shared_dir(required=False):
+        from prn_blender.synth.ict import load_ict
+        from prn_blender.synth.render import FaceRenderer
+        from prn_blender.synth.sampler import sample_params
+        ict = load_ict()
+        r = FaceRenderer(ict, device=dev)
+        g = torch.Generator().manual_seed(0)
+        for B in (16, 64):
+            p = sample_params(B, ict.expression_names, g, dev)
+            t = timeit(lambda: (r.render(p), torch.cuda.synchronize() if dev.type == "cuda" else None), 3)
+            print(f"\ndata engine render, batch {B}: {B / t:.1f} samples/s ({t * 1e3 / B:.1f} ms/sample)")
+
+
+if __name__ == "__main__":
+    main()
+    sys.stdout.flush()
+    os._exit(0)

@@ -1,0 +1,35 @@
+"""Add-on preferences. ``bl_idname`` is the top package (``prn_blender`` from source,
+``bl_ext.<repo>.prn_blender`` when installed as an extension)."""
+from __future__ import annotations
+
+import bpy
+from bpy.props import EnumProperty, StringProperty
+
+ADDON_ID = (__package__ or "prn_blender").rsplit(".blender", 1)[0]
+
+
+class PRN_AP_preferences(bpy.types.AddonPreferences):
+    bl_idname = ADDON_ID
+
+    device: EnumProperty(name="Device", default="AUTO", items=[
+        ("AUTO", "Auto", "CUDA when available, else CPU"), ("CUDA", "CUDA", "NVIDIA GPU"), ("CPU", "CPU", "CPU")])
+    weights_path: StringProperty(name="Weights", subtype="FILE_PATH",
+                                 description="Weights file (empty = the shipped default model)")
+
+    def draw(self, context):
+        col = self.layout.column()
+        col.prop(self, "device")
+        col.prop(self, "weights_path")
+
+
+def get_preferences(context=None):
+    """(device 'auto'|'cuda'|'cpu', weights path or None); defaults when the add-on is not enabled as such."""
+    context = context or bpy.context
+    addon = context.preferences.addons.get(ADDON_ID)
+    prefs = getattr(addon, "preferences", None) if addon else None
+    if prefs is None:
+        return "auto", None
+    return prefs.device.lower(), (bpy.path.abspath(prefs.weights_path) if prefs.weights_path else None)
+
+
+CLASSES = (PRN_AP_preferences,)

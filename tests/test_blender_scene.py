@@ -1,0 +1,308 @@
+"""Blender layer: scene building, keying, shape keys / mesh cache, rig, operators, panel, modal stepping.
+Synthetic FaceResults are built from the shipped layout's canonical shape (no weights needed)."""
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from prn_blender.blender.convert import image_to_blender, pose_to_blender
+from prn_blender.core.layout import load_layout
+from prn_blender.core.pose import estimate_pose
+from prn_blender.core.result import CropTransform, FaceResult
+
+pytestmark = pytest.mark.bpy
+W, H = 640, 480
+
+
+def fake_face(t: float = 0.0) -> FaceResult:
+    lay = load_layout()
+    a, b = np.radians(10.0 + 5 * t), np.radians(3.0 * t)
+    ry = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    c = lay.canonical.astype(np.float64).copy()
+    c[:, 1] += np.where(c[:, 1] < -3, -0.5 * t, 0.0)             # "open the jaw" a little: non-rigid motion
+    p = 8.0 * c @ (rx @ ry).T + np.array([W / 2 + 4 * t, -H / 2 - 2 * t, 150.0])
+    v = (p * [1, -1, 1]).astype(np.float32)
+    pose, _ = estimate_pose(v, lay.canonical)
+    tex = np.random.default_rng(0).random((256, 256, 3)).astype(np.float32)
+    return FaceResult(position_map=np.zeros((256, 256, 3), np.float32), vertices=v, triangles=lay.triangles,
+                      uvs=lay.uvs, landmarks=v[lay.kpt_vertex], pose=pose, colors=np.zeros_like(v), texture=tex,
+                      texture_mask=np.ones((256, 256), bool), depth=np.zeros((H, W), np.float32),
+                      crop=CropTransform((W / 2, H / 2), 200.0), confidence=1.0, layout=lay.name, image_size=(W, H))
+
+
+class FakeRec:
+    def __init__(self, fail=None):
+        self.fail = fail
+
+    def __call__(self, image):
+        if self.fail:
+            raise RuntimeError(self.fail)
+        return [fake_face()]
+
+
+@pytest.fixture
+def addon(bpy_empty, monkeypatch, tmp_path):
+    from prn_blender.blender import operators, register
+    register()
+    monkeypatch.setattr(operators, "get_reconstructor", lambda context, weights="": FakeRec())
+    img = tmp_path / "portrait.png"
+    import cv2
+    cv2.imwrite(str(img), np.full((H, W, 3), 128, np.uint8))
+    return SimpleNamespace(bpy=bpy_empty, ops=operators, image=str(img), tmp=tmp_path)
+
+
+def fake_video(n, none_at=()):
+    for i in range(n):
+        yield SimpleNamespace(index=i, time_s=i / 25.0, face=None if i in none_at else fake_face(i / 4))
+
+
+def names(bpy):
+    return {k: sorted(x.name for x in getattr(bpy.data, k)) for k in ("objects", "meshes", "materials", "images",
+                                                                      "collections", "actions", "cameras")}
+
+
+def test_build_face_structure(bpy_empty, tmp_path):
+    from prn_blender.blender import scene
+    r = fake_face()
+    coll = scene.build_face(bpy_empty.context, r, str(tmp_path / "x.png"))
+    objs = scene.objects_by_role(coll)
+    lay = load_layout()
+    me = objs["mesh"].data
+    assert len(me.vertices) == lay.n_vertices and len(me.polygons) == len(lay.triangles)
+    assert "UVMap" in me.uv_layers and me.polygons[0].use_smooth
+    uv = np.zeros(len(me.loops) * 2, np.float32)
+    me.uv_layers["UVMap"].data.foreach_get("uv", uv)
+    assert np.allclose(uv.reshape(-1, 2)[:3], lay.uvs[lay.triangles[0]], atol=1e-6)
+    assert [o.name for o in objs["landmarks"]][:2] == ["lm_00_jaw", "lm_01_jaw"]
+    assert objs["landmarks"][36].name == "lm_36_eye_r" and len(objs["landmarks"]) == 68
+    assert all(o.parent == objs["root"] for o in objs["landmarks"])
+    k = coll["prn_k"]
+    co = np.zeros(len(me.vertices) * 3, np.float32)
+    me.vertices.foreach_get("co", co)
+    assert np.allclose(co.reshape(-1, 3), image_to_blender(r.vertices, (W, H), k), atol=1e-6)
+    img = me.materials[0].node_tree.nodes["Image Texture"].image
+    assert img.packed_file is not None and img.size[:] == (256, 256)
+    # head pose maps the canonical shape onto the vertices; camera is orthographic and frames the photo
+    bpy_empty.context.view_layer.update()
+    M = np.array(objs["head"].matrix_world)
+    c = np.c_[lay.canonical[:50], np.ones(50)]
+    assert np.allclose((c @ M.T)[:, :3], image_to_blender(r.vertices[:50], (W, H), k), atol=1e-4)
+    cam = objs["camera"]
+    assert cam.data.type == "ORTHO" and np.isclose(cam.data.ortho_scale, W * k)
+    assert bpy_empty.context.scene.camera == cam
+
+
+def test_rebuild_replaces(bpy_empty, tmp_path):
+    from prn_blender.blender import scene
+    src = str(tmp_path / "same.png")
+    scene.build_face(bpy_empty.context, fake_face(), src)
+    before = names(bpy_empty)
+    scene.build_face(bpy_empty.context, fake_face(1.0), src)
+    assert names(bpy_empty) == before
+    assert len(bpy_empty.data.collections) == 1 and len(bpy_empty.data.meshes) == 1
+
+
+def test_video_keys_shape_keys_and_rig(bpy_empty, tmp_path):
+    from prn_blender.blender import operators, scene
+    from prn_blender.blender.rig import bake_rig, generate_rig
+    ctx = bpy_empty.context
+    n = 6
+    job = operators.VideoJob(str(tmp_path / "clip.mp4"), fake_video(n, none_at=(3,)), n, 25.0,
+                             mesh_mode="SHAPE_KEYS")
+    job.run_all()
+    coll = _finish_without_movie(job, ctx, monkeypatch_clip=True)
+    objs = scene.objects_by_role(coll)
+    k = coll["prn_k"]
+    faces = [fake_face(i / 4) for i in range(n)]
+    faces[3] = faces[2]                                             # a frame without face holds the previous one
+    lm = image_to_blender(np.stack([f.landmarks for f in faces]), (W, H), k)
+    o = objs["landmarks"][30]
+    fcs = {(fc.data_path, fc.array_index): fc for fc in _fcurves(o)}
+    co = np.zeros(2 * n, np.float32)
+    fcs[("location", 0)].keyframe_points.foreach_get("co", co)
+    assert len(fcs[("location", 0)].keyframe_points) == n          # one key per processed frame
+    assert np.allclose(co[0::2], np.arange(n) + 1)
+    assert np.allclose(co[1::2], lm[:, 30, 0], atol=1e-6)
+    for ax in range(3):
+        assert np.isclose(fcs[("location", ax)].evaluate(4), lm[3, 30, ax], atol=1e-6)
+    head_paths = {fc.data_path for fc in _fcurves(objs["head"])}
+    assert {"location", "rotation_euler", "scale"} <= head_paths
+    scene_ = ctx.scene
+    scene_.frame_set(5)                                             # video frame 4
+    M = np.array(objs["head"].matrix_world)
+    P = pose_to_blender(faces[4].pose.rotation, faces[4].pose.translation, faces[4].pose.scale, (W, H), k)
+    assert np.allclose(M, P, atol=1e-5)
+    # shape keys evaluate to the frame's mesh
+    dg = ctx.evaluated_depsgraph_get()
+    ev = objs["mesh"].evaluated_get(dg).to_mesh()
+    got = np.zeros(len(ev.vertices) * 3, np.float32)
+    ev.vertices.foreach_get("co", got)
+    objs["mesh"].evaluated_get(dg).to_mesh_clear()
+    assert np.allclose(got.reshape(-1, 3), image_to_blender(faces[4].vertices, (W, H), k), atol=1e-5)
+    assert len(objs["mesh"].data.shape_keys.key_blocks) == n + 1
+    # rig follows the empties, then bakes
+    arm = generate_rig(ctx, coll)
+    for f in (2, 5):
+        scene_.frame_set(f)
+        pb = arm.pose.bones["nose_tip"]
+        world = np.array(arm.matrix_world @ pb.head)
+        assert np.allclose(world, lm[f - 1, 30], atol=1e-5)
+        hb = np.array((arm.matrix_world @ arm.pose.bones["head"].matrix).translation)
+        assert np.allclose(hb, np.array(objs["head"].matrix_world.translation), atol=1e-5)
+    scene_.frame_set(4)
+    before = np.array(arm.matrix_world @ arm.pose.bones["brow_in_l"].head)
+    assert bake_rig(ctx, arm) == n
+    assert all(len(pb.constraints) == 0 for pb in arm.pose.bones)
+    scene_.frame_set(4)
+    assert np.allclose(np.array(arm.matrix_world @ arm.pose.bones["brow_in_l"].head), before, atol=1e-4)
+    # rebuilding the same source replaces everything (rig included)
+    job2 = operators.VideoJob(str(tmp_path / "clip.mp4"), fake_video(3), 3, 25.0)
+    job2.run_all()
+    coll2 = _finish_without_movie(job2, ctx, monkeypatch_clip=True)
+    assert len(bpy_empty.data.collections) == 1 and coll2.name == "clip"
+    assert len(bpy_empty.data.meshes) == 1 and len(bpy_empty.data.armatures) == 0
+    assert len([o for o in bpy_empty.data.objects if o.name.startswith("lm_")]) == 68
+
+
+def test_mesh_cache_mode(bpy_empty, tmp_path):
+    from prn_blender.blender import operators, scene
+    ctx = bpy_empty.context
+    bpy_empty.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    job = operators.VideoJob(str(tmp_path / "long.mp4"), fake_video(5), 5, 30.0, mesh_mode="AUTO",
+                             shape_key_max_frames=3)
+    job.run_all()
+    coll = _finish_without_movie(job, ctx, monkeypatch_clip=True)
+    assert job.used_mode == "MESH_CACHE" and os.path.isfile(job.cache_file)
+    objs = scene.objects_by_role(coll)
+    assert objs["mesh"].modifiers[0].type == "MESH_CACHE" and objs["mesh"].data.shape_keys is None
+    k = coll["prn_k"]
+    ctx.scene.frame_set(4)
+    dg = ctx.evaluated_depsgraph_get()
+    ev = objs["mesh"].evaluated_get(dg).to_mesh()
+    got = np.zeros(len(ev.vertices) * 3, np.float32)
+    ev.vertices.foreach_get("co", got)
+    objs["mesh"].evaluated_get(dg).to_mesh_clear()
+    assert np.allclose(got.reshape(-1, 3), image_to_blender(fake_face(3 / 4).vertices, (W, H), k), atol=1e-5)
+
+
+def _fcurves(obj):
+    act = obj.animation_data.action
+    if hasattr(act, "fcurves") and not hasattr(act, "layers"):
+        return list(act.fcurves)
+    try:
+        return list(act.fcurves)
+    except AttributeError:   # Blender 5.0: channelbags
+        return [fc for layer in act.layers for strip in layer.strips for cb in strip.channelbags
+                for fc in cb.fcurves]
+
+
+def _finish_without_movie(job, ctx, monkeypatch_clip):
+    """finish() with the synthetic (nonexistent) movie: the camera background clip is skipped."""
+    from prn_blender.blender import scene
+    real = scene._build
+
+    def build(context, b, result, image_path, name, k, movie_path, set_cam):
+        return real(context, b, result, None, name, k, None, set_cam)
+    scene._build = build
+    try:
+        return job.finish(ctx)
+    finally:
+        scene._build = real
+
+
+def test_image_operator_and_failure_leaves_scene(addon):
+    bpy = addon.bpy
+    assert bpy.ops.prn.reconstruct_image(filepath=addon.image) == {"FINISHED"}
+    assert "portrait" in bpy.data.collections
+    before = names(bpy)
+    with pytest.raises(RuntimeError, match="image not found"):
+        bpy.ops.prn.reconstruct_image(filepath=str(addon.tmp / "nope.png"))
+    assert names(bpy) == before
+    addon.ops.get_reconstructor = lambda context, weights="": FakeRec(fail="no face found in the image")
+    with pytest.raises(RuntimeError, match="no face found"):
+        bpy.ops.prn.reconstruct_image(filepath=addon.image)
+    assert names(bpy) == before
+    # a failure during the build rolls back and keeps the previous build
+    from prn_blender.blender import scene
+    addon.ops.get_reconstructor = lambda context, weights="": FakeRec()
+    real = scene.face_material
+    scene.face_material = lambda *a: (_ for _ in ()).throw(ValueError("boom"))
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            bpy.ops.prn.reconstruct_image(filepath=addon.image)
+    finally:
+        scene.face_material = real
+    assert names(bpy) == before
+    with pytest.raises(RuntimeError, match="video not found"):
+        bpy.ops.prn.reconstruct_video(filepath=str(addon.tmp / "nope.mp4"))
+    assert names(bpy) == before
+    assert bpy.ops.prn.generate_rig() == {"FINISHED"}
+    assert bpy.ops.prn.bake_rig() == {"FINISHED"}
+
+
+class Recorder:
+    def __init__(self, calls):
+        self.calls = calls
+        self.active = True
+
+    def __getattr__(self, name):
+        def f(*a, **kw):
+            self.calls.append((name, a, kw))
+            return Recorder(self.calls) if name in ("box", "row", "column", "split") else SimpleNamespace()
+        return f
+
+
+def test_panel_draw(addon):
+    from prn_blender.blender.panel import PRN_PT_reconstruct
+    calls = []
+    PRN_PT_reconstruct.draw(SimpleNamespace(layout=Recorder(calls)), addon.bpy.context)
+    ops = {a[0] for n, a, kw in calls if n == "operator"}
+    assert {"prn.reconstruct_image", "prn.reconstruct_video", "prn.generate_rig", "prn.bake_rig"} <= ops
+    assert PRN_PT_reconstruct.bl_space_type == "VIEW_3D" and PRN_PT_reconstruct.bl_category == "Face"
+
+
+class FakeWM:
+    def __init__(self):
+        self.progress = []
+
+    def progress_update(self, v):
+        self.progress.append(v)
+
+    def progress_end(self):
+        pass
+
+    def event_timer_remove(self, t):
+        pass
+
+
+def test_modal_esc_keeps_frames(addon, monkeypatch):
+    from prn_blender.blender import operators, scene
+    bpy = addon.bpy
+    job = operators.VideoJob(str(addon.tmp / "take.mp4"), fake_video(10), 10, 25.0)
+    reports = []
+    op = SimpleNamespace(_job=job, _timer=object(), report=lambda t, m: reports.append((t, m)))
+    ctx = SimpleNamespace(scene=bpy.context.scene, view_layer=bpy.context.view_layer, window_manager=FakeWM(),
+                          workspace=None)
+    operators._JOBS["video"] = job
+    timer, esc, move = (SimpleNamespace(type=t) for t in ("TIMER", "ESC", "MOUSEMOVE"))
+    monkeypatch.setattr(scene, "_build", _no_movie_build(scene._build))
+    assert operators.video_modal(op, ctx, move) == {"PASS_THROUGH"}
+    for _ in range(3):
+        assert operators.video_modal(op, ctx, timer) == {"RUNNING_MODAL"}
+    assert ctx.window_manager.progress == [1, 2, 3]
+    assert operators.video_modal(op, ctx, esc) == {"FINISHED"}, reports
+    assert not operators.video_running()
+    coll = bpy.data.collections["take"]
+    head = scene.objects_by_role(coll)["head"]
+    fc = next(f for f in _fcurves(head) if f.data_path == "location")
+    assert len(fc.keyframe_points) == 3 and list(coll["prn_frames"])[:2] == [1, 3]
+
+
+def _no_movie_build(real):
+    def build(context, b, result, image_path, name, k, movie_path, set_cam):
+        return real(context, b, result, None, name, k, None, set_cam)
+    return build

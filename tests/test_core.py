@@ -1,0 +1,162 @@
+"""Core: network shape/params, checkpoint name mapping, layouts, crop round trips, image inputs, detector."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from prn_blender.core.constants import RESOLUTION
+from prn_blender.core.crop import crop_from_box, crop_from_landmarks, uncrop_position_map, warp
+from prn_blender.core.image_io import ImageError, load_image
+from prn_blender.core.layout import load_layout
+from prn_blender.core.network import ResFCN256, count_parameters, tf_name_map
+from prn_blender.core.pose import estimate_pose
+
+
+def test_full_model_parameter_count_and_output():
+    m = ResFCN256(16)
+    assert count_parameters(m) == 13_353_618
+    with torch.no_grad():
+        y = m.eval()(torch.rand(2, 3, 256, 256))
+    assert y.shape == (2, 3, 256, 256) and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert count_parameters(ResFCN256(8)) == 3_341_986
+
+
+def test_tf_name_map_covers_official_tensors(shared):
+    names = {}
+    for line in (shared / "prnet/256_256_resfcn256_weight.index.tensors.tsv").read_text().splitlines():
+        p = line.split("\t")
+        if len(p) < 3 or "Adam" in p[0] or "power" in p[0] or p[0].startswith("#"):
+            continue
+        names[p[0]] = [int(v) for v in p[2].strip("[]").split(",") if v.strip()]
+    m = ResFCN256(16)
+    mp = tf_name_map(m)
+    assert len(names) == 245 and set(mp) == set(names)
+    sd = m.state_dict()
+    for tf, (pt, kind) in mp.items():
+        shape = names[tf] if kind == "vec" else [names[tf][i] for i in (3, 2, 0, 1)]
+        assert list(sd[pt].shape) == shape, tf
+    # every trainable tensor and BN statistic is mapped exactly once
+    assert sorted(pt for pt, _ in mp.values()) == sorted(k for k in sd if not k.endswith("num_batches_tracked"))
+
+
+def test_layout_asset_consistent():
+    lay = load_layout()
+    lay.validate()
+    assert lay.name == "ict-face-v1"
+    assert lay.triangles.shape[1] == 3 and len(lay.triangles) > lay.n_vertices
+    # triangles face outward (+z) on the front of the canonical face
+    v, t = lay.canonical, lay.triangles
+    n = np.cross(v[t[:, 1]] - v[t[:, 0]], v[t[:, 2]] - v[t[:, 0]])
+    front = v[t].mean(1)[:, 2] > np.percentile(v[:, 2], 60)
+    assert (n[front, 2] > 0).mean() > 0.95
+    w = lay.weight_mask("paper")
+    assert w.max() == 1 and w[lay.kpt_xy[:, 1], lay.kpt_xy[:, 0]].min() == 1
+    assert set(np.unique(np.round(w[lay.mask] * 16, 3))) <= {0.0, 3.0, 4.0, 16.0}
+
+
+def _canonical_posmap(lay, R=None, s=3.0, t=(128.0, 120.0, 0.0)):
+    c = lay.canonical.astype(np.float64) @ (np.eye(3) if R is None else R).T
+    img = np.stack([c[:, 0] * s + t[0], -c[:, 1] * s + t[1], c[:, 2] * s + t[2]], 1)
+    pos = np.zeros((RESOLUTION * RESOLUTION, 3))
+    pos[lay.face_ind] = img
+    return pos.reshape(RESOLUTION, RESOLUTION, 3), img
+
+
+def test_position_map_round_trip_exact():
+    lay = load_layout()
+    pos, img = _canonical_posmap(lay)
+    np.testing.assert_array_equal(lay.vertices(pos), img)
+    np.testing.assert_array_equal(lay.landmarks(pos), img[lay.kpt_vertex])
+
+
+def test_pose_recovers_rotation():
+    from prn_blender.synth.render import _rotation
+    lay = load_layout()
+    yaw, pitch, roll = 35.0, -12.0, 8.0
+    R = _rotation(*(torch.tensor([np.radians(a)]) for a in (yaw, pitch, roll)))[0].double().numpy()
+    _, img = _canonical_posmap(lay, R)
+    pose, resid = estimate_pose(img.astype(np.float32), lay.canonical)
+    assert resid < 1e-4
+    assert abs(pose.yaw - yaw) < 0.01 and abs(pose.pitch - pitch) < 0.01 and abs(pose.roll - roll) < 0.01
+
+
+def test_crop_uncrop_round_trip():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(50, 400, (68, 3))
+    for crop in (crop_from_box((103.2, 87.9, 311.4, 345.1)), crop_from_landmarks(pts)):
+        back = crop.to_image(crop.to_crop(pts))
+        assert np.abs(back - pts).max() < 0.01
+        pos = crop.to_crop(rng.uniform(0, 450, (RESOLUTION, RESOLUTION, 3)))
+        img_space = uncrop_position_map(pos.astype(np.float32), crop)
+        assert np.abs(crop.to_crop(img_space) - pos).max() < 0.01
+    # the paper's constants
+    c = crop_from_box((0, 0, 100, 100))
+    assert c.center == (50.0, 64.0) and c.size == 158.0
+    assert crop_from_landmarks(np.array([[0, 0], [100, 100.0]])).size == 160.0
+
+
+def test_warp_places_pixels_by_transform():
+    img = np.zeros((300, 400, 3), np.float32)
+    img[150, 200] = 1.0
+    crop = crop_from_landmarks(np.array([[150.0, 100], [250, 200]]))
+    cx, cy = crop.to_crop(np.array([[200.0, 150.0]]))[0]
+    out = warp(img, crop)
+    yy, xx = np.unravel_index(np.argmax(out[..., 0]), out.shape[:2])
+    assert abs(xx - cx) <= 1 and abs(yy - cy) <= 1
+
+
+@pytest.mark.parametrize("kind", ["u8", "u16", "float", "gray", "rgba"])
+def test_image_array_inputs(kind):
+    rng = np.random.default_rng(1)
+    base = rng.random((40, 50, 3)).astype(np.float32)
+    arr = {"u8": (base * 255).astype(np.uint8), "u16": (base * 65535).astype(np.uint16), "float": base,
+           "gray": (base[..., 0] * 255).astype(np.uint8),
+           "rgba": np.concatenate([(base * 255).astype(np.uint8), np.full((40, 50, 1), 255, np.uint8)], 2)}[kind]
+    out = load_image(arr)
+    assert out.shape == (40, 50, 3) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+
+
+def test_image_bad_and_odd_files(tmp_path):
+    import cv2
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty"):
+        load_image(empty)
+    good = np.random.default_rng(2).integers(0, 255, (64, 64, 3), np.uint8)
+    ok, buf = cv2.imencode(".jpg", good)
+    trunc = tmp_path / "trunc.jpg"
+    trunc.write_bytes(buf.tobytes()[:40])
+    with pytest.raises(ImageError, match="decodable"):
+        load_image(trunc)
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), good[:1, :1])
+    with pytest.raises(ImageError, match="too small"):
+        load_image(tiny)
+    p16 = tmp_path / "deep.png"
+    cv2.imwrite(str(p16), (good.astype(np.uint16) * 257))
+    assert load_image(p16).shape == (64, 64, 3)
+    gray = tmp_path / "gray.png"
+    cv2.imwrite(str(gray), good[..., 0])
+    assert load_image(gray).shape == (64, 64, 3)
+    uni = tmp_path / "visage_é_顔.jpg"
+    uni.write_bytes(buf.tobytes())
+    assert load_image(uni).shape == (64, 64, 3)
+    cmyk = tmp_path / "cmyk.jpg"
+    from PIL import Image
+    Image.fromarray(good).convert("CMYK").save(cmyk)
+    assert load_image(cmyk).shape == (64, 64, 3)
+    with pytest.raises(ImageError, match="not found"):
+        load_image(tmp_path / "missing.jpg")
+
+
+@pytest.mark.shared
+def test_default_detector_finds_all_aflw_faces(shared):
+    from prn_blender.core.detect import make_detector
+    det = make_detector("auto")
+    assert det.name == "yuface"
+    imgs = sorted((shared / "aflw2000-3d/images").glob("*.jpg"))
+    assert len(imgs) == 16
+    for p in imgs:
+        boxes = det(load_image(p))
+        assert len(boxes) >= 1, p.name

@@ -1,0 +1,105 @@
+"""Data engine and training (need ICT-FaceKit from ../shared)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.shared
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def engine(shared):
+    from prn_blender.synth.ict import load_ict
+    from prn_blender.synth.render import FaceRenderer
+    ict = load_ict()
+    return ict, FaceRenderer(ict)
+
+
+def test_layout_asset_rebuilds_identically(engine):
+    from prn_blender.core.layout import load_layout
+    from prn_blender.synth.uvmap import build_ict_layout
+    ict, _ = engine
+    built, asset = build_ict_layout(ict), load_layout("ict-face-v1")
+    assert np.array_equal(built.mask, asset.mask) and np.array_equal(built.triangles, asset.triangles)
+    assert np.array_equal(built.kpt_xy, asset.kpt_xy) and np.allclose(built.canonical, asset.canonical)
+
+
+def test_render_ground_truth_consistent(engine):
+    from prn_blender.synth.sampler import sample_params
+    ict, r = engine
+    g = torch.Generator().manual_seed(3)
+    p = sample_params(6, ict.expression_names, g)
+    b = r.render(p)
+    assert b.image.shape == (6, 3, 256, 256) and b.pos.shape == (6, 3, 256, 256)
+    # landmarks read from the position map are near the true ICT landmark vertices (projected the same way)
+    verts = r.shapes(p["identity"], p["expression"])
+    img_v, _ = r.project(verts, p["yaw"], p["pitch"], p["roll"], p["persp_dist"])
+    true = img_v[:, r.lm_vids, :2]
+    err = (b.kpt[..., :2] - true).norm(dim=-1)
+    assert float(err.mean()) < 0.6 and float(err.max()) < 2.5
+    # crop convention: 68-point box x 1.6 fills the 256 crop, centred
+    lo, hi = true.min(1).values, true.max(1).values
+    assert torch.allclose((hi - lo).sum(-1) / 2 * 1.6, torch.full((6,), 256.0), atol=1e-3)
+    assert torch.allclose((lo + hi) / 2, torch.full((6, 2), 128.0), atol=1e-3)
+    # z channel shifted to min 0 over the face, non-negative everywhere
+    face = b.pos[:, 2][:, torch.from_numpy(r.layout.mask)]
+    assert torch.allclose(face.min(1).values, torch.zeros(6), atol=1e-4)
+    assert b.visibility.any() and b.visibility.float().mean() < 0.5
+
+
+def test_render_is_deterministic(engine):
+    from prn_blender.synth.sampler import sample_params
+    ict, r = engine
+    outs = [r.render(sample_params(3, ict.expression_names, torch.Generator().manual_seed(11))) for _ in range(2)]
+    assert torch.equal(outs[0].image, outs[1].image) and torch.equal(outs[0].pos, outs[1].pos)
+
+
+def test_augment_moves_image_and_position_map_together(engine):
+    from prn_blender.synth.sampler import augment
+    pos = torch.zeros(1, 3, 256, 256)
+    pos[0, :, 100, 100] = torch.tensor([70.0, 150.0, 10.0])      # a "face pixel" whose 3D point is at (70,150)
+    img = torch.zeros(1, 3, 256, 256)
+    img[0, :, 149:152, 69:72] = 1.0                               # the image shows that point
+    g = torch.Generator().manual_seed(4)
+    img2, pos2 = augment(img, pos, g, color=(1.0, 1.0))
+    x, y, z = pos2[0, :, 100, 100].tolist()
+    yy, xx = np.unravel_index(int(img2[0, 0].argmax()), (256, 256))
+    assert abs(xx - x) <= 1.0 and abs(yy - y) <= 1.0
+    assert pos2[0, :, 0, 0].abs().sum() == 0                     # off-face pixels stay zero
+
+
+def _train(out, *extra):
+    cmd = [sys.executable, os.path.join(REPO, "train.py"), "--out", str(out), "--width", "2", "--batch", "2",
+           "--steps", "2", "--save-every", "1", "--threads", "1", "--no-progress", *extra]
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=600)
+    return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_training_deterministic_and_resumable(tmp_path):
+    a = _train(tmp_path / "a")
+    b = _train(tmp_path / "b")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert (tmp_path / "a/weights.safetensors").exists() and (tmp_path / "a/checkpoint.pt").exists()
+    c = _train(tmp_path / "a", "--steps", "3", "--resume")
+    assert [r["step"] for r in c] == [1, 2, 3]
+    from prn_blender.core.weights import load_model
+    model, lay, md = load_model(tmp_path / "a/weights.safetensors")
+    assert md["meta"]["steps"] == 3 and lay.name == "ict-face-v1" and model.width == 2
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29631",
+           os.path.join(REPO, "train.py"), "--out", str(tmp_path), "--width", "2", "--batch", "2", "--steps", "2",
+           "--save-every", "2", "--threads", "1", "--no-progress"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["samples"] == 8          # 2 steps x batch 2 x world 2
