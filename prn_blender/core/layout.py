@@ -61,6 +61,15 @@ class UVLayout:
         flat = self.kpt_xy[:, 1].astype(np.int64) * RESOLUTION + self.kpt_xy[:, 0]
         return np.searchsorted(self.face_ind, flat)
 
+    @property
+    def mirror_vertex(self) -> np.ndarray:
+        """(N,) index of each vertex's left/right mirror (nearest vertex to its mirrored canonical position)."""
+        if "_mirror" not in self.meta:
+            from scipy.spatial import cKDTree
+            c = self.canonical
+            self.meta["_mirror"] = cKDTree(c).query(c * np.array([-1.0, 1.0, 1.0]))[1]
+        return self.meta["_mirror"]
+
     def weight_mask(self, preset: str | tuple = "paper") -> np.ndarray:
         """(256,256) float32 loss weights from a named preset or a (landmark, eyes/nose/mouth, face, neck) tuple,
         normalized so the largest weight is 1."""
@@ -82,7 +91,7 @@ class UVLayout:
         np.savez_compressed(path, name=self.name, mask=self.mask, face_ind=self.face_ind.astype(np.int32),
                             triangles=self.triangles.astype(np.int32), kpt_xy=self.kpt_xy.astype(np.int32),
                             regions=self.regions.astype(np.uint8), canonical=self.canonical.astype(np.float32),
-                            meta=np.array(repr(self.meta)))
+                            meta=np.array(repr({k: v for k, v in self.meta.items() if not k.startswith("_")})))
 
     @classmethod
     def from_file(cls, path: str | Path) -> "UVLayout":

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from .constants import POS_SCALE, RESOLUTION
+from .constants import IBUG68_MIRROR, POS_SCALE, RESOLUTION
 from .crop import crop_from_box, crop_from_landmarks, uncrop_position_map, warp
 from .detect import Detector, make_detector
 from .image_io import load_image
@@ -43,6 +43,7 @@ class InferenceOptions:
     amp: bool = True              # bf16 autocast on CPU, fp16 on CUDA
     channels_last: bool = True
     batch_size: int = 8
+    flip: bool = False            # test-time mirror averaging (2x network cost, lower landmark error)
 
 
 class PRNPredictor:
@@ -118,6 +119,23 @@ class FaceReconstructor:
         boxes = self.detector(image)[: self.max_faces]
         return [crop_from_box(b) for b in boxes]
 
+    def _merge_flip(self, pos: np.ndarray, pos_mirrored: np.ndarray) -> np.ndarray:
+        """Average a crop's position map with the un-mirrored prediction for the mirrored crop."""
+        lay = self.layout
+        v = lay.vertices(pos)
+        vm = lay.vertices(pos_mirrored).copy()
+        vm[:, 0] = (RESOLUTION - 1) - vm[:, 0]
+        avg = 0.5 * (v + vm[lay.mirror_vertex])
+        out = np.zeros_like(pos).reshape(-1, 3)
+        out[lay.face_ind] = avg
+        out = out.reshape(pos.shape)
+        # the 68 landmarks average through the iBUG mirror map (exact semantic pairs)
+        km = lay.landmarks(pos_mirrored).copy()
+        km[:, 0] = (RESOLUTION - 1) - km[:, 0]
+        k = 0.5 * (lay.landmarks(pos) + km[list(IBUG68_MIRROR)])
+        out[lay.kpt_xy[:, 1], lay.kpt_xy[:, 0]] = k
+        return out
+
     def __call__(self, image, box=None, landmarks=None, roi=None, texture: bool = True) -> list[FaceResult]:
         """Reconstruct every face found (largest score first). Raises ReconstructionError when none is found."""
         t0 = time.perf_counter()
@@ -129,7 +147,11 @@ class FaceReconstructor:
             raise ReconstructionError("no face found in the image")
         batch = np.stack([warp(img, c) for c in crops])
         t2 = time.perf_counter()
-        pos_crop = self.predictor(batch)
+        if self.predictor.options.flip:
+            both = self.predictor(np.concatenate([batch, batch[:, :, ::-1]]))
+            pos_crop = np.stack([self._merge_flip(a, b) for a, b in zip(both[:len(crops)], both[len(crops):])])
+        else:
+            pos_crop = self.predictor(batch)
         t3 = time.perf_counter()
         results = []
         for c, pc in zip(crops, pos_crop):

@@ -1,0 +1,197 @@
+"""Video input: metadata, and streaming per-frame face tracking + reconstruction with optional One Euro smoothing.
+
+    info = video_info("clip.mp4")                 # VideoInfo(n_frames, fps, width, height)
+    for fr in iter_video("clip.mp4", FaceReconstructor(), smoothing=OneEuroSettings()):
+        fr.index, fr.time_s, fr.face              # face: FaceResult or None (no face in that frame)
+
+Frames are decoded one at a time (bounded memory). Tracking: frame t is cropped from frame t-1's 68 landmarks
+(``rec(image, landmarks=...)``); the detector runs (``rec(image)``) when there is no previous face, when the tracked
+result's confidence drops below ``min_confidence``, when its landmarks leave the image, or every
+``redetect_every`` processed frames (0 = never forced).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from .result import FaceResult
+from .smoothing import OneEuroFilter, OneEuroSettings
+
+__all__ = ["VideoError", "VideoInfo", "VideoFrame", "video_info", "iter_video", "OneEuroSettings"]
+
+
+class VideoError(ValueError):
+    """The video cannot be opened or decoded (one-line reason)."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Frame count (as reported by the container; counted when it reports none), frames per second, size in pixels.
+    Unpacks as ``n_frames, fps, (width, height)``."""
+    n_frames: int
+    fps: float
+    width: int
+    height: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def __iter__(self):
+        return iter((self.n_frames, self.fps, (self.width, self.height)))
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    """One processed frame: index in the video, time in seconds (index / fps), the tracked face or None."""
+    index: int
+    time_s: float
+    face: FaceResult | None
+
+
+DEFAULT_FPS = 30.0
+
+
+def _open(path) -> tuple[cv2.VideoCapture, Path]:
+    p = Path(os.fspath(path))
+    if not p.is_file():
+        raise VideoError(f"cannot read video {p}: file not found")
+    if p.stat().st_size == 0:
+        raise VideoError(f"cannot read video {p}: file is empty")
+    cap = cv2.VideoCapture(str(p))
+    if not cap.isOpened():
+        cap.release()
+        raise VideoError(f"cannot read video {p}: not a readable video (unknown container or unsupported codec)")
+    return cap, p
+
+
+def _fps(cap) -> float:
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    return fps if np.isfinite(fps) and 0.5 < fps < 1000 else DEFAULT_FPS
+
+
+def video_info(path) -> VideoInfo:
+    """Metadata of a video file; raises VideoError when it cannot be opened or its first frame not decoded."""
+    cap, p = _open(path)
+    try:
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            raise VideoError(f"cannot read video {p}: no decodable frame (corrupt file or unsupported codec)")
+        h, w = frame.shape[:2]
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if n <= 0:                                   # container without a frame count: count (grab, no decode)
+            n = 1
+            while cap.grab():
+                n += 1
+        return VideoInfo(n_frames=n, fps=_fps(cap), width=int(w), height=int(h))
+    finally:
+        cap.release()
+
+
+def _inside(lms: np.ndarray, w: int, h: int, margin: float = 0.0) -> bool:
+    x, y = lms[:, 0], lms[:, 1]
+    return bool(np.all((x >= -margin) & (x < w + margin) & (y >= -margin) & (y < h + margin)))
+
+
+def _closest(faces: list[FaceResult], prev: np.ndarray | None) -> FaceResult:
+    if prev is None or len(faces) == 1:
+        return faces[0]
+    c = prev[:, :2].mean(0)
+    return min(faces, key=lambda f: float(np.linalg.norm(np.asarray(f.landmarks)[:, :2].mean(0) - c)))
+
+
+def _call(rec: Callable, image: np.ndarray, **kw) -> list[FaceResult]:
+    """rec(...) with 'no face' (ReconstructionError or an empty list) mapped to []."""
+    from .reconstruct import ReconstructionError
+    try:
+        return list(rec(image, **kw) or [])
+    except ReconstructionError:
+        return []
+
+
+def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step: int = 1,
+               smoothing: OneEuroSettings | None = None, redetect_every: int = 0,
+               min_confidence: float = 0.3) -> Iterator[VideoFrame]:
+    """Stream frames ``start, start+step, ... < end`` (``end`` None = to the end) through ``rec`` with tracking.
+
+    ``rec(image_rgb_uint8, box=None, landmarks=None) -> list[FaceResult]`` (FaceReconstructor). ``smoothing``: One Euro
+    settings applied over time to the landmarks and the vertices (new FaceResult via dataclasses.replace); the
+    filter restarts after a frame without a face. Tracking uses the unsmoothed landmarks."""
+    if step < 1:
+        raise ValueError("step must be >= 1")
+    start = max(int(start), 0)
+    cap, p = _open(path)
+    try:
+        fps = _fps(cap)
+        lm_filter = vx_filter = None
+        if smoothing is not None and smoothing.enabled:
+            lm_filter, vx_filter = OneEuroFilter(smoothing, fps), OneEuroFilter(smoothing, fps)
+        # position at `start` by grabbing (exact for every codec, unlike CAP_PROP_POS_FRAMES seeking)
+        idx = 0
+        while idx < start:
+            if not cap.grab():
+                return
+            idx += 1
+        prev: np.ndarray | None = None
+        since_detect = 0
+        first = True
+        while end is None or idx < end:
+            if not first:
+                skipped = True
+                for _ in range(step - 1):
+                    if not cap.grab():
+                        skipped = False
+                        break
+                    idx += 1
+                if not skipped or (end is not None and idx >= end):
+                    return
+            first = False
+            ok, bgr = cap.read()
+            if not ok or bgr is None:
+                if idx == start and start == 0:
+                    raise VideoError(f"cannot read video {p}: no decodable frame (corrupt file or unsupported codec)")
+                return
+            img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            h, w = img.shape[:2]
+            face = None
+            tracked = prev is not None and not (redetect_every > 0 and since_detect >= redetect_every)
+            if tracked:
+                faces = _call(rec, img, landmarks=prev)
+                if faces:
+                    f = faces[0]
+                    lms = np.asarray(f.landmarks)
+                    if f.confidence >= min_confidence and np.all(np.isfinite(lms)) and _inside(lms, w, h):
+                        face = f
+            if face is None:                          # lost (or never found, or forced): detect
+                faces = _call(rec, img)
+                if faces:
+                    f = _closest(faces, prev)
+                    lms = np.asarray(f.landmarks)
+                    if np.all(np.isfinite(lms)):
+                        face = f
+                since_detect = 0
+            else:
+                since_detect += 1
+            if face is None:
+                prev = None
+                if lm_filter is not None:
+                    lm_filter.reset()
+                    vx_filter.reset()
+            else:
+                prev = np.asarray(face.landmarks, np.float64).copy()
+                if lm_filter is not None:
+                    t = idx / fps
+                    face = dataclasses.replace(
+                        face,
+                        landmarks=lm_filter(face.landmarks, t).astype(np.float32),
+                        vertices=vx_filter(face.vertices, t).astype(np.float32))
+            yield VideoFrame(index=idx, time_s=idx / fps, face=face)
+            idx += 1
+    finally:
+        cap.release()

@@ -1,0 +1,320 @@
+"""Headless evaluation: ``python eval.py --dataset {aflw2000,pts,synthetic,video} ... --out DIR``.
+
+Writes DIR/metrics.json (fixed schema, NME in percent), DIR/metrics.md (tables), DIR/ced.png and DIR/yaw.png.
+Models side by side: ours (``--weights``, default the shipped model), the 3DDFA_V2 mb05 peer (when the shared data
+folder is present, ``--no-peer`` to skip), and the official PRNet checkpoint converted with
+``python -m prn_blender import-prnet`` (``--prnet-weights``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..core.paths import SharedDataMissing, shared_dir
+from . import metrics as M
+
+
+def roi_from_landmarks(pts: np.ndarray) -> np.ndarray:
+    """3DDFA_V2's ``parse_roi_box_from_landmark``: square box around the 68 points, side = its diagonal."""
+    x0, y0 = pts[:, 0].min(), pts[:, 1].min()
+    x1, y1 = pts[:, 0].max(), pts[:, 1].max()
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    r = max(x1 - x0, y1 - y0) / 2
+    ll = np.sqrt((2 * r) ** 2 * 2)
+    return np.array([cx - ll / 2, cy - ll / 2, cx + ll / 2, cy + ll / 2])
+
+
+class OursModel:
+    def __init__(self, weights=None, device="auto", name="ours", flip=False):
+        from ..core.reconstruct import FaceReconstructor, InferenceOptions
+        self.rec = FaceReconstructor(weights=weights, device=device, options=InferenceOptions(flip=flip))
+        self.name = name
+        self.stage_ms: dict[str, list] = {}
+
+    def predict(self, rgb: np.ndarray, crop: str, gt: np.ndarray | None, roi) -> np.ndarray | None:
+        from ..core.reconstruct import ReconstructionError
+        kw = {"landmarks": gt} if crop == "gt" else {"roi": roi} if crop == "roi" else {}
+        try:
+            res = self.rec(rgb, texture=False, **kw)[0]
+        except ReconstructionError:
+            return None
+        for k, v in res.timings.items():
+            self.stage_ms.setdefault(k, []).append(v)
+        return res.landmarks
+
+    def dense(self, rgb, gt_kpt):
+        res = self.rec(rgb, texture=False, landmarks=gt_kpt)[0]
+        return res.vertices, res.landmarks
+
+
+class PeerModel:
+    name = "3ddfa_v2_mb05"
+
+    def __init__(self, shared=None):
+        from .peer_3ddfa import TDDFAPeer
+        self.peer = TDDFAPeer(shared=shared)
+        self.stage_ms: dict[str, list] = {}
+
+    def predict(self, rgb, crop, gt, roi):
+        if crop == "gt":
+            roi = roi_from_landmarks(gt)
+        elif crop == "detector":
+            from ..core.detect import make_detector
+            boxes = make_detector("auto")(rgb)
+            if not len(boxes):
+                return None
+            x0, y0, x1, y1 = boxes[0][:4]   # calibrated to the 68-point box ~ 3DDFA's landmark roi
+            roi = roi_from_landmarks(np.array([[x0, y0], [x1, y1]]))
+        bgr = cv2.cvtColor((rgb * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR)
+        t = time.perf_counter()
+        out = self.peer.predict_roi(bgr, roi)
+        self.stage_ms.setdefault("net", []).append((time.perf_counter() - t) * 1e3)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+def dataset_aflw2000(a):
+    from ..core.image_io import load_image
+    for s in M.load_aflw2000(a.data):
+        yield s["name"], load_image(s["image"]), np.asarray(s["gt"], np.float32), float(s["yaw"]), s.get("roi")
+
+
+def dataset_pts(a):
+    from ..core.image_io import load_image
+    for img in sorted(p for p in Path(a.data).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+        pts = img.with_suffix(".pts")
+        if not pts.exists():
+            continue
+        lines = pts.read_text().split("{")[1].split("}")[0].split()
+        gt = np.array(lines, np.float32).reshape(-1, 2)
+        gt = np.concatenate([gt, np.zeros((len(gt), 1), np.float32)], 1)
+        yield img.stem, load_image(img), gt, 0.0, None
+
+
+def synthetic_set(n: int, seed: int, max_yaw: float, shared=None, batch: int = 16):
+    """Deterministic held-out synthetic samples: (name, image, gt68 (68,3), yaw, gt dense (N,3))."""
+    import torch
+    from ..synth.ict import load_ict
+    from ..synth.render import FaceRenderer
+    from ..synth.sampler import degrade, sample_params
+    ict = load_ict(shared=shared)
+    r = FaceRenderer(ict)
+    g = torch.Generator().manual_seed(10_000_000 + seed)     # disjoint from training streams (seed*1000+rank)
+    lay = r.layout
+    done = 0
+    while done < n:
+        b = min(batch, n - done)
+        p = sample_params(b, ict.expression_names, g, max_yaw=max_yaw)
+        out = r.render(p)
+        imgs = degrade(out.image, g)
+        for i in range(b):
+            pos = out.pos[i].permute(1, 2, 0).numpy()
+            yield (f"synth_{seed}_{done + i:05d}", imgs[i].permute(1, 2, 0).numpy().copy(), out.kpt[i].numpy(),
+                   float(out.pose[i, 0]), lay.vertices(pos))
+        done += b
+
+
+def dataset_synthetic(a):
+    for name, img, kpt, yaw, _ in synthetic_set(a.n, a.seed, a.max_yaw, a.shared):
+        yield name, img, kpt, yaw, roi_from_landmarks(kpt)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate_landmarks(a, models) -> dict:
+    ds = {"aflw2000": dataset_aflw2000, "pts": dataset_pts, "synthetic": dataset_synthetic}[a.dataset]
+    per = {m.name: {} for m in models}
+    gts, yaws, names = [], [], []
+    dense = {"nme_dense": [], "recon_icp": []}
+    dense_on = a.dataset == "synthetic"
+    src = synthetic_set(a.n, a.seed, a.max_yaw, a.shared) if dense_on else None
+    for item in ds(a):
+        name, img, gt, yaw, roi = item
+        if a.crop == "roi" and roi is None:
+            raise SystemExit(f"--crop roi needs roi boxes; {a.dataset} provides none for {name}")
+        names.append(name)
+        gts.append(gt)
+        yaws.append(yaw)
+        for m in models:
+            per[m.name][name] = m.predict(img, a.crop, gt, roi)
+        if dense_on:
+            _, _, kpt, _, gverts = next(src)
+            ours = models[0]
+            verts, _ = ours.dense(img, kpt)
+            size = np.sqrt(np.prod(kpt[:, :2].max(0) - kpt[:, :2].min(0)))
+            dense["nme_dense"].append(np.linalg.norm(verts[:, :2] - gverts[:, :2], axis=1).mean() / size * 100)
+            from ..core.pose import umeyama
+            s, R, t, _ = umeyama(verts.astype(np.float64), gverts.astype(np.float64))
+            al = s * verts @ R.T + t
+            iod = np.linalg.norm(kpt[36] - kpt[45])
+            dense["recon_icp"].append(np.linalg.norm(al - gverts, axis=1).mean() / iod * 100)
+    yaws = np.array(yaws)
+    out = {"dataset": a.dataset, "n": len(names), "crop": a.crop, "norm": a.norm, "models": {}}
+    for m in models:
+        preds = per[m.name]
+        ok = np.array([preds[n] is not None for n in names])
+        e2 = np.full(len(names), np.nan)
+        e3 = np.full(len(names), np.nan)
+        for i, n in enumerate(names):
+            if ok[i]:
+                p, g = preds[n].astype(np.float64), gts[i].astype(np.float64)
+                e2[i] = M.nme(p[:, :2], g[:, :2], norm=a.norm, dims=2)
+                pz, gz = p.copy(), g.copy()
+                pz[:, 2] -= pz[:, 2].mean()
+                gz[:, 2] -= gz[:, 2].mean()
+                e3[i] = M.nme(pz, gz, norm=a.norm, dims=3)
+        # a miss counts as a failure: NME of a model that found no face is not defined -> reported separately
+        v = ok
+        rec = {"nme2d": M.yaw_buckets(e2[v], yaws[v]), "nme3d": M.yaw_buckets(e3[v], yaws[v]),
+               "per_image": {n: (None if not ok[i] else round(float(e2[i]), 4)) for i, n in enumerate(names)},
+               "ms_per_image": float(sum(np.mean(v_) for v_ in m.stage_ms.values())) if m.stage_ms else None,
+               "ms_by_stage": {k: round(float(np.mean(v_)), 3) for k, v_ in m.stage_ms.items()},
+               "failures": int((~ok).sum()), "auc_0_7": M.auc(e2[v], 7.0)}
+        if dense_on and m is models[0]:
+            rec["nme_dense"] = float(np.mean(dense["nme_dense"]))
+            rec["recon_icp_iod"] = float(np.mean(dense["recon_icp"]))
+        out["models"][m.name] = rec
+        out.setdefault("_curves", {})[m.name] = e2[v].tolist()
+    out["_yaws"] = yaws.tolist()
+    return out
+
+
+def evaluate_video(a, model) -> dict:
+    from ..core.smoothing import OneEuroSettings
+    from ..core.video import iter_video
+    from ..synth.clip import make_synthetic_clip
+    out_dir = Path(a.out)
+    path, gt = make_synthetic_clip(out_dir / "clip.avi", n_frames=a.n, seed=a.seed)
+    res = {"dataset": "video", "n": int(len(gt)), "crop": "tracking", "models": {}}
+    for label, sm in (("raw", None), ("one_euro", OneEuroSettings(min_cutoff=a.min_cutoff, beta=a.beta))):
+        preds = np.full(gt.shape, np.nan, np.float32)
+        t = time.perf_counter()
+        for fr in iter_video(path, model.rec, smoothing=sm):
+            if fr.face is not None and fr.index < len(gt):
+                preds[fr.index] = fr.face.landmarks
+        dt = (time.perf_counter() - t) * 1e3 / len(gt)
+        size = np.sqrt(np.prod(gt[..., :2].max(1) - gt[..., :2].min(1), axis=-1))[:, None]
+        acc = lambda x: np.linalg.norm(x[2:, :, :2] - 2 * x[1:-1, :, :2] + x[:-2, :, :2], axis=-1) / size[1:-1] * 100
+        err = np.linalg.norm(preds[..., :2] - gt[..., :2], axis=-1) / size * 100
+        # lag: shift (frames) maximizing the correlation of the mean landmark trajectory with the truth
+        mp, mg = np.nanmean(preds[..., 0], 1), gt[..., 0].mean(1)
+        lags = range(0, min(6, len(gt) // 3))
+        corr = [np.corrcoef(mp[L:], mg[:len(mg) - L])[0, 1] if np.isfinite(mp[L:]).all() else -1 for L in lags]
+        res["models"][f"{model.name}_{label}"] = {
+            "nme2d": {"all": float(np.nanmean(err))}, "jitter_pct": float(np.sqrt(np.nanmean(acc(preds) ** 2))),
+            "gt_jitter_pct": float(np.sqrt(np.mean(acc(gt) ** 2))), "lag_frames": int(np.argmax(corr)),
+            "ms_per_image": dt, "per_image": {str(i): float(np.nanmean(err[i])) for i in range(len(gt))}}
+    return res
+
+
+def write_report(res: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    curves = res.pop("_curves", {})
+    yaws = np.array(res.pop("_yaws", []))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(res, indent=1))
+    lines = [f"# {res['dataset']} (n={res['n']}, crop={res['crop']})", ""]
+    if res["dataset"] == "video":
+        lines += ["| model | NME2D % | jitter % | GT jitter % | lag (frames) | ms/frame |", "|---|---|---|---|---|---|"]
+        for k, m in res["models"].items():
+            lines.append(f"| {k} | {m['nme2d']['all']:.2f} | {m['jitter_pct']:.3f} | {m['gt_jitter_pct']:.3f} | "
+                         f"{m['lag_frames']} | {m['ms_per_image']:.1f} |")
+    else:
+        for key in ("nme2d", "nme3d"):
+            lines += [f"## {key} (%)", "", "| model | 0-30 | 30-60 | 60-90 | mean | all | failures | ms/img |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for k, m in res["models"].items():
+                b = m[key]
+                f = lambda x: "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.2f}"
+                ms = m["ms_per_image"]
+                lines.append(f"| {k} | {f(b['0-30'])} | {f(b['30-60'])} | {f(b['60-90'])} | {f(b['mean'])} | "
+                             f"{f(b['all'])} | {m['failures']} | {'-' if ms is None else f'{ms:.1f}'} |")
+            lines.append("")
+        for k, m in res["models"].items():
+            if "nme_dense" in m:
+                lines.append(f"{k}: dense NME {m['nme_dense']:.2f} %, ICP-aligned reconstruction NME "
+                             f"{m['recon_icp_iod']:.2f} % (outer inter-ocular)")
+        lines += ["", "## per image NME2D (%)", "", "| image | " + " | ".join(res["models"]) + " |",
+                  "|---|" + "---|" * len(res["models"])]
+        names = list(next(iter(res["models"].values()))["per_image"])
+        for n in names:
+            vals = [res["models"][k]["per_image"][n] for k in res["models"]]
+            lines.append(f"| {n} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + " |")
+        # plots
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for k, e in curves.items():
+            x, y = M.ced(np.array(e), max_x=10)
+            ax.plot(x, y * 100, label=f"{k} (all {np.mean(e):.2f} %)")
+        ax.set_xlabel("NME 2D (%)")
+        ax.set_ylabel("images (%)")
+        ax.set_title(f"CED, {res['dataset']} ({res['crop']} crop)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "ced.png", dpi=110)
+        plt.close(fig)
+        fig, ax = plt.subplots(figsize=(5, 4))
+        buckets = ["0-30", "30-60", "60-90"]
+        w = 0.8 / max(1, len(res["models"]))
+        for j, (k, m) in enumerate(res["models"].items()):
+            vals = [m["nme2d"][b] if m["nme2d"][b] is not None else 0 for b in buckets]
+            ax.bar(np.arange(3) + j * w, vals, w, label=k)
+        counts = [int(((np.abs(yaws) >= lo) & (np.abs(yaws) <= hi)).sum()) for lo, hi in ((0, 30), (30.0001, 60),
+                                                                                           (60.0001, 1e9))]
+        ax.set_xticks(np.arange(3) + w * (len(res["models"]) - 1) / 2)
+        ax.set_xticklabels([f"|yaw| {b}\n(n={c})" for b, c in zip(buckets, counts)])
+        ax.set_ylabel("NME 2D (%)")
+        ax.set_title("NME by yaw")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "yaw.png", dpi=110)
+        plt.close(fig)
+    (out / "metrics.md").write_text("\n".join(lines) + "\n")
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="eval.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", required=True, choices=["aflw2000", "pts", "synthetic", "video"])
+    ap.add_argument("--data", help="dataset folder (aflw2000: the aflw2000-3d folder; pts: images + .pts)")
+    ap.add_argument("--crop", default="gt", choices=["gt", "detector", "roi"])
+    ap.add_argument("--norm", default="box", choices=["box", "iod"], help="NME normalization")
+    ap.add_argument("--n", type=int, default=200, help="synthetic/video: number of samples/frames")
+    ap.add_argument("--seed", type=int, default=777)
+    ap.add_argument("--max-yaw", type=float, default=90.0)
+    ap.add_argument("--weights", help="our weights (default: shipped model)")
+    ap.add_argument("--prnet-weights", help="official PRNet checkpoint converted to a weights file")
+    ap.add_argument("--no-peer", action="store_true", help="skip the 3DDFA_V2 peer")
+    ap.add_argument("--flip", action="store_true", help="our model with test-time mirror averaging")
+    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    ap.add_argument("--min-cutoff", type=float, default=1.0)
+    ap.add_argument("--beta", type=float, default=0.05)
+    ap.add_argument("--shared", help="development data folder")
+    ap.add_argument("--out", required=True)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.dataset == "synthetic" and a.crop == "roi":
+        pass  # roi from GT landmarks (3DDFA convention)
+    if a.dataset in ("aflw2000", "pts") and not a.data:
+        raise SystemExit("--data is required for this dataset")
+    models = [OursModel(a.weights, a.device, flip=a.flip)]
+    if a.prnet_weights:
+        models.append(OursModel(a.prnet_weights, a.device, name="prnet_official"))
+    if not a.no_peer and a.dataset != "video":
+        try:
+            shared_dir(a.shared)
+            models.append(PeerModel(a.shared))
+        except SharedDataMissing as e:
+            print(f"note: 3DDFA_V2 peer skipped ({e})")
+    res = evaluate_video(a, models[0]) if a.dataset == "video" else evaluate_landmarks(a, models)
+    write_report(res, Path(a.out))
+    print((Path(a.out) / "metrics.md").read_text())
+    return 0

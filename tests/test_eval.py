@@ -1,0 +1,77 @@
+"""eval.py: both invocation forms, the fixed metrics.json schema, the peer figure, determinism."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from prn_blender.cli_util import script_argv
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUCKETS = {"0-30", "30-60", "60-90", "mean", "all"}
+
+
+def test_script_argv_both_forms():
+    assert script_argv(["eval.py", "--dataset", "x"]) == ["--dataset", "x"]
+    assert script_argv(["blender", "-b", "--python-exit-code", "1", "-P", "eval.py", "--", "--dataset", "x"]) == \
+        ["--dataset", "x"]
+    assert script_argv(["blender", "-b", "-P", "eval.py", "--"]) == []
+
+
+def _run(args, blender_form=False, env=None):
+    if blender_form:   # what Blender's embedded interpreter does: bpy loaded, sys.argv = Blender's own argv
+        code = ("import sys, runpy, bpy; sys.argv = ['blender', '-b', '--python-exit-code', '1', '-P', 'eval.py', "
+                f"'--'] + {args!r}; runpy.run_path('eval.py', run_name='__main__')")
+        cmd = [sys.executable, "-c", code]
+    else:
+        cmd = [sys.executable, "eval.py", *args]
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=e)
+
+
+def _check_schema(m, n_models=1):
+    assert set(m) >= {"dataset", "n", "crop", "models"} and len(m["models"]) >= n_models
+    for rec in m["models"].values():
+        assert set(rec["nme2d"]) == BUCKETS and set(rec["nme3d"]) == BUCKETS
+        assert isinstance(rec["per_image"], dict) and "ms_per_image" in rec
+
+
+def test_eval_bad_arguments_exit_nonzero(tmp_path):
+    for form in (False, True):
+        p = _run(["--dataset", "aflw2000", "--out", str(tmp_path)], blender_form=form)
+        assert p.returncode != 0 and "--data" in (p.stderr + p.stdout)
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_eval_aflw_roi_both_forms(tmp_path, shared):
+    data = str(shared / "aflw2000-3d")
+    for form, out in ((False, tmp_path / "py"), (True, tmp_path / "blender")):
+        p = _run(["--dataset", "aflw2000", "--data", data, "--crop", "roi", "--out", str(out)], blender_form=form)
+        assert p.returncode == 0, p.stderr[-2000:]
+        m = json.loads((out / "metrics.json").read_text())
+        _check_schema(m, 2)
+        assert m["n"] == 16 and set(m["models"]) >= {"ours", "3ddfa_v2_mb05"}
+        assert abs(m["models"]["3ddfa_v2_mb05"]["nme2d"]["all"] - 3.36) <= 0.05
+        for f in ("metrics.md", "ced.png", "yaw.png"):
+            assert (out / f).stat().st_size > 0
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_eval_synthetic_same_seed_same_metrics(tmp_path):
+    outs = []
+    for k in range(2):
+        p = _run(["--dataset", "synthetic", "--n", "6", "--seed", "777", "--no-peer", "--out", str(tmp_path / str(k))])
+        assert p.returncode == 0, p.stderr[-2000:]
+        m = json.loads((tmp_path / str(k) / "metrics.json").read_text())
+        _check_schema(m)
+        for rec in m["models"].values():
+            rec.pop("ms_per_image")
+            rec.pop("ms_by_stage")
+        outs.append(m)
+    assert outs[0] == outs[1]
+    assert "nme_dense" in outs[0]["models"]["ours"] and "recon_icp_iod" in outs[0]["models"]["ours"]
