@@ -102,6 +102,21 @@ def main():
             p = sample_params(B, ict.expression_names, g, dev)
             t = timeit(lambda: (r.render(p), torch.cuda.synchronize() if dev.type == "cuda" else None), 3)
             print(f"\ndata engine render, batch {B}: {B / t:.1f} samples/s ({t * 1e3 / B:.1f} ms/sample)")
+        if DEFAULT_WEIGHTS.exists():
+            import tempfile
+            from prn_blender.core.reconstruct import FaceReconstructor
+            from prn_blender.core.smoothing import OneEuroSettings
+            from prn_blender.core.video import iter_video
+            from prn_blender.synth.clip import make_synthetic_clip
+            rec = FaceReconstructor(device=a.device)
+            with tempfile.TemporaryDirectory() as d:
+                path, gt = make_synthetic_clip(Path(d) / "clip.avi", n_frames=24, seed=0)
+                for label, sm in (("raw", None), ("one-euro", OneEuroSettings())):
+                    t = time.perf_counter()
+                    n = sum(1 for _ in iter_video(path, rec, smoothing=sm))
+                    dt = time.perf_counter() - t
+                    print(f"video end-to-end ({label}, tracking, textures): {n / dt:.2f} fps "
+                          f"({dt * 1e3 / n:.0f} ms/frame, {n} frames 256x256)")
 
 
 if __name__ == "__main__":

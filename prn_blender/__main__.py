@@ -46,6 +46,16 @@ def _blend(a) -> int:
     return run_blend(a.input, a.out, frames=a.frames, rig=a.rig, smoothing=a.smoothing, weights=a.weights)
 
 
+def _import_prnet(a) -> int:
+    from .core.tf_bundle import BundleError, import_prnet_checkpoint
+    try:
+        print(import_prnet_checkpoint(a.checkpoint, a.out))
+    except (BundleError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m prn_blender")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -69,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--smoothing", help="'off' or MIN_CUTOFF,BETA for the One Euro filter")
     b.add_argument("--weights")
     b.set_defaults(fn=_blend)
+    t = sub.add_parser("import-prnet", help="convert PRNet's official TF checkpoint (no TensorFlow needed)")
+    t.add_argument("checkpoint", help="checkpoint prefix or .index file (…/256_256_resfcn256_weight)")
+    t.add_argument("--out", required=True, help="output .safetensors (layout prnet-bfm)")
+    t.set_defaults(fn=_import_prnet)
     return ap
 
 

@@ -273,6 +273,20 @@ def shard_paths(prefix: str | Path, num_shards: int | None = None) -> list[Path]
     return [Path(f"{prefix}.data-{i:05d}-of-{num_shards:05d}") for i in range(num_shards)]
 
 
+def _tensor_crc(info: TensorInfo, raw: bytes) -> int:
+    """CRC32C as BundleWriter computes it: over the raw bytes, except for strings, where the varint lengths are
+    checksummed as little-endian uint32 values (uint64 above 4 GiB), then the 4-byte masked length checksum and the
+    string bytes follow."""
+    if info.dtype != "string":
+        return crc32c(raw)
+    n = int(np.prod(info.shape)) if info.shape else 1
+    crc, pos = 0, 0
+    for _ in range(n):
+        ln, pos = _varint(raw, pos)
+        crc = crc32c(struct.pack("<I" if ln <= 0xFFFFFFFF else "<Q", ln), crc)
+    return crc32c(raw[pos:], crc)
+
+
 def _decode(info: TensorInfo, raw: bytes, name: str) -> np.ndarray:
     n = int(np.prod(info.shape)) if info.shape else 1
     if info.dtype == "string":
@@ -321,7 +335,7 @@ def read_bundle(prefix: str | Path, names: Iterable[str] | None = None,
             if len(raw) != info.size:
                 raise BundleError(f"{name}: data shard truncated")
             check = verify_crc if verify_crc is not None else info.size < (1 << 20)
-            if check and info.crc32c is not None and _mask(crc32c(raw)) != info.crc32c:
+            if check and info.crc32c is not None and _mask(_tensor_crc(info, raw)) != info.crc32c:
                 raise BundleError(f"{name}: CRC32C mismatch (corrupt data shard?)")
             out[name] = _decode(info, raw, name)
     finally:
@@ -402,7 +416,7 @@ def import_prnet_checkpoint(prefix: str | Path, out_path: str | Path) -> Path:
     missing = [k for k in res.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or res.unexpected_keys:
         raise BundleError(f"state_dict mismatch: missing {missing[:3]}, unexpected {res.unexpected_keys[:3]}")
-    meta = {"source": "PRNet official TensorFlow checkpoint (YadiraF/PRNet, 256_256_resfcn256_weight)",
+    meta = {"source": "PRNet TensorFlow checkpoint (YadiraF/PRNet release format, 256_256_resfcn256_weight)",
             "source_prefix": prefix.name, "data_sha256": digests[0] if len(digests) == 1 else digests,
             "official_sha256": official, "tf_tensors": len(nm),
             "license": "research-only (PRNet weights); user-supplied, not redistributed",
@@ -411,7 +425,8 @@ def import_prnet_checkpoint(prefix: str | Path, out_path: str | Path) -> Path:
     card = out.with_suffix(".md")
     card.write_text(
         f"# {out.name}\n\n"
-        "Official PRNet ResFCN256 weights (Feng et al., ECCV 2018) converted from the TensorFlow checkpoint by "
+        f"{'Official' if official else 'Unverified (not the official release)'} PRNet ResFCN256 weights "
+        "(Feng et al., ECCV 2018) converted from the TensorFlow checkpoint by "
         "`prn_blender.core.tf_bundle.import_prnet_checkpoint`.\n\n"
         f"- Source: `{prefix.name}` (.index + {', '.join(s.name for s in shards)})\n"
         f"- Data shard sha256: `{meta['data_sha256']}`"
