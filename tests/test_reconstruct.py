@@ -1,0 +1,104 @@
+"""Reconstruction API and CLI with the shipped weights (no ../shared needed)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from prn_blender.core.layout import load_layout
+from prn_blender.core.network import ResFCN256
+from prn_blender.core.weights import DEFAULT_WEIGHTS, WeightsError, load_model, save_weights
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory):
+    from skimage import data
+    from prn_blender.core.image_io import save_image
+    p = tmp_path_factory.mktemp("img") / "astronaut.png"
+    save_image(p, data.astronaut() / 255.0)
+    return p
+
+
+@pytest.fixture(scope="module")
+def rec():
+    from prn_blender.core.reconstruct import FaceReconstructor
+    return FaceReconstructor(device="cpu")
+
+
+def test_shipped_weights_and_layout_match():
+    model, lay, md = load_model()
+    assert lay.name == "ict-face-v1" and md["meta"]["data"].startswith("ICT-FaceKit")
+    assert DEFAULT_WEIGHTS.with_name("MODEL_CARD.md").exists()
+
+
+def test_mismatched_or_missing_weights_are_clear_errors(tmp_path):
+    p = save_weights(ResFCN256(2), tmp_path / "w.safetensors", "prnet-bfm")
+    with pytest.raises(WeightsError, match="prnet-bfm"):
+        load_model(p, layout="ict-face-v1")
+    with pytest.raises(WeightsError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a weights file")
+    with pytest.raises(WeightsError):
+        load_model(tmp_path / "junk.safetensors")
+
+
+def test_face_result_fields(rec, astronaut):
+    faces = rec(str(astronaut))
+    assert len(faces) >= 1
+    f = faces[0]
+    lay = load_layout()
+    assert f.vertices.shape == (lay.n_vertices, 3) and f.triangles.shape == lay.triangles.shape
+    assert f.uvs.shape == (lay.n_vertices, 2) and f.landmarks.shape == (68, 3)
+    assert f.position_map.shape == (256, 256, 3) and f.texture.shape == (256, 256, 3)
+    assert f.texture_mask.dtype == bool and f.depth.shape == (512, 512)
+    assert f.image_size == (512, 512) and 0.0 <= f.confidence <= 1.0
+    assert set(f.timings) == {"detect", "crop", "net", "uncrop", "texture"}
+    np.testing.assert_allclose(f.landmarks, lay.landmarks(f.position_map))
+    np.testing.assert_allclose(np.linalg.det(f.pose.rotation), 1.0, atol=1e-6)
+    # explicit box and landmark crops give results too; the image may be an array of any dtype
+    g = rec((np.asarray(__import__("PIL").Image.open(astronaut)).astype(np.uint16) * 257), box=(150, 60, 260, 190))[0]
+    assert g.image_size == (512, 512)
+    h = rec(str(astronaut), landmarks=f.landmarks)[0]
+    assert np.isfinite(h.vertices).all()
+
+
+def test_flip_tta_symmetric(rec, astronaut):
+    from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
+    flip = FaceReconstructor(device="cpu", options=InferenceOptions(flip=True))
+    a = flip(str(astronaut), box=(150, 60, 260, 190))[0]
+    assert a.vertices.shape == rec.layout.canonical.shape and np.isfinite(a.landmarks).all()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "prn_blender", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_cli_reconstruct_and_info(astronaut, tmp_path):
+    p = _cli("reconstruct", str(astronaut), "--out", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    for f in ("astronaut.obj", "astronaut.mtl", "astronaut_texture.png", "astronaut_landmarks.json",
+              "astronaut_overlay.png"):
+        assert (tmp_path / f).stat().st_size > 0
+    js = json.loads((tmp_path / "astronaut_landmarks.json").read_text())
+    assert len(js["landmarks68"]) == 68 and js["image_size"] == [512, 512] and "yaw" in js["pose"]
+    obj = (tmp_path / "astronaut.obj").read_text().splitlines()
+    assert sum(1 for x in obj if x.startswith("v ")) == load_layout().n_vertices
+    p = _cli("info")
+    assert p.returncode == 0 and "layout: ict-face-v1" in p.stdout and "parameters:" in p.stdout
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    blank = tmp_path / "blank.png"
+    from prn_blender.core.image_io import save_image
+    save_image(blank, np.full((200, 200, 3), 0.5, np.float32))
+    p = _cli("reconstruct", str(blank), "--out", str(tmp_path / "o"))
+    assert p.returncode != 0 and p.stderr.strip().startswith("error: no face")
+    p = _cli("reconstruct", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o"))
+    assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1
