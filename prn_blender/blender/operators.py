@@ -305,10 +305,10 @@ class PRN_OT_reconstruct_video(bpy.types.Operator):
         if not path or not os.path.isfile(path):
             raise FileNotFoundError(f"video not found: {path or '(no file given)'}")
         rec = get_reconstructor(context, self.weights)
-        end = None if s.frame_end < 0 else s.frame_end
+        end = None if s.frame_end < 0 else s.frame_end + 1      # frame_end is inclusive, core's end exclusive
         (n, fps, _), frames = open_video(path, rec, start=s.frame_start, end=end, step=s.frame_step,
                                          smoothing=smoothing_settings(s))
-        last = n if end is None else min(n, end + 1)
+        last = n if end is None else min(n, end)
         total = max(0, -(-(last - s.frame_start) // s.frame_step)) if n else 0
         return VideoJob(path, frames, total, fps, metres_per_pixel=s.metres_per_pixel or None,
                         mesh_mode=s.mesh_mode, shape_key_max_frames=s.shape_key_max_frames, rig=s.rig)

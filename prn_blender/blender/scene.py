@@ -273,10 +273,12 @@ def _build(context, b, result, image_path, name, k, movie_path, set_scene_camera
 
     photo = clip = None
     if movie_path:
-        clip = b.add(bpy.data.movieclips.load(str(bpy.path.abspath(str(movie_path)))), None)
+        mp = str(bpy.path.abspath(str(movie_path)))
+        clip = b.add(bpy.data.movieclips.load(mp), os.path.basename(mp))   # base name once the old one is gone
         clip.frame_start = 1
     elif image_path is not None and os.path.isfile(bpy.path.abspath(str(image_path))):
-        photo = b.add(bpy.data.images.load(str(bpy.path.abspath(str(image_path))), check_existing=False), None)
+        ip = str(bpy.path.abspath(str(image_path)))
+        photo = b.add(bpy.data.images.load(ip, check_existing=False), os.path.basename(ip))
     depth = float(np.nanmax(result.vertices[:, 2])) if len(result.vertices) else 0.0
     cam, _ = setup_camera(b, coll, f"{name}_camera", (w, h), k, depth, parent=root, image=photo, clip=clip)
     if set_scene_camera:
