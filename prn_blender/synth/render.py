@@ -220,7 +220,10 @@ class FaceRenderer:
         covered = torch.isfinite(zbuf)[:, None]
         out = torch.where(covered, image, p["background"])
         pose = torch.stack([p["yaw"], p["pitch"], p["roll"]], -1) * (180 / math.pi)
-        return Batch(image=out.clamp(0, 1), pos=pos.view(B, RESOLUTION, RESOLUTION, 3).permute(0, 3, 1, 2),
+        # contiguous NCHW: a channels_last-strided image would send conv backward into torch 2.13's crashing
+        # CPU channels_last kernels
+        return Batch(image=out.clamp(0, 1).contiguous(),
+                     pos=pos.view(B, RESOLUTION, RESOLUTION, 3).permute(0, 3, 1, 2).contiguous(),
                      kpt=kpt, visibility=vis.view(B, RESOLUTION, RESOLUTION), pose=pose)
 
     def _splat(self, pts, col, keep, B):

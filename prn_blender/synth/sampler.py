@@ -175,4 +175,4 @@ def augment(img: torch.Tensor, pos: torch.Tensor, g: torch.Generator, rot_deg=45
     xy2 = torch.einsum("bij,bjhw->bihw", A, xy) + c - 0.5 + t[..., None, None]
     pos2 = torch.cat([xy2, pos[:, 2:] * s[:, None, None, None]], 1) * mask
     cs = (torch.rand(B, 3, 1, 1, generator=g) * (color[1] - color[0]) + color[0]).to(dev)
-    return (img2 * cs).clamp(0, 1), pos2
+    return (img2 * cs).clamp(0, 1).contiguous(), pos2.contiguous()

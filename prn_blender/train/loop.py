@@ -117,8 +117,8 @@ def main(argv=None) -> int:
     while step < a.steps:
         t0 = time.time()
         img, pos = next(data)
-        img = img.to(dev, non_blocking=True)
-        target = pos.to(dev) / POS_SCALE
+        img = img.to(dev, non_blocking=True).contiguous()   # NCHW (see FaceRenderer.render)
+        target = pos.to(dev).contiguous() / POS_SCALE
         t1 = time.time()
         epoch = samples / a.epoch_size
         cur_lr = lr * 0.5 ** math.floor(epoch / a.halve_every)
