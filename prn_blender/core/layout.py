@@ -65,9 +65,16 @@ class UVLayout:
     def mirror_vertex(self) -> np.ndarray:
         """(N,) index of each vertex's left/right mirror (nearest vertex to its mirrored canonical position)."""
         if "_mirror" not in self.meta:
-            from scipy.spatial import cKDTree
-            c = self.canonical
-            self.meta["_mirror"] = cKDTree(c).query(c * np.array([-1.0, 1.0, 1.0]))[1]
+            c = self.canonical.astype(np.float32)
+            q = c * np.array([-1.0, 1.0, 1.0], np.float32)
+            try:                    # scipy is a development dependency; Blender's Python may lack it
+                from scipy.spatial import cKDTree
+                idx = cKDTree(c).query(q)[1]
+            except ImportError:
+                import cv2
+                index = cv2.flann_Index(c, {"algorithm": 1, "trees": 4})
+                idx = index.knnSearch(q, 1, params={"checks": 64})[0][:, 0]
+            self.meta["_mirror"] = np.asarray(idx, np.int64)
         return self.meta["_mirror"]
 
     def weight_mask(self, preset: str | tuple = "paper") -> np.ndarray:
