@@ -36,6 +36,26 @@ def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
     return ((pred.float() - target) ** 2 * weight).sum(1).mean()
 
 
+@torch.no_grad()
+def recalibrate_bn(model: ResFCN256, batches, amp_dtype=torch.bfloat16) -> None:
+    """Replace BatchNorm running statistics by their exact average over ``batches`` (an iterable of image
+    tensors) under the training forward: removes the lag of the exponential running averages."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    saved = [(m.momentum, m.training) for m in bns]
+    was_training = model.training
+    model.train()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None                     # cumulative moving average
+    dev = next(model.parameters()).device
+    for img in batches:
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            model(img.to(dev).contiguous())
+    for m, (mom, _) in zip(bns, saved):
+        m.momentum = mom
+    model.train(was_training)
+
+
 def build_argparser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output folder (checkpoint, log, weights)")
