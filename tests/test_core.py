@@ -160,3 +160,16 @@ def test_default_detector_finds_all_aflw_faces(shared):
     for p in imgs:
         boxes = det(load_image(p))
         assert len(boxes) >= 1, p.name
+
+
+def test_bn_recalibration_uses_exact_average():
+    import torch.nn.functional as F
+    from prn_blender.train.loop import recalibrate_bn
+    torch.manual_seed(0)
+    m = ResFCN256(2).eval()
+    batches = [torch.rand(2, 3, 256, 256) * (i + 1) for i in range(3)]
+    recalibrate_bn(m, batches, amp_dtype=None)
+    with torch.no_grad():
+        means = [m.conv0.conv(F.pad(b, (1, 2, 1, 2))).mean((0, 2, 3)) for b in batches]
+    torch.testing.assert_close(m.conv0.bn.running_mean, torch.stack(means).mean(0), rtol=1e-4, atol=1e-5)
+    assert m.conv0.bn.momentum == 0.01 and not m.training
