@@ -121,7 +121,7 @@ def occlude(img: torch.Tensor, g: torch.Generator, prob: float = 0.4) -> torch.T
     rect = ((xx - c[:, 0, None, None]).abs() < r[:, 0, None, None]) & ((yy - c[:, 1, None, None]).abs() < r[:, 1, None, None])
     shape = torch.where((torch.rand(B, 1, 1, generator=g) < 0.5), ell, rect)
     on = (torch.rand(B, 1, 1, generator=g) < prob)
-    m = (shape & on)[:, None].to(img.dtype)
+    m = (shape & on)[:, None].to(device=img.device, dtype=img.dtype)
     tex = torch.rand(B, 3, 1, 1, generator=g) * 0.7 + 0.3 * _smooth_noise(B, 3, 16, g, n) \
         + 0.15 * (torch.rand(B, 1, n, n, generator=g) - 0.5)
     return img * (1 - m) + tex.clamp(0, 1).to(img.device) * m.to(img.device)
