@@ -75,3 +75,16 @@ def test_eval_synthetic_same_seed_same_metrics(tmp_path):
         outs.append(m)
     assert outs[0] == outs[1]
     assert "nme_dense" in outs[0]["models"]["ours"] and "recon_icp_iod" in outs[0]["models"]["ours"]
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_eval_video_jitter_and_lag(tmp_path):
+    p = _run(["--dataset", "video", "--n", "5", "--seed", "5", "--out", str(tmp_path)])
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["dataset"] == "video" and m["n"] == 5
+    raw, smooth = m["models"]["ours_raw"], m["models"]["ours_one_euro"]
+    for rec in (raw, smooth):
+        assert rec["jitter_pct"] >= 0 and rec["lag_frames"] >= 0 and len(rec["per_image"]) == 5
+    assert smooth["jitter_pct"] <= raw["jitter_pct"] + 1e-6
