@@ -161,11 +161,11 @@ def main(argv=None) -> int:
         t_data += t1 - t0
         t_net += t2 - t1
         if rank == 0:
-            rec = {"step": step, "loss": float(loss), "lr": cur_lr, "samples": samples,
+            rec = {"step": step, "loss": loss.item(), "lr": cur_lr, "samples": samples,
                    "elapsed": round(time.time() - t_start, 2), "data_s": round(t1 - t0, 4), "net_s": round(t2 - t1, 4)}
             log.write(json.dumps(rec) + "\n")
             if bar:
-                bar.set_postfix(loss=f"{float(loss):.5f}", lr=f"{cur_lr:.1e}")
+                bar.set_postfix(loss=f"{rec['loss']:.5f}", lr=f"{cur_lr:.1e}")
                 bar.update(1)
             if step % a.save_every == 0 or step == a.steps:
                 log.flush()

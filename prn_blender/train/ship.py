@@ -19,11 +19,17 @@ from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, load_model, read_metadata, save_weights, sha256
 
 
-def plot_curve(log: Path, out: Path) -> dict:
+def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    by_step = {}
+    for line in log.read_text().splitlines():   # a resumed run re-logs the steps after its last checkpoint: keep the last
+        if line.strip():
+            r = json.loads(line)
+            if upto is None or r["step"] <= upto:   # only the steps the weights have seen
+                by_step[r["step"]] = r
+    recs = [by_step[k] for k in sorted(by_step)]
     steps = np.array([r["step"] for r in recs])
     loss = np.array([r["loss"] for r in recs])
     k = max(1, len(loss) // 100)
@@ -32,7 +38,7 @@ def plot_curve(log: Path, out: Path) -> dict:
     ax.plot(steps, loss, alpha=0.25, lw=0.6, label="loss")
     ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"running mean ({k})")
     ax.set_yscale("log")
-    ax.set_xlabel("step (batch 16)")
+    ax.set_xlabel(f"step (batch {batch})")
     ax.set_ylabel("weighted position-map MSE")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -74,6 +80,9 @@ def main(argv=None) -> int:
     run = Path(a.run)
     model, lay, md = load_model(run / "weights.safetensors")
     meta = dict(md["meta"])
+    args = {}
+    if (run / "checkpoint.pt").exists():   # the exact training arguments (reuse, epoch size, ...)
+        args = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True).get("args", {})
     if a.bn_batches:
         from .data import SyntheticStream
         from .loop import recalibrate_bn
@@ -87,7 +96,9 @@ def main(argv=None) -> int:
         print(a.out_weights)
         return 0
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    curve = plot_curve(run / "log.jsonl", WEIGHTS_DIR / "training_curve.png")
+    batch = int(meta.get("batch", args.get("batch", 16)))
+    reuse, epoch_size = args.get("reuse", 0), args.get("epoch_size", 5000)
+    curve = plot_curve(run / "log.jsonl", WEIGHTS_DIR / "training_curve.png", batch, meta.get("steps"))
     save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=torch.float16)
     digest = sha256(DEFAULT_WEIGHTS)
     n_params = sum(p.numel() for p in model.parameters())
@@ -102,9 +113,10 @@ def main(argv=None) -> int:
         f"| architecture | ResFCN256, width {model.width} (full PRN = 16), {n_params:,} parameters |",
         f"| UV layout | `{lay.name}` ({lay.n_vertices} vertices, {len(lay.triangles)} triangles) |",
         f"| data | {meta.get('data')}; generator `{meta.get('generator')}`; seed {meta.get('seed')} |",
-        f"| training | {curve['steps']} steps, batch {meta.get('batch')}, {curve['samples']:,} images seen "
-        f"(each render served 4x with fresh augmentation), preset `{meta.get('preset')}`, Adam lr {meta.get('lr')} "
-        f"halved every 5 virtual epochs of 5,000 samples, autocast {meta.get('amp')} |",
+        f"| training | {curve['steps']} steps, batch {batch}, {curve['samples']:,} images seen "
+        f"(each render served {reuse + 1}x with fresh augmentation), preset `{meta.get('preset')}`, Adam lr "
+        f"{meta.get('lr')} halved every {args.get('halve_every', 5)} virtual epochs of {epoch_size:,} samples, "
+        f"autocast {meta.get('amp')} |",
         f"| hardware | {a.hardware}; wall time {curve['elapsed_s'] / 3600:.2f} h |",
         f"| final training loss | {curve['final_loss_mean']:.5f} (running mean) |",
         f"| BatchNorm statistics | recalibrated on {meta.get('bn_recalibrated_batches', 0)} fresh synthetic batches "
@@ -112,8 +124,9 @@ def main(argv=None) -> int:
         "| license | weights: GPL-3.0-or-later with the add-on; inputs: ICT-FaceKit (MIT) |", "",
         "## How it was made", "",
         "```", "python -m prn_blender.synth.uvmap            # layout asset from ICT-FaceKit",
-        f"python train.py --out runs/{run.name} --width {model.width} --batch 16 --reuse 3 --lr {meta.get('lr')} "
-        f"--epoch-size 5000 --seed {meta.get('seed')} --steps N   # stopped after {curve['steps']} steps",
+        f"python train.py --out runs/{run.name} --width {model.width} --batch {batch} --reuse {reuse} "
+        f"--lr {meta.get('lr')} --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N"
+        f"   # stopped after {curve['steps']} steps",
         "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --out out/eval_aflw",
         "python eval.py --dataset synthetic --n 200 --seed 777 --out out/eval_synth",
         f"python -m prn_blender.train.ship --run runs/{run.name} --eval-aflw out/eval_aflw --eval-synth out/eval_synth",
