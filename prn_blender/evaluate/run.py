@@ -302,11 +302,9 @@ def build_parser():
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    if a.dataset == "synthetic" and a.crop == "roi":
-        pass  # roi from GT landmarks (3DDFA convention)
     if a.dataset in ("aflw2000", "pts") and not a.data:
         raise SystemExit("--data is required for this dataset")
-    models = [OursModel(a.weights, a.device, flip=a.flip)]
+    models = [OursModel(a.weights, a.device, name="ours" if a.flip else "ours_single_pass", flip=a.flip)]
     if a.prnet_weights:
         models.append(OursModel(a.prnet_weights, a.device, name="prnet_official"))
     if not a.no_peer and a.dataset != "video":

@@ -1,6 +1,6 @@
 """Ship a trained run as the add-on's default model: fp16 weights + MODEL_CARD.md + training curve.
 
-    python -m prn_blender.train.ship --run runs/w8 [--eval-aflw DIR] [--eval-synth DIR]
+    python -m prn_blender.train.ship --run runs/w8 [--eval-aflw DIR...] [--eval-synth DIR...]
 
 DIR are ``eval.py`` output folders (their metrics.json feed the card). Writes
 ``prn_blender/assets/weights/prn-ict-default.safetensors``, ``MODEL_CARD.md`` and ``training_curve.png`` there.
@@ -49,10 +49,15 @@ def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None) -> dic
             "samples": recs[-1]["samples"]}
 
 
-def _metrics_table(d: Path | None, title: str) -> list[str]:
-    if not d or not (Path(d) / "metrics.json").exists():
+def _metrics_table(dirs: list | None, title: str) -> list[str]:
+    """Markdown table of the models in one or more eval.py output folders of the same dataset and crop."""
+    found = [json.loads((Path(d) / "metrics.json").read_text()) for d in dirs or []
+             if (Path(d) / "metrics.json").exists()]
+    if not found:
         return []
-    m = json.loads((Path(d) / "metrics.json").read_text())
+    m = found[0]
+    for other in found[1:]:
+        m["models"].update(other["models"])
     lines = [f"### {title} ({m['dataset']}, n={m['n']}, crop={m['crop']})", "",
              "| model | NME2D 0-30 | 30-60 | 60-90 | mean | all | NME3D all |", "|---|---|---|---|---|---|---|"]
     f = lambda x: "-" if x is None else f"{x:.2f}"
@@ -62,14 +67,21 @@ def _metrics_table(d: Path | None, title: str) -> list[str]:
                      f"{f(v['nme3d']['all'])} |")
     extra = [f"- {k}: dense NME {v['nme_dense']:.2f} %, ICP-aligned reconstruction NME {v['recon_icp_iod']:.2f} % "
              f"(outer inter-ocular)" for k, v in m["models"].items() if "nme_dense" in v]
-    return lines + [""] + extra + [""]
+    per = [""]
+    if m["n"] <= 50:   # small real sets: the per-image table too
+        names = list(m["models"])
+        per = ["", "| image | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for img in m["models"][names[0]]["per_image"]:
+            per.append(f"| {img} | " + " | ".join(f(m["models"][k]["per_image"].get(img)) for k in names) + " |")
+        per.append("")
+    return lines + [""] + extra + per
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="training output folder (weights.safetensors, log.jsonl)")
-    ap.add_argument("--eval-aflw", help="eval.py output folder on AFLW2000-3D")
-    ap.add_argument("--eval-synth", help="eval.py output folder on the held-out synthetic set")
+    ap.add_argument("--eval-aflw", nargs="+", help="eval.py output folder(s) on AFLW2000-3D")
+    ap.add_argument("--eval-synth", nargs="+", help="eval.py output folder(s) on the held-out synthetic set")
     ap.add_argument("--bn-batches", type=int, default=24,
                     help="recalibrate BatchNorm statistics on this many fresh synthetic batches of 16 (0 = off)")
     ap.add_argument("--shared", help="development data folder (for the BN recalibration batches)")
@@ -128,8 +140,11 @@ def main(argv=None) -> int:
         f"--lr {meta.get('lr')} --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N"
         f"   # stopped after {curve['steps']} steps",
         "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --out out/eval_aflw",
+        "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --no-flip --no-peer "
+        "--out out/eval_aflw_single",
         "python eval.py --dataset synthetic --n 200 --seed 777 --out out/eval_synth",
-        f"python -m prn_blender.train.ship --run runs/{run.name} --eval-aflw out/eval_aflw --eval-synth out/eval_synth",
+        f"python -m prn_blender.train.ship --run runs/{run.name} --eval-aflw out/eval_aflw out/eval_aflw_single "
+        "--eval-synth out/eval_synth",
         "```", "", "## Metrics (68-point NME %, normalized by sqrt(w*h) of the GT box)", "",
         *_metrics_table(a.eval_aflw, "Real photos: the 16 AFLW2000-3D images in ../shared"),
         *_metrics_table(a.eval_synth, "Held-out synthetic set"),
