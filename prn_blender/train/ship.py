@@ -86,16 +86,18 @@ def main(argv=None) -> int:
                     help="recalibrate BatchNorm statistics on this many fresh synthetic batches of 16 (0 = off)")
     ap.add_argument("--shared", help="development data folder (for the BN recalibration batches)")
     ap.add_argument("--out-weights", help="write here instead of the shipped default (for trying a checkpoint)")
+    ap.add_argument("--card-only", action="store_true",
+                    help="keep the shipped weights as they are (the ones just evaluated); rewrite card and curve")
     ap.add_argument("--hardware", default=f"{platform.processor() or platform.machine()}, "
                                           f"{torch.get_num_threads()} CPU threads")
     a = ap.parse_args(argv)
     run = Path(a.run)
-    model, lay, md = load_model(run / "weights.safetensors")
+    model, lay, md = load_model(DEFAULT_WEIGHTS if a.card_only else run / "weights.safetensors")
     meta = dict(md["meta"])
     args = {}
     if (run / "checkpoint.pt").exists():   # the exact training arguments (reuse, epoch size, ...)
         args = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True).get("args", {})
-    if a.bn_batches:
+    if a.bn_batches and not a.card_only:
         from .data import SyntheticStream
         from .loop import recalibrate_bn
         stream = SyntheticStream(16, seed=424242, shared=a.shared)
@@ -111,7 +113,8 @@ def main(argv=None) -> int:
     batch = int(meta.get("batch", args.get("batch", 16)))
     reuse, epoch_size = args.get("reuse", 0), args.get("epoch_size", 5000)
     curve = plot_curve(run / "log.jsonl", WEIGHTS_DIR / "training_curve.png", batch, meta.get("steps"))
-    save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=torch.float16)
+    if not a.card_only:
+        save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=torch.float16)
     digest = sha256(DEFAULT_WEIGHTS)
     n_params = sum(p.numel() for p in model.parameters())
     card = [
