@@ -58,6 +58,11 @@ def test_face_result_fields(rec, astronaut):
     assert f.position_map.shape == (256, 256, 3) and f.texture.shape == (256, 256, 3)
     assert f.texture_mask.dtype == bool and f.depth.shape == (512, 512)
     assert f.image_size == (512, 512) and 0.0 <= f.confidence <= 1.0
+    # confidence separates a real face (0.70 measured) from a featureless crop (0.03) - the video tracker re-detects
+    # below 0.3
+    assert f.confidence > 0.5, f.confidence
+    flat = rec(np.full((512, 512, 3), 128, np.uint8), box=(150, 60, 260, 190), texture=False)[0]
+    assert flat.confidence < 0.3, flat.confidence
     assert set(f.timings) == {"detect", "crop", "net", "uncrop", "texture"}
     np.testing.assert_allclose(f.landmarks, lay.landmarks(f.position_map))
     np.testing.assert_allclose(np.linalg.det(f.pose.rotation), 1.0, atol=1e-6)

@@ -26,7 +26,8 @@ from ..synth.render import GENERATOR_VERSION
 from ..synth.uvmap import LAYOUT_NAME
 
 PRESETS = {  # name -> (region weights, lr)
-    "paper": ("paper", 1e-4), "uniform": ("uniform", 1e-4), "no-neck": ("no-neck", 1e-4),
+    "paper": ("paper", 1e-4), "paper-neck": ("paper-neck", 1e-4), "uniform": ("uniform", 1e-4),
+    "no-neck": ("no-neck", 1e-4),
     "study-1-1-1": ("no-neck", 2e-4), "study-3-2-1": ("study-3-2-1", 2e-4), "study-10-3-2": ("study-10-3-2", 2e-4),
 }
 
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
         model.load_state_dict(load_model(a.init)[0].state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     step, t_start, samples = 0, time.time(), 0
+    history = [[0, a.preset]]          # [first step, preset]: a resumed run may switch region weights
     ck = out / "checkpoint.pt"
     if a.resume and ck.exists():
         state = torch.load(ck, map_location=dev, weights_only=False)
@@ -118,6 +120,9 @@ def main(argv=None) -> int:
         opt.load_state_dict(state["opt"])
         step, samples = state["step"], state["samples"]
         t_start -= state.get("elapsed", 0.0)
+        history = state.get("preset_history") or [[0, state["args"]["preset"]]]
+        if history[-1][1] != a.preset:
+            history.append([step, a.preset])
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     amp = a.amp if a.amp != "auto" else ("fp16" if dev.type == "cuda" else "bf16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
@@ -171,11 +176,13 @@ def main(argv=None) -> int:
                 log.flush()
                 tmp = ck.with_suffix(".tmp")
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                            "samples": samples, "elapsed": time.time() - t_start, "args": vars(a)}, tmp)
+                            "samples": samples, "elapsed": time.time() - t_start, "args": vars(a),
+                            "preset_history": history}, tmp)
                 os.replace(tmp, ck)
                 meta = {"data": "ICT-FaceKit synthetic (MIT)", "generator": GENERATOR_VERSION, "seed": a.seed,
                         "width": a.width, "steps": step, "images_seen": samples, "batch": a.batch * world,
-                        "preset": a.preset, "lr": lr, "device": str(dev), "amp": amp,
+                        "preset": a.preset, "preset_history": ", ".join(f"{n} from step {s0}" for s0, n in history),
+                        "lr": lr, "device": str(dev), "amp": amp,
                         "wall_time_s": round(time.time() - t_start, 1)}
                 save_weights(model, out / "weights.safetensors", LAYOUT_NAME, meta)
     if bar:

@@ -129,7 +129,7 @@ def main(argv=None) -> int:
         f"| UV layout | `{lay.name}` ({lay.n_vertices} vertices, {len(lay.triangles)} triangles) |",
         f"| data | {meta.get('data')}; generator `{meta.get('generator')}`; seed {meta.get('seed')} |",
         f"| training | {curve['steps']} steps, batch {batch}, {curve['samples']:,} images seen "
-        f"(each render served {reuse + 1}x with fresh augmentation), preset `{meta.get('preset')}`, Adam lr "
+        f"(each render served {reuse + 1}x with fresh augmentation), region weights {meta.get('preset_history') or meta.get('preset')}, Adam lr "
         f"{meta.get('lr')} halved every {args.get('halve_every', 5)} virtual epochs of {epoch_size:,} samples, "
         f"autocast {meta.get('amp')} |",
         f"| hardware | {a.hardware}; wall time {curve['elapsed_s'] / 3600:.2f} h |",
