@@ -248,8 +248,10 @@ def write_report(res: dict, out: Path) -> None:
             lines.append(f"| {n} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + " |")
         # plots
         fig, ax = plt.subplots(figsize=(5, 4))
+        worst = max((float(np.max(e)) for e in curves.values() if len(e)), default=0.0)
+        max_x = max(10.0, 5.0 * np.ceil(worst * 1.02 / 5.0))   # 0-10 % as published, wider to show every image
         for k, e in curves.items():
-            x, y = M.ced(np.array(e), max_x=10)
+            x, y = M.ced(np.array(e), max_x=max_x)
             ax.plot(x, y * 100, label=f"{k} (all {np.mean(e):.2f} %)")
         ax.set_xlabel("NME 2D (%)")
         ax.set_ylabel("images (%)")
