@@ -56,8 +56,11 @@ def open_video(path, rec, start=0, end=None, step=1, smoothing=None):
     return info, iter_video(path, rec, start=start, end=end, step=step, smoothing=smoothing)
 
 
-def face_collection(context):
-    """The face collection of the active object, else the most recently built one in the scene."""
+def face_collection(context, name: str = ""):
+    """The face collection called ``name`` when given, else the active object's, else the most recently built one in
+    the scene."""
+    if name:
+        return bpy.data.collections.get(name)
     obj = context.view_layer.objects.active if context.view_layer else None
     if obj is not None:
         for c in obj.users_collection:
@@ -368,7 +371,7 @@ class PRN_OT_generate_rig(bpy.types.Operator):
     collection: StringProperty(name="Collection", options={"SKIP_SAVE"})
 
     def execute(self, context):
-        coll = bpy.data.collections.get(self.collection) if self.collection else face_collection(context)
+        coll = face_collection(context, self.collection)
         if coll is None or not coll.get("prn_source"):
             self.report({"ERROR"}, "no reconstructed face in the scene")
             return {"CANCELLED"}
@@ -391,7 +394,7 @@ class PRN_OT_bake_rig(bpy.types.Operator):
     collection: StringProperty(name="Collection", options={"SKIP_SAVE"})
 
     def execute(self, context):
-        coll = bpy.data.collections.get(self.collection) if self.collection else face_collection(context)
+        coll = face_collection(context, self.collection)
         rig = sc.objects_by_role(coll).get("rig") if coll is not None else None
         if rig is None:
             self.report({"ERROR"}, "no face rig to bake (generate one first)")

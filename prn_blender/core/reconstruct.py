@@ -102,8 +102,8 @@ class FaceReconstructor:
         self._detector_spec = detector
         self._detector = detector if isinstance(detector, Detector) else None
         self.max_faces = max_faces
-        # pose and confidence from 2000 vertices spread over the face proper: the neck is loosely supervised (weight 0 or
-        # small in the loss) and its shape varies with the head's pitch, so it would bias the fit
+        # pose and confidence from 2000 vertices spread over the face proper: the neck is loosely supervised (weight 0
+        # or small in the loss) and its shape varies with the head's pitch, so it would bias the fit
         face = np.flatnonzero(self.layout.regions.reshape(-1)[self.layout.face_ind] != REGION_NECK)
         self._fit_idx = face[np.linspace(0, len(face) - 1, 2000).astype(int)]
 

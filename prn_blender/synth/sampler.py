@@ -117,8 +117,10 @@ def occlude(img: torch.Tensor, g: torch.Generator, prob: float = 0.4) -> torch.T
                             indexing="ij")
     c = torch.rand(B, 2, generator=g) * n * 0.8 + n * 0.1
     r = torch.rand(B, 2, generator=g) * n * 0.22 + n * 0.05
-    ell = ((xx - c[:, 0, None, None]) / r[:, 0, None, None]) ** 2 + ((yy - c[:, 1, None, None]) / r[:, 1, None, None]) ** 2 < 1
-    rect = ((xx - c[:, 0, None, None]).abs() < r[:, 0, None, None]) & ((yy - c[:, 1, None, None]).abs() < r[:, 1, None, None])
+    dx, dy = xx - c[:, 0, None, None], yy - c[:, 1, None, None]
+    rx, ry = r[:, 0, None, None], r[:, 1, None, None]
+    ell = (dx / rx) ** 2 + (dy / ry) ** 2 < 1
+    rect = (dx.abs() < rx) & (dy.abs() < ry)
     shape = torch.where((torch.rand(B, 1, 1, generator=g) < 0.5), ell, rect)
     on = (torch.rand(B, 1, 1, generator=g) < prob)
     m = (shape & on)[:, None].to(device=img.device, dtype=img.dtype)

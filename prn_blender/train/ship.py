@@ -24,7 +24,8 @@ def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None) -> dic
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     by_step = {}
-    for line in log.read_text().splitlines():   # a resumed run re-logs the steps after its last checkpoint: keep the last
+    # a resumed run re-logs the steps after its last checkpoint: keep the last record of each step
+    for line in log.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
             if upto is None or r["step"] <= upto:   # only the steps the weights have seen
@@ -129,9 +130,9 @@ def main(argv=None) -> int:
         f"| UV layout | `{lay.name}` ({lay.n_vertices} vertices, {len(lay.triangles)} triangles) |",
         f"| data | {meta.get('data')}; generator `{meta.get('generator')}`; seed {meta.get('seed')} |",
         f"| training | {curve['steps']} steps, batch {batch}, {curve['samples']:,} images seen "
-        f"(each render served {reuse + 1}x with fresh augmentation), region weights {meta.get('preset_history') or meta.get('preset')}, Adam lr "
-        f"{meta.get('lr')} halved every {args.get('halve_every', 5)} virtual epochs of {epoch_size:,} samples, "
-        f"autocast {meta.get('amp')} |",
+        f"(each render served {reuse + 1}x with fresh augmentation), "
+        f"region weights {meta.get('preset_history') or meta.get('preset')}, Adam lr {meta.get('lr')} halved every "
+        f"{args.get('halve_every', 5)} virtual epochs of {epoch_size:,} samples, autocast {meta.get('amp')} |",
         f"| hardware | {a.hardware}; wall time {curve['elapsed_s'] / 3600:.2f} h |",
         f"| final training loss | {curve['final_loss_mean']:.5f} (running mean) |",
         f"| BatchNorm statistics | recalibrated on {meta.get('bn_recalibrated_batches', 0)} fresh synthetic batches "
