@@ -54,6 +54,47 @@ def test_render_ground_truth_consistent(engine):
     assert b.visibility.any() and b.visibility.float().mean() < 0.5
 
 
+def test_rendered_head_has_no_cracks(engine):
+    """Polygons on the seams between ICT parts (face/head, lips/mouth) are drawn: the head layer has almost no
+    uncovered pixels inside its own silhouette (the seam dropped made a 2-3 px crack, >= 0.5 % of the area)."""
+    import torch.nn.functional as F
+    from prn_blender.synth.render import CANVAS_MARGIN as m
+    from prn_blender.synth.sampler import sample_params
+    ict, r = engine
+    p = sample_params(4, ict.expression_names, torch.Generator().manual_seed(1))
+    p["identity"].zero_()
+    p["expression"].zero_()
+    for k in ("yaw", "pitch", "roll"):
+        p[k].zero_()
+    p["yaw"][1], p["yaw"][2], p["pitch"][3] = 0.6, -1.2, 0.4
+    b = r.render(p)
+    alpha = b.layer[:, 3:, m:-m, m:-m]
+    closed = -F.max_pool2d(-F.max_pool2d(alpha, 7, 1, 3), 7, 1, 3)
+    cracks = ((closed > 0) & (alpha == 0)).sum((1, 2, 3)).float()
+    assert torch.all(cracks < 0.0025 * alpha.sum((1, 2, 3))), cracks
+    # the crop image is exactly the layer's centre composited over the background
+    crop = b.layer[:, :, m:-m, m:-m]
+    assert torch.allclose(b.image, (crop[:, :3] + (1 - crop[:, 3:]) * b.background).clamp(0, 1))
+
+
+def test_augment_composites_the_head_layer_over_the_background():
+    """Shrinking the crop reveals more canvas, then background: never a stretched (replicated) border."""
+    from prn_blender.synth.sampler import augment
+    n, C = 256, 352
+    layer = torch.zeros(1, 4, C, C)
+    layer[:, 0], layer[:, 3] = 1.0, 1.0                           # opaque red over the whole canvas
+    bg = torch.zeros(1, 3, n, n)
+    bg[:, 2] = 1.0                                                # blue background
+    pos = torch.zeros(1, 3, n, n)
+    img, _ = augment(bg, pos, torch.Generator().manual_seed(0), rot_deg=0, trans=0, scale=(0.5, 0.5),
+                     color=(1.0, 1.0), layer=layer, background=bg)
+    assert torch.allclose(img[0, :, 128, 128], torch.tensor([1.0, 0.0, 0.0]))     # centre: the layer
+    assert torch.allclose(img[0, :, 2, 2], torch.tensor([0.0, 0.0, 1.0]))         # beyond the canvas: background
+    # a 0.5x shrink shows the 352-pixel canvas as a 176-pixel square
+    red = img[0, 0] > 0.5
+    assert abs(int(red[128].sum()) - C // 2) <= 2
+
+
 def test_render_is_deterministic(engine):
     from prn_blender.synth.sampler import sample_params
     ict, r = engine

@@ -42,12 +42,15 @@ class ICTModel:
     def expression_index(self, name: str) -> int:
         return self.expression_names.index(name)
 
-    def triangles(self, vmax: int | None = None, vmin: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Triangulated faces (vertex ids, uv ids) of the polygons whose vertices all lie in [vmin, vmax)."""
+    def triangles(self, vmax: int | None = None, vmin: int = 0, reach: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Triangulated faces (vertex ids, uv ids) of the polygons whose vertices all lie in [vmin, vmax); with
+        ``reach`` < vmin, also the polygons bridging to [reach, vmin) (a seam to a lower-numbered part)."""
         f, fu = self.faces, self.faces_uv
         vmax = vmax if vmax is not None else len(self.neutral)
+        lo = vmin if reach is None else reach
         valid = f >= 0
-        inside = np.where(valid, (f >= vmin) & (f < vmax), True).all(1)
+        inside = np.where(valid, (f >= lo) & (f < vmax), True).all(1) & (valid & (f >= vmin) & (f < vmax)).any(1)
         f, fu = f[inside], fu[inside]
         quad = f[:, 3] >= 0
         t = np.concatenate([f[:, [0, 1, 2]], f[quad][:, [0, 2, 3]]])

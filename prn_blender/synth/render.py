@@ -24,11 +24,15 @@ from ..core.layout import UVLayout, load_layout
 from .ict import FACE_VERTS, ICTModel
 from .uvmap import LAYOUT_NAME, rasterize_face_uv, uv_to_pixel, vertex_uv
 
-GENERATOR_VERSION = "ictsynth-1"
+GENERATOR_VERSION = "ictsynth-2"   # 2: the face layer is warped before the background is composited
+
+# the head is drawn on a canvas this many pixels larger than the crop on every side, so the paper's shrink /
+# shift / rotation augmentation (see sampler.augment) reveals more head and neck, not a cut edge
+CANVAS_MARGIN = 48
 
 # part ids of the rendered point cloud
 P_FACE, P_HEAD, P_MOUTH, P_GUMS, P_TEETH, P_SCLERA, P_IRIS = range(7)
-_PART_RANGES = [  # (part, vmin, vmax, relative sampling density)
+_PART_RANGES = [  # (part, vmin, vmax, relative sampling density); head and mouth also take their seam to the face
     (P_FACE, 0, FACE_VERTS, 1.0), (P_HEAD, 9409, 11248, 0.6), (P_MOUTH, 11248, 13294, 0.5),
     (P_GUMS, 14062, 17039, 0.5), (P_TEETH, 17039, 21451, 0.6),
     (P_SCLERA, 21451, 22221, 1.0), (P_IRIS, 22221, 23021, 1.0), (P_SCLERA, 23021, 23791, 1.0),
@@ -38,10 +42,14 @@ _PART_RANGES = [  # (part, vmin, vmax, relative sampling density)
 
 @dataclass
 class Batch:
-    """One rendered batch. image (B,3,256,256) float RGB in [0,1]; pos (B,3,256,256) crop pixels (zero off the
-    face); kpt (B,68,3) crop pixels; visibility (B,256,256) bool (face pixels seen by the camera);
+    """One rendered batch. image (B,3,256,256) float RGB in [0,1], the head composited over ``background``;
+    layer (B,4,C,C) the head alone, premultiplied RGB + coverage alpha, on a canvas of C = 256 + 2 CANVAS_MARGIN
+    pixels centred on the crop; background (B,3,256,256); pos (B,3,256,256) crop pixels (zero off the face);
+    kpt (B,68,3) crop pixels; visibility (B,256,256) bool (face pixels seen by the camera);
     pose (B,3) yaw, pitch, roll in degrees (yaw > 0: the subject turns to its left)."""
     image: torch.Tensor
+    layer: torch.Tensor
+    background: torch.Tensor
     pos: torch.Tensor
     kpt: torch.Tensor
     visibility: torch.Tensor
@@ -83,7 +91,7 @@ class FaceRenderer:
         tris, parts, dens = [], [], []
         vuv = vertex_uv(ict)
         for part, a, b, rel in _PART_RANGES:
-            t, tu = ict.triangles(b, a)
+            t, tu = ict.triangles(b, a, reach=0 if part in (P_HEAD, P_MOUTH) else None)
             tris.append(t)
             parts.append(np.full(len(t), part))
             dens.append(np.full(len(t), rel))
@@ -210,26 +218,31 @@ class FaceRenderer:
         # back-facing points never win the z-test (their surface's front side is in front of them)
         front = sn[..., 2] > -0.05
 
-        image, zbuf = self._splat(sp, col, front, B)
+        m, n = CANVAS_MARGIN, RESOLUTION
+        shift = sp.new_tensor([m, m, 0.0])
+        layer, zbuf = self._splat(sp + shift, col, front, B)           # canvas (B,3,C,C), (B,C,C)
         # visibility of the face pixels
-        x = face[..., 0].round().long().clamp(0, RESOLUTION - 1)
-        y = face[..., 1].round().long().clamp(0, RESOLUTION - 1)
-        zb = zbuf.view(B, -1).gather(1, y * RESOLUTION + x)
-        vis = torch.zeros(B, RESOLUTION * RESOLUTION, dtype=torch.bool, device=dev)
+        C = n + 2 * m
+        x = face[..., 0].round().long().clamp(0, n - 1) + m
+        y = face[..., 1].round().long().clamp(0, n - 1) + m
+        zb = zbuf.view(B, -1).gather(1, y * C + x)
+        vis = torch.zeros(B, n * n, dtype=torch.bool, device=dev)
         vis[:, self.face_ind] = zf >= zb - 1.5
-        covered = torch.isfinite(zbuf)[:, None]
-        out = torch.where(covered, image, p["background"])
+        alpha = torch.isfinite(zbuf)[:, None].to(layer.dtype)
+        layer = torch.cat([layer.clamp(0, 1) * alpha, alpha], 1)
+        crop = layer[:, :, m:m + n, m:m + n]
+        out = crop[:, :3] + (1 - crop[:, 3:]) * p["background"]
         pose = torch.stack([p["yaw"], p["pitch"], p["roll"]], -1) * (180 / math.pi)
         # contiguous NCHW: a channels_last-strided image would send conv backward into torch 2.13's crashing
         # CPU channels_last kernels
-        return Batch(image=out.clamp(0, 1).contiguous(),
+        return Batch(image=out.clamp(0, 1).contiguous(), layer=layer, background=p["background"],
                      pos=pos.view(B, RESOLUTION, RESOLUTION, 3).permute(0, 3, 1, 2).contiguous(),
                      kpt=kpt, visibility=vis.view(B, RESOLUTION, RESOLUTION), pose=pose)
 
     def _splat(self, pts, col, keep, B):
-        """z-buffer splat of (B,M,3) points with colours (B,M,3), each on its 2x2 nearest pixels.
-        Returns image (B,3,H,W) and zbuf (B,H,W) (-inf where empty)."""
-        n = RESOLUTION
+        """z-buffer splat of (B,M,3) canvas-pixel points with colours (B,M,3), each on its 2x2 nearest pixels.
+        Returns image (B,3,C,C) and zbuf (B,C,C) (-inf where empty), C = RESOLUTION + 2 CANVAS_MARGIN."""
+        n = RESOLUTION + 2 * CANVAS_MARGIN
         trash = B * n * n                       # out-of-image and culled points go to this extra slot
         x0 = pts[..., 0].floor().long()         # pixel centres at integers: the 2x2 pixels around the point
         y0 = pts[..., 1].floor().long()
@@ -251,11 +264,11 @@ class FaceRenderer:
         img = (acc[:, :3] / acc[:, 3:].clamp_min(1)).view(B, n, n, 3).permute(0, 3, 1, 2)
         zb = zbuf.view(B, 1, n, n)
         # Holes: empty pixels, and pixels where a far surface leaks through a gap of a nearer one (much deeper
-        # than the nearest surface around them). Fill them from valid neighbours, twice.
+        # than the nearest surface around them). Fill them from valid neighbours, three times.
         valid = torch.isfinite(zb)
         near = F.max_pool2d(zb, 5, 1, 2)
         valid = valid & (zb > near - 6.0)
-        for _ in range(2):
+        for _ in range(3):
             v = valid.to(img.dtype)
             cnt = F.avg_pool2d(v, 3, 1, 1) * 9
             fill = (~valid) & (cnt >= 3)

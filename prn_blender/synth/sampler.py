@@ -60,7 +60,7 @@ def sample_params(B: int, names: tuple, g: torch.Generator, device="cpu", max_ya
         * (1 + 0.06 * N(B, 3))
     hair = HAIR[torch.randint(len(HAIR), (B,), generator=g)] * U(B, 1, lo=0.8, hi=1.2)
     light_dir = torch.stack([N(B) * 0.8, N(B) * 0.6 + 0.3, U(B, lo=0.2, hi=1.5)], -1)
-    warm = U(B, 3, lo=0.8, hi=1.2)
+    warm = U(B, 3, lo=0.85, hi=1.15)
     p = dict(
         identity=N(B, 100) * id_scale, expression=ex,
         yaw=yaw * math.pi / 180, pitch=pitch * math.pi / 180, roll=roll * math.pi / 180, persp_dist=persp,
@@ -73,7 +73,7 @@ def sample_params(B: int, names: tuple, g: torch.Generator, device="cpu", max_ya
         teeth=U(B, 1, lo=0.7, hi=0.95) * torch.tensor([1.0, 0.97, 0.88]),
         iris=torch.stack([U(B, lo=0.1, hi=0.5), U(B, lo=0.1, hi=0.4), U(B, lo=0.05, hi=0.4)], -1),
         light_dir=light_dir, light_col=warm * U(B, 1, lo=0.4, hi=1.0),
-        ambient=U(B, 3, lo=0.8, hi=1.2) * U(B, 1, lo=0.25, hi=0.7),
+        ambient=U(B, 3, lo=0.9, hi=1.1) * U(B, 1, lo=0.25, hi=0.7),
         specular=U(B, lo=0.0, hi=0.25), shininess=U(B, lo=5, hi=40),
     )
     p["background"] = random_background(B, g)
@@ -153,10 +153,17 @@ def degrade(img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def augment(img: torch.Tensor, pos: torch.Tensor, g: torch.Generator, rot_deg=45.0, trans=0.1,
-            scale=(0.9, 1.2), color=(0.6, 1.4)) -> tuple[torch.Tensor, torch.Tensor]:
+            scale=(0.9, 1.2), color=(0.6, 1.4), channel=0.15, layer: torch.Tensor | None = None,
+            background: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's augmentation on (image (B,3,H,W), position map (B,3,H,W) in crop pixels): in-plane rotation,
-    translation (fraction of the crop), scale, and per-channel colour scaling. The position map's x,y values are
-    moved by the same similarity; z is multiplied by the scale. Off-face pixels stay 0."""
+    translation (fraction of the crop), scale, and colour scaling. The position map's x,y values are moved by the
+    same similarity; z is multiplied by the scale. Off-face pixels stay 0.
+
+    Colour: one gain in ``color`` per image times a per-channel factor within 1 +- ``channel`` (clamped to
+    ``color``): real photos vary in exposure far more than in hue. With ``layer`` (B,4,C,C), the premultiplied head
+    layer on a canvas centred on the crop (C >= H), and ``background`` (B,3,H,W), only the head is warped, then
+    composited over the (randomly mirrored) background: the crop border shows more of the head or background,
+    never replicated-edge streaks. ``img`` is then unused."""
     B, _, n, _ = img.shape
     dev = img.device
     a = ((torch.rand(B, generator=g) * 2 - 1) * rot_deg * math.pi / 180).to(dev)
@@ -168,13 +175,20 @@ def augment(img: torch.Tensor, pos: torch.Tensor, g: torch.Generator, rot_deg=45
     A = torch.stack([torch.stack([s * cos, -s * sin], -1), torch.stack([s * sin, s * cos], -1)], -2)  # (B,2,2)
     # image warp: output pixel q samples input at A^-1 (q - c - t) + c ; in normalized coords (align_corners=False)
     Ai = torch.linalg.inv(A)
-    theta = torch.cat([Ai, (-Ai @ t[..., None])], -1) / 1.0
-    theta[:, :, 2] = theta[:, :, 2] / c  # translation to normalized units
+    theta = torch.cat([Ai, (-Ai @ t[..., None]) / c], -1)   # translation in normalized units
     grid = F.affine_grid(theta, img.shape, align_corners=False)
-    img2 = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if layer is None:
+        img2 = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    else:   # same centre, larger canvas: normalized coordinates scale by n / C
+        warped = F.grid_sample(layer, grid * (n / layer.shape[-1]), mode="bilinear", padding_mode="zeros",
+                               align_corners=False)
+        mirror = (torch.rand(B, 1, 1, 1, generator=g) < 0.5).to(dev)
+        bg = torch.where(mirror, background.flip(-1), background)
+        img2 = warped[:, :3] + (1 - warped[:, 3:]) * bg
     mask = (pos.abs().sum(1, keepdim=True) > 0).to(pos.dtype)
     xy = pos[:, :2] + 0.5 - c   # pixel centres at integer+0.5 in the continuous frame used by grid_sample
     xy2 = torch.einsum("bij,bjhw->bihw", A, xy) + c - 0.5 + t[..., None, None]
     pos2 = torch.cat([xy2, pos[:, 2:] * s[:, None, None, None]], 1) * mask
-    cs = (torch.rand(B, 3, 1, 1, generator=g) * (color[1] - color[0]) + color[0]).to(dev)
+    gain = torch.rand(B, 1, 1, 1, generator=g) * (color[1] - color[0]) + color[0]
+    cs = (gain * (1 + (torch.rand(B, 3, 1, 1, generator=g) * 2 - 1) * channel)).clamp(*color).to(dev)
     return (img2 * cs).clamp(0, 1).contiguous(), pos2.contiguous()

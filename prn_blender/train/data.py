@@ -1,4 +1,5 @@
-"""On-the-fly synthetic training batches (render -> occlude -> degrade -> paper augmentation).
+"""On-the-fly synthetic training batches (render -> paper augmentation of the head layer over the background ->
+occlude -> degrade).
 
 ``SyntheticStream`` renders fresh batches and keeps a small replay pool: with ``reuse`` > 0 a rendered batch is
 served ``1 + reuse`` times, each time with new occlusion/degradation/augmentation (cheap), which keeps a slow CPU
@@ -33,11 +34,10 @@ class SyntheticStream:
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(image (B,3,256,256) in [0,1], position map (B,3,256,256) in crop pixels)."""
         if self._left <= 0:
-            b = self.render()
-            self._cache, self._left = (b.image, b.pos), self.reuse + 1
+            self._cache, self._left = self.render(), self.reuse + 1
         self._left -= 1
-        img, pos = self._cache
+        b = self._cache
         if not self.augment_on:
-            return img, pos
-        img = degrade(occlude(img, self.g), self.g)
-        return augment(img, pos, self.g)
+            return b.image, b.pos
+        img, pos = augment(b.image, b.pos, self.g, layer=b.layer, background=b.background)
+        return degrade(occlude(img, self.g), self.g), pos

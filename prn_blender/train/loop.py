@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         model.load_state_dict(load_model(a.init)[0].state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     step, t_start, samples = 0, time.time(), 0
-    history = [[0, a.preset]]          # [first step, preset]: a resumed run may switch region weights
+    history = [[0, a.preset, GENERATOR_VERSION]]   # [first step, preset, generator]: a resumed run may switch
     ck = out / "checkpoint.pt"
     if a.resume and ck.exists():
         state = torch.load(ck, map_location=dev, weights_only=False)
@@ -120,9 +120,11 @@ def main(argv=None) -> int:
         opt.load_state_dict(state["opt"])
         step, samples = state["step"], state["samples"]
         t_start -= state.get("elapsed", 0.0)
-        history = state.get("preset_history") or [[0, state["args"]["preset"]]]
-        if history[-1][1] != a.preset:
-            history.append([step, a.preset])
+        # runs from before the generator was recorded used ictsynth-1
+        history = [h if len(h) == 3 else [*h, "ictsynth-1"]
+                   for h in state.get("preset_history") or [[0, state["args"]["preset"]]]]
+        if history[-1][1:] != [a.preset, GENERATOR_VERSION]:
+            history.append([step, a.preset, GENERATOR_VERSION])
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     amp = a.amp if a.amp != "auto" else ("fp16" if dev.type == "cuda" else "bf16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
@@ -181,7 +183,8 @@ def main(argv=None) -> int:
                 os.replace(tmp, ck)
                 meta = {"data": "ICT-FaceKit synthetic (MIT)", "generator": GENERATOR_VERSION, "seed": a.seed,
                         "width": a.width, "steps": step, "images_seen": samples, "batch": a.batch * world,
-                        "preset": a.preset, "preset_history": ", ".join(f"{n} from step {s0}" for s0, n in history),
+                        "preset": a.preset,
+                        "preset_history": ", ".join(f"{n} ({gen}) from step {s0}" for s0, n, gen in history),
                         "lr": lr, "device": str(dev), "amp": amp,
                         "wall_time_s": round(time.time() - t_start, 1)}
                 save_weights(model, out / "weights.safetensors", LAYOUT_NAME, meta)

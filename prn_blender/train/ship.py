@@ -46,8 +46,9 @@ def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None) -> dic
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+    lr_steps = [(r["step"], r["lr"]) for i, r in enumerate(recs) if i == 0 or r["lr"] != recs[i - 1]["lr"]]
     return {"steps": int(steps[-1]), "final_loss_mean": float(smooth[-1]), "elapsed_s": recs[-1]["elapsed"],
-            "samples": recs[-1]["samples"]}
+            "samples": recs[-1]["samples"], "lr_steps": lr_steps}
 
 
 def _metrics_table(dirs: list | None, title: str) -> list[str]:
@@ -131,8 +132,8 @@ def main(argv=None) -> int:
         f"| data | {meta.get('data')}; generator `{meta.get('generator')}`; seed {meta.get('seed')} |",
         f"| training | {curve['steps']} steps, batch {batch}, {curve['samples']:,} images seen "
         f"(each render served {reuse + 1}x with fresh augmentation), "
-        f"region weights {meta.get('preset_history') or meta.get('preset')}, Adam lr {meta.get('lr')} halved every "
-        f"{args.get('halve_every', 5)} virtual epochs of {epoch_size:,} samples, autocast {meta.get('amp')} |",
+        f"region weights (data generator) {meta.get('preset_history') or meta.get('preset')}, Adam lr "
+        + ", ".join(f"{lr:g} from step {s0}" for s0, lr in curve["lr_steps"]) + f", autocast {meta.get('amp')} |",
         f"| hardware | {a.hardware}; wall time {curve['elapsed_s'] / 3600:.2f} h |",
         f"| final training loss | {curve['final_loss_mean']:.5f} (running mean) |",
         f"| BatchNorm statistics | recalibrated on {meta.get('bn_recalibrated_batches', 0)} fresh synthetic batches "
@@ -141,8 +142,9 @@ def main(argv=None) -> int:
         "## How it was made", "",
         "```", "python -m prn_blender.synth.uvmap            # layout asset from ICT-FaceKit",
         f"python train.py --out runs/{run.name} --width {model.width} --batch {batch} --reuse {reuse} "
-        f"--lr {meta.get('lr')} --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N"
-        f"   # stopped after {curve['steps']} steps",
+        f"--lr {curve['lr_steps'][0][1]:g} --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N",
+        "# ... resumed with --resume and the --preset / --lr of each phase above; "
+        f"stopped after {curve['steps']} steps",
         "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --out out/eval_aflw",
         "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --no-flip --no-peer "
         "--out out/eval_aflw_single",
