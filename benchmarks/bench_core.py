@@ -95,13 +95,21 @@ def main():
         from prn_blender.synth.ict import load_ict
         from prn_blender.synth.render import FaceRenderer
         from prn_blender.synth.sampler import sample_params
+        from prn_blender.train.data import SyntheticStream
         ict = load_ict()
-        r = FaceRenderer(ict, device=dev)
         g = torch.Generator().manual_seed(0)
-        for B in (16, 64):
-            p = sample_params(B, ict.expression_names, g, dev)
-            t = timeit(lambda: (r.render(p), torch.cuda.synchronize() if dev.type == "cuda" else None), 3)
-            print(f"\ndata engine render, batch {B}: {B / t:.1f} samples/s ({t * 1e3 / B:.1f} ms/sample)")
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        B = 16
+        p = sample_params(B, ict.expression_names, g, dev)
+        for density, label in ((40.0, "training density"), (90.0, "evaluation density")):
+            r = FaceRenderer(ict, device=dev, density=density)
+            t_one = timeit(lambda: (r.render(p, chunk=B), sync()), 3)
+            t = timeit(lambda: (r.render(p), sync()), 3)
+            print(f"\ndata engine render ({label}, {r.n_points:,} points), batch {B}: {B / t:.1f} samples/s in "
+                  f"chunks of 4 vs {B / t_one:.1f} as one batch (x{t_one / t:.2f}); {t * 1e3 / B:.1f} ms/sample")
+        stream = SyntheticStream(B, seed=0, device=dev)     # render + paper augmentation + occlusion + degradation
+        t = timeit(lambda: (next(stream), sync()), 3)
+        print(f"training data path (SyntheticStream, every batch freshly rendered), batch {B}: {B / t:.1f} samples/s")
         if DEFAULT_WEIGHTS.exists():
             import tempfile
             from prn_blender.core.reconstruct import FaceReconstructor
