@@ -67,7 +67,7 @@ def test_rendered_head_has_no_cracks(engine):
     for k in ("yaw", "pitch", "roll"):
         p[k].zero_()
     p["yaw"][1], p["yaw"][2], p["pitch"][3] = 0.6, -1.2, 0.4
-    b = r.render(p)
+    b = r.render(_bare(p))
     alpha = b.layer[:, 3:, m:-m, m:-m]
     closed = -F.max_pool2d(-F.max_pool2d(alpha, 7, 1, 3), 7, 1, 3)
     cracks = ((closed > 0) & (alpha == 0)).sum((1, 2, 3)).float()
@@ -75,6 +75,45 @@ def test_rendered_head_has_no_cracks(engine):
     # the crop image is exactly the layer's centre composited over the background
     crop = b.layer[:, :, m:-m, m:-m]
     assert torch.allclose(b.image, (crop[:, :3] + (1 - crop[:, 3:]) * b.background).clamp(0, 1))
+
+
+def _bare(p):
+    """Scene parameters without hair volume, fringe, locks or glasses."""
+    p["hair_vol"].zero_()
+    p["locks"].zero_()
+    p["glasses"].zero_()
+    p["bangs"].fill_(9.0)
+    return p
+
+
+def test_hair_and_glasses_cover_the_head_but_not_the_ground_truth(engine):
+    from prn_blender.synth.sampler import sample_params
+    ict, r = engine
+    p = _bare(sample_params(2, ict.expression_names, torch.Generator().manual_seed(5)))
+    for k in ("yaw", "pitch", "roll"):
+        p[k].zero_()
+    bare = r.render(p)
+    p["hair_vol"].fill_(0.2)
+    p["hair_len"].fill_(1.5)
+    p["bangs"].fill_(0.1)
+    p["glasses"].fill_(1.0)
+    p["sunglasses"].fill_(1.0)
+    dressed = r.render(p)
+    assert torch.equal(bare.pos, dressed.pos) and torch.equal(bare.kpt, dressed.kpt)
+    # volume: hair covers canvas pixels beyond the bald silhouette, and never uncovers any
+    a0, a1 = bare.layer[:, 3], dressed.layer[:, 3]
+    assert torch.all(a1 >= a0 - 1e-6) and torch.all((a1 > 0.5).sum((1, 2)) > (a0 > 0.5).sum((1, 2)) * 1.1)
+    k = bare.kpt[..., :2]
+    up = k[:, 17:27].mean(1) - k[:, 8]
+    for i in range(2):
+        # fringe: the forehead above the brows shows the hair colour (x 0.55-1.15 strand shading)
+        fx, fy = (k[i, 17:27].mean(0) + 0.3 * up[i]).round().long().tolist()
+        ratio = dressed.image[i, :, fy, fx] / p["hair"][i].clamp_min(1e-3)
+        assert torch.all((ratio > 0.5) & (ratio < 1.2)), ratio
+        # dark lenses over both eyes: at most 0.9 * 0.25 + 0.1 * 1
+        for a, b in ((36, 42), (42, 48)):
+            ex, ey = k[i, a:b].mean(0).round().long().tolist()
+            assert float(dressed.image[i, :, ey, ex].max()) <= 0.33
 
 
 def test_augment_composites_the_head_layer_over_the_background():

@@ -21,10 +21,13 @@ import torch.nn.functional as F
 
 from ..core.constants import KPT_CROP_SCALE, RESOLUTION
 from ..core.layout import UVLayout, load_layout
+from . import accessories
 from .ict import FACE_VERTS, ICTModel
 from .uvmap import LAYOUT_NAME, rasterize_face_uv, uv_to_pixel, vertex_uv
 
-GENERATOR_VERSION = "ictsynth-2"   # 2: head layer warped, then composited; seam polygons drawn; exposure-like colour
+# 2: head layer warped, then composited; seam polygons drawn; exposure-like colour. 3: hair volume, fringes, locks
+# and glasses (accessories.py)
+GENERATOR_VERSION = "ictsynth-3"
 
 # the head is drawn on a canvas this many pixels larger than the crop on every side, so the paper's shrink /
 # shift / rotation augmentation (see sampler.augment) reveals more head and neck, not a cut edge
@@ -239,6 +242,7 @@ class FaceRenderer:
         vis[:, self.face_ind] = zf >= zb - 1.5
         alpha = torch.isfinite(zbuf)[:, None].to(layer.dtype)
         layer = torch.cat([layer.clamp(0, 1) * alpha, alpha], 1)
+        layer = accessories.draw(layer, kpt[..., :2] + m, p, p["yaw"])
         crop = layer[:, :, m:m + n, m:m + n]
         out = crop[:, :3] + (1 - crop[:, 3:]) * p["background"]
         pose = torch.stack([p["yaw"], p["pitch"], p["roll"]], -1) * (180 / math.pi)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.constants import RESOLUTION
+from .accessories import sample_accessories
 
 # ARKit-named expression groups sampled together (L/R pairs are made symmetric most of the time)
 _COMMON = {"jawOpen": 0.35, "eyeBlink_L": 0.15, "mouthSmile_L": 0.3, "browInnerUp_L": 0.15, "browDown_L": 0.1,
@@ -76,6 +77,7 @@ def sample_params(B: int, names: tuple, g: torch.Generator, device="cpu", max_ya
         ambient=U(B, 3, lo=0.9, hi=1.1) * U(B, 1, lo=0.25, hi=0.7),
         specular=U(B, lo=0.0, hi=0.25), shininess=U(B, lo=5, hi=40),
     )
+    p.update(sample_accessories(B, g))
     p["background"] = random_background(B, g)
     return {k: v.to(device) for k, v in p.items()}
 

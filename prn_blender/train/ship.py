@@ -158,8 +158,9 @@ def main(argv=None) -> int:
         "## Limits", "",
         "- Trained on a 2-core CPU for a few hours: far fewer images than PRN's 300W-LP schedule; expect",
         "  larger errors than the paper on real photos, especially at large yaw (see the table).",
-        "- Synthetic appearance (procedural skin, hair caps, no glasses/beards beyond stubble) is a domain gap:",
-        "  hair over the face, sunglasses and strong in-plane rotation are where real photos fail most.",
+        "- Synthetic appearance is a domain gap: procedural skin, no beards beyond stubble; hair volume, fringes,",
+        "  locks and glasses are drawn in 2D over the bald ICT head (generator 3). Hair over the face, sunglasses",
+        "  and strong in-plane rotation are where real photos fail most.",
     ]
     (WEIGHTS_DIR / "MODEL_CARD.md").write_text("\n".join(card) + "\n")
     print(f"shipped {DEFAULT_WEIGHTS} ({digest[:12]}), card {WEIGHTS_DIR / 'MODEL_CARD.md'}")

@@ -1,0 +1,152 @@
+"""Hair and glasses drawn around and over the rendered head, in image space on the head layer's canvas.
+
+Real photos show hair volume beyond the skull (the ICT head is bald under a painted hair cap), long hair and locks
+that frame or hide the jaw line, fringes over the forehead, and glasses; the network must not rely on a bald
+silhouette or an always-visible jaw. Everything here is placed from the sample's own 68 ground-truth landmarks
+in a face frame (centre = landmark mean, "up" = chin -> brows, unit = mean landmark-box side), so it follows pose,
+roll and scale, and is warped with the head by the paper's augmentation. The position map is never changed: what
+hair or glasses hide must be inferred, like the paper's occlusions.
+
+All randomness is in the parameters drawn by ``sample_accessories`` (part of ``sampler.sample_params``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+STRANDS = 96        # strand-noise cells across three face units
+JAG = 24            # cells of the noise that makes hair edges ragged
+GLASSES_MAX_YAW = 0.87   # radians (50 deg): beyond it the far lens would show through the nose (drawn in 2D)
+
+
+def sample_accessories(B: int, g: torch.Generator) -> dict:
+    """Hair style and glasses parameters, (B,...) tensors on the CPU."""
+    def U(*shape, lo=0.0, hi=1.0):
+        return torch.rand(*shape, generator=g) * (hi - lo) + lo
+
+    return dict(
+        hair_vol=torch.where(U(B) < 0.8, U(B, lo=0.03, hi=0.22), torch.zeros(B)),  # volume beyond the skull
+        hair_len=U(B, lo=-0.1, hi=1.6),          # how far below the brows the hair reaches (face units)
+        bangs=torch.where(U(B) < 0.25, U(B, lo=-0.04, hi=0.25), torch.full((B,), 9.0)),  # fringe edge above brows
+        locks=(U(B, 2) < 0.3).float() * U(B, 2, lo=0.03, hi=0.2),   # locks over the image-left / right jaw
+        strands=U(B, STRANDS), jag=U(B, 3, JAG) * 2 - 1,
+        glasses=(U(B) < 0.15).float(), sunglasses=(U(B) < 0.4).float(),
+        frame_col=U(B, 3) * U(B, 1) * 0.6, lens_col=U(B, 3) * 0.25, frame_w=U(B, lo=0.012, hi=0.035),
+        lens_size=U(B, lo=0.9, hi=1.25),
+    )
+
+
+def _lookup(noise: torch.Tensor, u: torch.Tensor, span: float = 1.5) -> torch.Tensor:
+    """Linear interpolation of per-sample 1D noise (B,K) at face coordinate u (B,H,W) over [-span, span]."""
+    K = noise.shape[1]
+    x = ((u + span) / (2 * span) * (K - 1)).clamp(0, K - 1)
+    i0 = x.floor().long().clamp(max=K - 2)
+    w = x - i0
+    flat = lambda i: noise.gather(1, i.view(len(noise), -1)).view_as(u)  # noqa: E731
+    return flat(i0) * (1 - w) + flat(i0 + 1) * w
+
+
+def _blur(a: torch.Tensor, r: int) -> torch.Tensor:
+    """Box blur (B,1,H,W) with radius r, twice (a smooth bump); separable, zeros outside."""
+    for _ in range(2):
+        a = F.avg_pool2d(a, (1, 2 * r + 1), stride=1, padding=(0, r))
+        a = F.avg_pool2d(a, (2 * r + 1, 1), stride=1, padding=(r, 0))
+    return a
+
+
+def _over(layer: torch.Tensor, rgb: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Paint colour ``rgb`` (B,3,1|H,1|W) with coverage ``a`` (B,1,H,W) over the premultiplied layer (B,4,H,W)."""
+    return a * torch.cat([rgb.expand(-1, -1, *a.shape[2:]), torch.ones_like(a)], 1) + (1 - a) * layer
+
+
+def _segment_dist(q: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distance of canvas pixels q (H,W,2) to segments a->b (B,2): (B,H,W)."""
+    ab = (b - a)[:, None, None]
+    aq = q[None] - a[:, None, None]
+    t = ((aq * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-6)).clamp(0, 1)
+    return (aq - t[..., None] * ab).norm(dim=-1)
+
+
+def draw(layer: torch.Tensor, kpt: torch.Tensor, p: dict, yaw: torch.Tensor) -> torch.Tensor:
+    """Hair behind and over the head, then glasses, on the premultiplied head layer (B,4,C,C).
+    ``kpt`` (B,68,2) are the landmarks in canvas pixels; ``yaw`` (B,) in radians."""
+    B, _, C, _ = layer.shape
+    dev = layer.device
+    k = kpt[..., :2]
+    centre = k.mean(1)
+    up = F.normalize((k[:, 17:27].mean(1) - k[:, 8]), dim=-1)        # image pixels, y down: points to the brows
+    right = torch.stack([-up[:, 1], up[:, 0]], -1)
+    unit = ((k.max(1).values - k.min(1).values).sum(-1) / 2).clamp_min(1.0)
+    ys, xs = torch.meshgrid(torch.arange(C, device=dev, dtype=layer.dtype),
+                            torch.arange(C, device=dev, dtype=layer.dtype), indexing="ij")
+    q = torch.stack([xs, ys], -1)                                                    # (C,C,2)
+    d = q[None] - centre[:, None, None]
+    u = (d * right[:, None, None]).sum(-1) / unit[:, None, None]                    # face units, image-right
+    v = (d * up[:, None, None]).sum(-1) / unit[:, None, None]                       # face units, up
+    brow = ((k[:, 17:27].mean(1) - centre) * up).sum(-1) / unit                      # (B,)
+    P = lambda name: p[name].to(dev)[:, None, None]  # noqa: E731
+    strand = _lookup(p["strands"].to(dev), u)                                        # vertical strands
+    jag = [0.05 * _lookup(p["jag"][:, i].to(dev), c) for i, c in enumerate((u, u, v))]
+    hair_rgb = p["hair"].to(dev)[:, :, None, None] * (0.55 + 0.6 * strand)[:, None]
+    alpha = layer[:, 3:]
+
+    # volume behind the head: the skull silhouette, grown and rounded, above the hair's lower end
+    r = int((p["hair_vol"].max() * unit.max()).clamp(1, C // 4))
+    grown = _blur(alpha, r)[:, 0]
+    reach = (p["hair_vol"].to(dev) * unit / r).clamp(0, 1)[:, None, None]            # per-sample growth
+    vol = (grown > 0.5 - 0.45 * reach) & (v > brow[:, None, None] - P("hair_len") + jag[0]) & (P("hair_vol") > 0)
+    volf = vol[:, None].to(layer.dtype)
+    layer = layer + (1 - alpha) * torch.cat([hair_rgb, torch.ones_like(alpha)], 1) * volf   # behind the head
+
+    # over the face: a fringe above a ragged line, and locks hanging over the jaw line at the sides
+    where = vol | (alpha[:, 0] > 0.5)
+    fringe = (v > brow[:, None, None] + P("bangs") + jag[1]) & where
+    side_u = ((k[:, [0, 16]] - centre[:, None]) * right[:, None]).sum(-1) / unit[:, None]     # (B,2) jaw ends
+    long = (p["hair_len"].to(dev) > 0.6)[:, None, None]
+    front = fringe
+    for s, sign in ((0, -1.0), (1, 1.0)):
+        w = p["locks"][:, s].to(dev)[:, None, None]
+        inner = side_u[:, s, None, None] - sign * (w - jag[2])
+        lock = (sign * (u - inner) > 0) & (v > brow[:, None, None] - P("hair_len")) & long & (w > 0) & where
+        front = front | lock
+    layer = _over(layer, hair_rgb, (front.to(layer.dtype) * (0.8 + 0.2 * strand))[:, None])
+
+    # glasses: two lens ellipses on the eye lines, frame rings, a bridge and the visible temple(s)
+    on = (p["glasses"].to(dev) > 0) & (yaw.to(dev).abs() < GLASSES_MAX_YAW)
+    if on.any():
+        layer = _glasses(layer, k, q, unit, up, right, p, on)
+    return layer
+
+
+def _glasses(layer, k, q, unit, up, right, p, on):
+    dev, dt = layer.device, layer.dtype
+    lens_a = torch.zeros(layer.shape[0], *layer.shape[2:], device=dev, dtype=dt)
+    frame = torch.zeros_like(lens_a, dtype=torch.bool)
+    fw = (p["frame_w"].to(dev) * unit)[:, None, None]
+    outer = []
+    for a, b in ((36, 39), (42, 45)):
+        c = k[:, a:b + 1].mean(1)
+        along = (k[:, b] - k[:, a])
+        half = (along.norm(dim=-1) * 0.5 * 1.45 * p["lens_size"].to(dev)).clamp_min(2.0)
+        ax = F.normalize(along, dim=-1)
+        ay = torch.stack([-ax[:, 1], ax[:, 0]], -1)
+        hb = 0.17 * unit * p["lens_size"].to(dev)
+        d = q[None] - c[:, None, None]
+        e = ((d * ax[:, None, None]).sum(-1) / half[:, None, None]) ** 2 \
+            + ((d * ay[:, None, None]).sum(-1) / hb[:, None, None]) ** 2
+        rim = 1 + fw / torch.minimum(half, hb)[:, None, None]
+        lens_a = torch.maximum(lens_a, (e < 1).to(dt))
+        frame |= (e >= 1) & (e < rim ** 2)
+        outer.append((c - ax * half[:, None], c + ax * half[:, None]))
+    frame |= _segment_dist(q, outer[0][1], outer[1][0]) < fw * 0.6                 # bridge
+    # the temple on the side the nose points away from shows; both when the face is near frontal
+    nose = ((k[:, 30] - (k[:, 0] + k[:, 16]) / 2) * right).sum(-1) / unit
+    for end, ear, show in ((outer[0][0], k[:, 0], nose > -0.05), (outer[1][1], k[:, 16], nose < 0.05)):
+        seg = _segment_dist(q, end, ear - up * 0.05 * unit[:, None]) < fw * 0.5
+        frame |= seg & show[:, None, None]
+    sun = p["sunglasses"].to(dev)[:, None, None]
+    la = lens_a * (sun * 0.9 + (1 - sun) * 0.12) * on[:, None, None]
+    fa = frame.to(dt) * on[:, None, None]
+    lens_rgb = p["lens_col"].to(dev)[:, :, None, None]
+    frame_rgb = p["frame_col"].to(dev)[:, :, None, None]
+    return _over(_over(layer, lens_rgb, la[:, None]), frame_rgb, fa[:, None])
