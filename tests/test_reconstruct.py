@@ -73,6 +73,18 @@ def test_face_result_fields(rec, astronaut):
     assert np.isfinite(h.vertices).all()
 
 
+def test_every_crop_is_zoomed_about_its_centre():
+    from prn_blender.core.crop import crop_from_box, crop_from_landmarks, crop_from_roi
+    from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
+    rec = FaceReconstructor(device="cpu", options=InferenceOptions(zoom=1.3))
+    pts = np.array([[150.0, 100, 0], [250, 220, 0], [190, 160, 0]])
+    roi, box = (90, 50, 310, 270), (150, 60, 260, 190)
+    for kw, ref in (({"landmarks": pts}, crop_from_landmarks(pts)), ({"roi": roi}, crop_from_roi(roi)),
+                    ({"box": box}, crop_from_box(box))):
+        (c,) = rec.crops_for(None, **kw)
+        assert c.center == ref.center and c.size == pytest.approx(ref.size / 1.3), kw
+
+
 def test_flip_tta_symmetric(rec, astronaut):
     """Mirror averaging (the default) makes the landmarks mirror-equivariant: reconstructing the mirrored photo gives
     the mirrored landmarks (iBUG pairs swapped), which a single pass does not."""

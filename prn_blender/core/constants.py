@@ -9,8 +9,13 @@ POS_SCALE = 281.6
 BOX_CENTER_SHIFT = 0.14
 #: ... and the square crop side is this multiple of the mean box side (PRNet api.py).
 BOX_CROP_SCALE = 1.58
-#: Crop from 68 landmarks (or a GT landmark box): side = mean box side * this, no shift.
+#: Crop from 68 landmarks (or a GT landmark box): side = mean box side * this, no shift. The training renderer
+#: draws every face in this crop, before the paper's scale augmentation (x0.9-1.2).
 KPT_CROP_SCALE = 1.6
+#: At inference every crop (from a detector box, landmarks or a 3DDFA roi box) is shrunk about its centre by this
+#: factor. Measured on held-out synthetic faces, never on evaluation images (``python -m
+#: prn_blender.synth.calibrate_zoom``): 1.0, the training conventions as they are, is best for the shipped model.
+INFERENCE_ZOOM = 1.0
 
 #: iBUG-68 part names by index range (used for empty names and bone mapping).
 IBUG68_PARTS = (

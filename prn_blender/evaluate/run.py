@@ -30,9 +30,10 @@ def roi_from_landmarks(pts: np.ndarray) -> np.ndarray:
 
 
 class OursModel:
-    def __init__(self, weights=None, device="auto", name="ours", flip=True):
+    def __init__(self, weights=None, device="auto", name="ours", flip=True, zoom=None):
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
-        self.rec = FaceReconstructor(weights=weights, device=device, options=InferenceOptions(flip=flip))
+        opts = InferenceOptions(flip=flip) if zoom is None else InferenceOptions(flip=flip, zoom=zoom)
+        self.rec = FaceReconstructor(weights=weights, device=device, options=opts)
         self.name = name
         self.stage_ms: dict[str, list] = {}
 
@@ -294,6 +295,7 @@ def build_parser():
     ap.add_argument("--no-peer", action="store_true", help="skip the 3DDFA_V2 peer")
     ap.add_argument("--no-flip", dest="flip", action="store_false",
                     help="our model without test-time mirror averaging (half the network time)")
+    ap.add_argument("--zoom", type=float, help="our crop zoom (default: constants.INFERENCE_ZOOM)")
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--min-cutoff", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=0.05)
@@ -306,7 +308,8 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     if a.dataset in ("aflw2000", "pts") and not a.data:
         raise SystemExit("--data is required for this dataset")
-    models = [OursModel(a.weights, a.device, name="ours" if a.flip else "ours_single_pass", flip=a.flip)]
+    models = [OursModel(a.weights, a.device, name="ours" if a.flip else "ours_single_pass", flip=a.flip,
+                        zoom=a.zoom)]
     if a.prnet_weights:
         models.append(OursModel(a.prnet_weights, a.device, name="prnet_official"))
     if not a.no_peer and a.dataset != "video":
