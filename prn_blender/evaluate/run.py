@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..core.constants import INFERENCE_ZOOM
 from ..core.paths import SharedDataMissing, shared_dir
 from . import metrics as M
 
@@ -30,10 +31,9 @@ def roi_from_landmarks(pts: np.ndarray) -> np.ndarray:
 
 
 class OursModel:
-    def __init__(self, weights=None, device="auto", name="ours", flip=True, zoom=None):
+    def __init__(self, weights=None, device="auto", name="ours", flip=True, zoom=INFERENCE_ZOOM):
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
-        opts = InferenceOptions(flip=flip) if zoom is None else InferenceOptions(flip=flip, zoom=zoom)
-        self.rec = FaceReconstructor(weights=weights, device=device, options=opts)
+        self.rec = FaceReconstructor(weights=weights, device=device, options=InferenceOptions(flip=flip, zoom=zoom))
         self.name = name
         self.stage_ms: dict[str, list] = {}
 
@@ -295,7 +295,7 @@ def build_parser():
     ap.add_argument("--no-peer", action="store_true", help="skip the 3DDFA_V2 peer")
     ap.add_argument("--no-flip", dest="flip", action="store_false",
                     help="our model without test-time mirror averaging (half the network time)")
-    ap.add_argument("--zoom", type=float, help="our crop zoom (default: constants.INFERENCE_ZOOM)")
+    ap.add_argument("--zoom", type=float, default=INFERENCE_ZOOM, help="our crop zoom (constants.INFERENCE_ZOOM)")
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--min-cutoff", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=0.05)

@@ -67,12 +67,11 @@ def _segment_dist(q: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Te
     return (aq - t[..., None] * ab).norm(dim=-1)
 
 
-def draw(layer: torch.Tensor, kpt: torch.Tensor, p: dict, yaw: torch.Tensor) -> torch.Tensor:
+def draw(layer: torch.Tensor, k: torch.Tensor, p: dict) -> torch.Tensor:
     """Hair behind and over the head, then glasses, on the premultiplied head layer (B,4,C,C).
-    ``kpt`` (B,68,2) are the landmarks in canvas pixels; ``yaw`` (B,) in radians."""
+    ``k`` (B,68,2) are the landmarks in canvas pixels; ``p`` the scene parameters (sampler.sample_params)."""
     B, _, C, _ = layer.shape
     dev = layer.device
-    k = kpt[..., :2]
     centre = k.mean(1)
     up = F.normalize((k[:, 17:27].mean(1) - k[:, 8]), dim=-1)        # image pixels, y down: points to the brows
     right = torch.stack([-up[:, 1], up[:, 0]], -1)
@@ -112,7 +111,7 @@ def draw(layer: torch.Tensor, kpt: torch.Tensor, p: dict, yaw: torch.Tensor) -> 
     layer = _over(layer, hair_rgb, (front.to(layer.dtype) * (0.8 + 0.2 * strand))[:, None])
 
     # glasses: two lens ellipses on the eye lines, frame rings, a bridge and the visible temple(s)
-    on = (p["glasses"].to(dev) > 0) & (yaw.to(dev).abs() < GLASSES_MAX_YAW)
+    on = (p["glasses"].to(dev) > 0) & (p["yaw"].to(dev).abs() < GLASSES_MAX_YAW)
     if on.any():
         layer = _glasses(layer, k, q, unit, up, right, p, on)
     return layer

@@ -242,7 +242,7 @@ class FaceRenderer:
         vis[:, self.face_ind] = zf >= zb - 1.5
         alpha = torch.isfinite(zbuf)[:, None].to(layer.dtype)
         layer = torch.cat([layer.clamp(0, 1) * alpha, alpha], 1)
-        layer = accessories.draw(layer, kpt[..., :2] + m, p, p["yaw"])
+        layer = accessories.draw(layer, kpt[..., :2] + m, p)
         crop = layer[:, :, m:m + n, m:m + n]
         out = crop[:, :3] + (1 - crop[:, 3:]) * p["background"]
         pose = torch.stack([p["yaw"], p["pitch"], p["roll"]], -1) * (180 / math.pi)
