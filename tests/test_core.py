@@ -43,7 +43,7 @@ def test_tf_name_map_covers_official_tensors(shared):
 def test_layout_asset_consistent():
     lay = load_layout()
     lay.validate()
-    assert lay.name == "ict-face-v1"
+    assert lay.name == "ict-face-v2"
     assert lay.triangles.shape[1] == 3 and len(lay.triangles) > lay.n_vertices
     # triangles face outward (+z) on the front of the canonical face
     v, t = lay.canonical, lay.triangles

@@ -33,14 +33,14 @@ def rec():
 
 def test_shipped_weights_and_layout_match():
     model, lay, md = load_model()
-    assert lay.name == "ict-face-v1" and md["meta"]["data"].startswith("ICT-FaceKit")
+    assert lay.name == "ict-face-v2" and md["meta"]["data"].startswith("ICT-FaceKit")
     assert DEFAULT_WEIGHTS.with_name("MODEL_CARD.md").exists()
 
 
 def test_mismatched_or_missing_weights_are_clear_errors(tmp_path):
     p = save_weights(ResFCN256(2), tmp_path / "w.safetensors", "prnet-bfm")
     with pytest.raises(WeightsError, match="prnet-bfm"):
-        load_model(p, layout="ict-face-v1")
+        load_model(p, layout="ict-face-v2")
     with pytest.raises(WeightsError, match="not found"):
         load_model(tmp_path / "missing.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a weights file")
@@ -126,7 +126,7 @@ def test_cli_reconstruct_and_info(astronaut, tmp_path):
     obj = (tmp_path / "astronaut.obj").read_text().splitlines()
     assert sum(1 for x in obj if x.startswith("v ")) == load_layout().n_vertices
     p = _cli("info")
-    assert p.returncode == 0 and "layout: ict-face-v1" in p.stdout and "parameters:" in p.stdout
+    assert p.returncode == 0 and "layout: ict-face-v2" in p.stdout and "parameters:" in p.stdout
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -16,7 +16,7 @@ from .constants import (REGION_EYES, REGION_FACE, REGION_LANDMARK, REGION_MOUTH,
                         RESOLUTION, WEIGHT_PRESETS)
 from .paths import LAYOUTS_DIR
 
-DEFAULT_LAYOUT = "ict-face-v1"
+DEFAULT_LAYOUT = "ict-face-v2"
 
 
 class LayoutError(ValueError):
@@ -28,7 +28,7 @@ class UVLayout:
     """One position-map layout.
 
     Attributes:
-        name: versioned id, e.g. ``"ict-face-v1"`` or ``"prnet-bfm"``; checkpoints record it.
+        name: versioned id, e.g. ``"ict-face-v2"`` or ``"prnet-bfm"``; checkpoints record it.
         mask: (256,256) bool, True on face pixels.
         face_ind: (N,) int64 flat indices (row-major) of the face pixels; vertex i is pixel face_ind[i].
         triangles: (T,3) int32 vertex indices, counter-clockwise seen from the front of the face.

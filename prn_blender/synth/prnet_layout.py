@@ -10,9 +10,9 @@ Built from PRNet's released ``uv-data`` (MIT licensed, in the development data f
   values go to the nearest level) -> REGION_LANDMARK / REGION_EYES (the whole eyes-nose-mouth area) / REGION_FACE /
   REGION_NECK; pixels outside the mask are REGION_NECK like the other layouts;
 * canonical: ``canonical_vertices.npy`` is in an image-like frame (x to the subject's left, y DOWN, z out of the face,
-  PRNet pixel units). It is converted to the layout convention (y up) and to centimetres like ``ict-face-v1``:
+  PRNet pixel units). It is converted to the layout convention (y up) and to centimetres like ``ict-face-v2``:
   a scale + translation (no rotation; both shapes are frontal) that best maps its 68 landmarks onto those of the
-  reference layout ``ict-face-v1`` (so both layouts share one head frame; the Blender conversion assumes cm).
+  reference layout ``ict-face-v2`` (so both layouts share one head frame; the Blender conversion assumes cm).
 
 Run ``python -m prn_blender.synth.prnet_layout`` to regenerate ``assets/layouts/prnet-bfm.npz``.
 """
@@ -29,7 +29,7 @@ from ..core.paths import LAYOUTS_DIR, shared_dir
 
 LAYOUT_NAME = "prnet-bfm"
 N_VERTICES = 43867
-REFERENCE_LAYOUT = "ict-face-v1"
+REFERENCE_LAYOUT = "ict-face-v2"
 #: weight-mask grey levels (16:4:3:0 scaled) and the region each stands for
 WEIGHT_LEVELS = ((0, REGION_NECK), (48, REGION_FACE), (64, REGION_EYES), (255, REGION_LANDMARK))
 

@@ -26,8 +26,9 @@ from .ict import FACE_VERTS, ICTModel
 from .uvmap import LAYOUT_NAME, rasterize_face_uv, uv_to_pixel, vertex_uv
 
 # 2: head layer warped, then composited; seam polygons drawn; exposure-like colour. 3: hair volume, fringes, locks
-# and glasses (accessories.py)
-GENERATOR_VERSION = "ictsynth-3"
+# and glasses (accessories.py). 4: ground-truth landmarks and the crop box follow the layout's iBUG-68 3D convention
+# (ict-face-v2) instead of ICT's own landmark vertices
+GENERATOR_VERSION = "ictsynth-4"
 
 # the head is drawn on a canvas this many pixels larger than the crop on every side, so the paper's shrink /
 # shift / rotation augmentation (see sampler.augment) reveals more head and neck, not a cut edge
@@ -87,7 +88,9 @@ class FaceRenderer:
         self.face_ind = torch.from_numpy(layout.face_ind).to(dev)
         self.kpt_flat = torch.from_numpy(layout.kpt_xy[:, 1].astype(np.int64) * RESOLUTION + layout.kpt_xy[:, 0])
         self.kpt_vertex = torch.from_numpy(layout.kpt_vertex).to(dev)
-        self.lm_vids = torch.from_numpy(ict.landmarks68.astype(np.int64)).to(dev)
+        # the layout's 68 landmarks as (vertex ids, barycentrics): they frame the crop
+        self.lm_vids = torch.from_numpy(g.vids[layout.kpt_vertex].astype(np.int64)).to(dev)
+        self.lm_bary = torch.from_numpy(g.bary[layout.kpt_vertex].astype(np.float32)).to(dev)
         rng = np.random.default_rng(seed)
 
         # render triangles and area-weighted point samples
@@ -171,11 +174,11 @@ class FaceRenderer:
         in cm (inf = weak perspective)."""
         R = _rotation(yaw, pitch, roll)
         X = verts @ R.transpose(1, 2)
-        X = X - X[:, self.lm_vids].mean(1, keepdim=True)
+        X = X - (X[:, self.lm_vids] * self.lm_bary[..., None]).sum(-2).mean(1, keepdim=True)
         d = torch.where(torch.isfinite(persp_dist), persp_dist, torch.full_like(persp_dist, 1e6))[:, None]
         f = d / (d - X[..., 2]).clamp_min(1.0)
         img = torch.stack([X[..., 0] * f, -X[..., 1] * f, X[..., 2]], -1)
-        lm = img[:, self.lm_vids, :2]
+        lm = (img[:, self.lm_vids, :2] * self.lm_bary[..., None]).sum(-2)                 # (B,68,2)
         lo, hi = lm.min(1).values, lm.max(1).values
         size = (hi - lo).sum(-1) / 2 * KPT_CROP_SCALE
         s = RESOLUTION / size

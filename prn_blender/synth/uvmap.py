@@ -1,9 +1,17 @@
-"""The project's own position-map layout ``ict-face-v1``, built from ICT-FaceKit's tile-0 face UVs.
+"""The project's own position-map layout ``ict-face-v2``, built from ICT-FaceKit's tile-0 face UVs.
 
 ``rasterize_face_uv`` maps every UV pixel centre to an ICT face triangle and barycentrics. The layout asset keeps
 only what inference needs (mask, triangles, landmarks, regions, canonical shape); the data engine recomputes the
 (pixel -> triangle, barycentrics) gather from the model, deterministically, and checks it against the asset's mask.
-Run ``python -m prn_blender.synth.uvmap`` to regenerate ``assets/layouts/ict-face-v1.npz``.
+
+Landmarks (v2): the 68 points follow the 3D iBUG-68 convention of BFM-based data (300W-LP, AFLW2000-3D, PRNet's
+``uv_kpt_ind``), not ICT-FaceKit's own ``landmarks68``: those sit up to 1.7 cm off that convention on the jaw line
+(v1 used them). ``bfm_convention_kpt`` transfers the 68 landmarks of PRNet's mean BFM face (the shipped
+``prnet-bfm`` asset, MIT) onto the ICT surface: fit ICT's identity and expression modes and a similarity to those
+landmarks, take the nearest point of the fitted surface to each one, repeat from the new points until they settle.
+
+Run ``python -m prn_blender.synth.uvmap`` to regenerate ``assets/layouts/ict-face-v2.npz``; then
+``python -m prn_blender.synth.prnet_layout`` (its canonical shape is scaled onto these landmarks).
 """
 from __future__ import annotations
 
@@ -14,11 +22,14 @@ import numpy as np
 
 from ..core.constants import (REGION_EYES, REGION_FACE, REGION_LANDMARK, REGION_MOUTH, REGION_NECK, REGION_NOSE,
                               RESOLUTION)
-from ..core.layout import UVLayout, grid_triangles
+from ..core.layout import UVLayout, grid_triangles, load_layout
 from ..core.paths import LAYOUTS_DIR
+from ..core.pose import umeyama
 from .ict import FACE_VERTS, ICTModel, load_ict
 
-LAYOUT_NAME = "ict-face-v1"
+LAYOUT_NAME = "ict-face-v2"
+#: layout whose 68 landmarks define the iBUG-68 3D convention that ``bfm_convention_kpt`` transfers
+CONVENTION_LAYOUT = "prnet-bfm"
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,6 +96,77 @@ def _hull_mask(pts: np.ndarray, margin: float) -> np.ndarray:
     return m.astype(bool)
 
 
+def _ict_landmark_pixels(ict: ICTModel, g: UVGather) -> np.ndarray:
+    """(68,) face-pixel indices of ICT's own ``landmarks68`` vertices: the UV pixel of each, snapped to the mask pixel
+    within 3 px that is nearest the vertex in 3D."""
+    face_ind = np.flatnonzero(g.mask)
+    canonical = g.apply(ict.neutral)
+    kp = uv_to_pixel(vertex_uv(ict)[ict.landmarks68])
+    yy, xx = np.divmod(face_ind, RESOLUTION)
+    out = np.zeros(68, np.int64)
+    for i, (x, y) in enumerate(kp):
+        d2 = (xx - x) ** 2 + (yy - y) ** 2
+        near = np.flatnonzero(d2 <= max(9.0, d2.min()))
+        out[i] = near[np.argmin(np.linalg.norm(canonical[near] - ict.neutral[ict.landmarks68[i]], axis=1))]
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class LandmarkFit:
+    """ICT shape and similarity fitted to 68 target landmarks: target ~ scale * R @ model point + t."""
+    weights: np.ndarray     # (153,) identity (100) then expression (53) weights
+    scale: float
+    R: np.ndarray
+    t: np.ndarray
+    fitted: np.ndarray      # (68,3) the fitted model's landmark points in the target frame
+
+
+def fit_landmarks(ict: ICTModel, g: UVGather, pixels: np.ndarray, target: np.ndarray, lam_identity: float = 1.0,
+                  lam_expression: float = 0.1, iters: int = 6) -> LandmarkFit:
+    """Fit ICT identity (ridge ``lam_identity``) and expression weights (ridge ``lam_expression``, clipped to
+    [0, 1]) and a similarity so that the face pixels ``pixels`` (68,) (indices into the mask's face pixels) land on
+    ``target`` (68,3), any right-handed frame and unit (image pixels with y flipped up, cm, ...)."""
+    vids, bary = g.vids[pixels], g.bary[pixels].astype(np.float64)
+    modes = np.concatenate([ict.identity_modes[:, vids], ict.expression_modes[:, vids]])     # (K,68,3,3)
+    n_id = len(ict.identity_modes)
+    reg = np.r_[np.full(n_id, lam_identity), np.full(len(modes) - n_id, lam_expression)]
+    base = (ict.neutral[vids] * bary[..., None]).sum(-2)                                     # (68,3)
+    basis = (modes * bary[None, ..., None]).sum(-2).reshape(len(modes), -1).T                # (204,K)
+    target = np.asarray(target, np.float64)
+    points, c = base, np.zeros(len(modes))
+    for _ in range(iters):
+        s, R, t, _ = umeyama(points, target)
+        local = (target - t) @ R / s                       # targets in ICT model space
+        c = np.linalg.solve(basis.T @ basis + np.diag(reg), basis.T @ (local - base).ravel())
+        c[n_id:] = np.clip(c[n_id:], 0.0, 1.0)
+        points = base + (basis @ c).reshape(-1, 3)
+    s, R, t, _ = umeyama(points, target)
+    return LandmarkFit(weights=c, scale=s, R=R, t=t, fitted=s * points @ R.T + t)
+
+
+def bfm_convention_kpt(ict: ICTModel, g: UVGather, rounds: int = 6) -> np.ndarray:
+    """(68,2) int32 UV pixels (x, y) on the ICT face where the iBUG-68 landmarks of the BFM convention fall.
+
+    Starts from ICT's own landmark pixels; each round fits the ICT shape to the mean BFM face's 68 landmarks with
+    the current pixels (``fit_landmarks``), then moves every landmark to the face pixel of the fitted surface
+    nearest its BFM target, until no pixel moves.
+    """
+    ref = load_layout(CONVENTION_LAYOUT)
+    target = ref.canonical[ref.kpt_vertex].astype(np.float64)
+    idx = _ict_landmark_pixels(ict, g)
+    for _ in range(rounds):
+        f = fit_landmarks(ict, g, idx, target)
+        local = (target - f.t) @ f.R / f.scale
+        n_id = len(ict.identity_modes)
+        surface = g.apply(ict.shape(f.weights[:n_id], f.weights[n_id:]))                  # (N,3)
+        new = np.array([np.argmin(((surface - q) ** 2).sum(1)) for q in local])
+        if np.array_equal(new, idx):
+            break
+        idx = new
+    y, x = np.divmod(np.flatnonzero(g.mask)[idx], RESOLUTION)
+    return np.stack([x, y], 1).astype(np.int32)
+
+
 def build_ict_layout(ict: ICTModel) -> UVLayout:
     g = rasterize_face_uv(ict)
     canonical = g.apply(ict.neutral)
@@ -112,17 +194,7 @@ def build_ict_layout(ict: ICTModel) -> UVLayout:
     if (nrm[front, 2] < 0).mean() > 0.5:
         tris = tris[:, [0, 2, 1]]
 
-    # landmarks: UV pixel of each ICT landmark vertex, snapped to the nearest mask pixel
-    vuv = vertex_uv(ict)
-    kp = uv_to_pixel(vuv[ict.landmarks68])
-    yy, xx = np.divmod(face_ind, n)
-    kpt = np.zeros((68, 2), np.int32)
-    for i, (x, y) in enumerate(kp):     # among mask pixels within 3 px, the one nearest the vertex in 3D
-        d2 = (xx - x) ** 2 + (yy - y) ** 2
-        near = np.flatnonzero(d2 <= max(9.0, d2.min()))
-        d3 = np.linalg.norm(canonical[near] - ict.neutral[ict.landmarks68[i]], axis=1)
-        j = near[np.argmin(d3)]
-        kpt[i] = xx[j], yy[j]
+    kpt = bfm_convention_kpt(ict, g)
 
     regions = np.full((n, n), REGION_NECK, np.uint8)
     regions[g.mask] = REGION_FACE
@@ -144,7 +216,8 @@ def build_ict_layout(ict: ICTModel) -> UVLayout:
                    canonical=canonical.astype(np.float32),
                    meta={"source": "ICT-FaceKit light (MIT), Face geometry tile-0 UVs",
                          "units": "canonical in cm, x to subject's left, y up, z out of the face",
-                         "builder": "prn_blender.synth.uvmap", "version": 1})
+                         "landmarks": f"iBUG-68 3D convention of {CONVENTION_LAYOUT} (bfm_convention_kpt)",
+                         "builder": "prn_blender.synth.uvmap", "version": 2})
     lay.validate()
     return lay
 

@@ -122,8 +122,10 @@ def main(argv=None) -> int:
     card = [
         "# Model card: prn-ict-default", "",
         "PRN (ResFCN256 position-map regression) trained only on synthetic faces rendered from the MIT-licensed",
-        "ICT-FaceKit model by prn_blender's own data engine. No PRNet weights, 300W-LP, BFM or evaluation images were",
-        "used for training.", "",
+        "ICT-FaceKit model by prn_blender's own data engine. No PRNet weights, 300W-LP, BFM model or evaluation images",
+        "were used for training. The layout's 68 landmark pixels follow the iBUG-68 3D convention of BFM-based data",
+        "(AFLW2000-3D, 300W-LP): they are the landmarks of the mean face in PRNet's MIT-licensed uv-data, moved onto",
+        "the ICT surface (`synth/uvmap.py`; ICT-FaceKit's own landmark vertices sit up to 1.7 cm off on the jaw).", "",
         "| field | value |", "|---|---|",
         f"| file | `{DEFAULT_WEIGHTS.name}` (fp16 safetensors, {DEFAULT_WEIGHTS.stat().st_size / 1e6:.1f} MB) |",
         f"| sha256 | `{digest}` |",
@@ -140,7 +142,7 @@ def main(argv=None) -> int:
         f"of 16 after training |",
         "| license | weights: GPL-3.0-or-later with the add-on; inputs: ICT-FaceKit (MIT) |", "",
         "## How it was made", "",
-        "```", "python -m prn_blender.synth.uvmap            # layout asset from ICT-FaceKit",
+        "```", "python -m prn_blender.synth.uvmap            # layout asset: ICT-FaceKit UVs, landmarks from prnet-bfm",
         f"python train.py --out runs/{run.name} --width {model.width} --batch {batch} --reuse {reuse} "
         f"--lr {curve['lr_steps'][0][1]:g} --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N",
         "# ... resumed with --resume and the --preset / --lr of each phase above; "
