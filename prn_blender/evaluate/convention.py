@@ -10,8 +10,6 @@ ground-truth shapes minus the images used for evaluation (``images/``), so the e
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 
@@ -30,7 +28,7 @@ def annotation_shapes(shared=None, every: int = 1) -> tuple[np.ndarray, np.ndarr
     d = shared_dir(shared) / AFLW_DIR
     pts = np.load(d / "AFLW2000-3D.pts68.npy").transpose(0, 2, 1)
     yaw = np.abs(np.load(d / "AFLW2000-3D.pose.npy"))
-    held = set(json.loads((d / "aflw2000_3ddfa_index_exact.json").read_text())["index"].values())
+    held = {s["index"] for s in M.load_aflw2000(d)}
     rows = np.array([i for i in range(len(pts)) if i not in held])[::every]
     return pts[rows].astype(np.float64), yaw[rows]
 
@@ -59,8 +57,7 @@ def main(argv=None) -> int:
     shapes, yaw = annotation_shapes(a.shared, a.every)
     print(f"{len(shapes)} AFLW2000-3D annotations (evaluation images excluded)")
     for name in a.layouts:
-        e = landmark_floor(load_layout(name) if not Path(name).exists() else UVLayout.from_file(name), shapes,
-                           a.shared)
+        e = landmark_floor(load_layout(name), shapes, a.shared)
         b = M.yaw_buckets(e, yaw)
         print(f"{name}: floor NME2D {b['all']:.2f} %  (yaw 0-30 {b['0-30']:.2f}, 30-60 {b['30-60']:.2f}, "
               f"60-90 {b['60-90']:.2f})")

@@ -86,7 +86,6 @@ class FaceRenderer:
         self.id_modes = torch.from_numpy(ict.identity_modes.reshape(len(ict.identity_modes), -1)).to(dev)
         self.ex_modes = torch.from_numpy(ict.expression_modes.reshape(len(ict.expression_modes), -1)).to(dev)
         self.face_ind = torch.from_numpy(layout.face_ind).to(dev)
-        self.kpt_flat = torch.from_numpy(layout.kpt_xy[:, 1].astype(np.int64) * RESOLUTION + layout.kpt_xy[:, 0])
         self.kpt_vertex = torch.from_numpy(layout.kpt_vertex).to(dev)
         # the layout's 68 landmarks as (vertex ids, barycentrics): they frame the crop
         self.lm_vids = torch.from_numpy(g.vids[layout.kpt_vertex].astype(np.int64)).to(dev)
