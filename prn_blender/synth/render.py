@@ -27,8 +27,9 @@ from .uvmap import LAYOUT_NAME, rasterize_face_uv, uv_to_pixel, vertex_uv
 
 # 2: head layer warped, then composited; seam polygons drawn; exposure-like colour. 3: hair volume, fringes, locks
 # and glasses (accessories.py). 4: ground-truth landmarks and the crop box follow the layout's iBUG-68 3D convention
-# (ict-face-v2) instead of ICT's own landmark vertices
-GENERATOR_VERSION = "ictsynth-4"
+# (ict-face-v2) instead of ICT's own landmark vertices. 5: cavity (ambient occlusion) shading, lash lines, darker
+# brows, random sclera; photo-like backgrounds and black crop borders (sampler)
+GENERATOR_VERSION = "ictsynth-5"
 
 # the head is drawn on a canvas this many pixels larger than the crop on every side, so the paper's shrink /
 # shift / rotation augmentation (see sampler.augment) reveals more head and neck, not a cut edge
@@ -136,6 +137,12 @@ class FaceRenderer:
         brow = (_inside(suv, brows[0]) | _inside(suv, brows[1])) & fm
         beard_poly = np.concatenate([kp[2:15] + [0, 2], kp[[35, 34, 33, 32, 31]] + [0, 2]])
         beard = _inside(suv, beard_poly) & fm & ~lips
+        # lash lines: a band along the upper lids (and a thinner one along the lower lids) in UV pixels
+        lash = np.zeros(M, bool)
+        for a in (36, 42):
+            upper, lower = kp[a:a + 4], np.concatenate([kp[a + 3:a + 6], kp[[a]]])
+            lash |= (_polyline_distance(suv, upper) < 2.2) | (_polyline_distance(suv, lower) < 1.0)
+        lash &= fm & ~brow
         skinpart = parts[tri_id] <= P_HEAD
         # low-frequency 3D noise of the canonical position (random Fourier features)
         K = 8
@@ -148,7 +155,8 @@ class FaceRenderer:
         back = (canon[:, 2] < 1.0) & (canon[:, 1] > 0) & skinpart
         hair = [(h | back) if hl < 50 else h for h, hl in zip(hair, self.hairlines)]
         # albedo basis: albedo[b, m, c] = sum_j basis[m, j] * coef[b, j, c]; see albedo_coefs()
-        cols = {"skin": skinpart & ~lips & ~brow & ~beard, "lips": lips, "brow": brow, "beard": beard,
+        cols = {"skin": skinpart & ~lips & ~brow & ~beard & ~lash, "lips": lips, "brow": brow, "beard": beard,
+                "lash": lash,
                 "mouth": parts[tri_id] == P_MOUTH, "gums": parts[tri_id] == P_GUMS,
                 "teeth": parts[tri_id] == P_TEETH, "sclera": parts[tri_id] == P_SCLERA,
                 "iris": parts[tri_id] == P_IRIS}
@@ -160,6 +168,9 @@ class FaceRenderer:
         self.hair_masks = torch.from_numpy(np.stack(hair, 1).astype(np.float32)).to(dev)       # (M,H)
         self.basis = torch.from_numpy(np.stack(basis, 1)).to(dev)                             # (M,J)
         self.inner = torch.from_numpy((parts[tri_id] >= P_MOUTH) & (parts[tri_id] <= P_TEETH)).to(dev)
+        # cavity term of the neutral head, per point (eye sockets, lid margins, nostrils, lip line, ear folds)
+        ao = cavity(v, tris)
+        self.cavity = torch.from_numpy((ao[s_tri] * bary).sum(1, keepdims=True).astype(np.float32)).to(dev)
 
     # ------------------------------------------------------------------ geometry
     def shapes(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
@@ -227,7 +238,9 @@ class FaceRenderer:
         lam = (sn @ L[..., None]).clamp_min(0)                                                # (B,M,1)
         h = F.normalize(L + torch.tensor([0.0, 0.0, 1.0], device=dev), dim=-1)
         spec = (sn @ h[..., None]).clamp_min(0) ** p["shininess"][:, None, None] * p["specular"][:, None, None]
-        col = albedo * (p["ambient"][:, None] + lam * p["light_col"][:, None]) + spec * p["light_col"][:, None]
+        occ = 1 - p["occlusion"][:, None, None] * self.cavity                                 # (B,M,1)
+        col = albedo * occ * (p["ambient"][:, None] + lam * p["light_col"][:, None] * (0.5 + 0.5 * occ)) \
+            + spec * occ * p["light_col"][:, None]
         col = torch.where(self.inner[None, :, None], col * 0.55, col)
         # back-facing points never win the z-test (their surface's front side is in front of them)
         front = sn[..., 2] > -0.05
@@ -294,16 +307,15 @@ class FaceRenderer:
 
     def albedo(self, p) -> torch.Tensor:
         """(B,M,3) per-point albedo: a linear combination of fixed per-point bases (skin, lips, brows, stubble,
-        mouth, teeth, eyes, 3D noise) plus the hair mask for the sample's hairline."""
-        B = p["skin"].shape[0]
+        lash lines, mouth, teeth, eyes, 3D noise) plus the hair mask for the sample's hairline."""
         skin = p["skin"]
         coef = torch.stack([
             skin, skin * p["lip_tint"],
-            skin * (1 - p["brow_strength"][:, None]) + p["hair"] * p["brow_strength"][:, None],
+            skin * (1 - p["brow_strength"][:, None]) + p["brow_col"] * p["brow_strength"][:, None],
             skin * (1 - p["beard"][:, None]) + p["hair"] * p["beard"][:, None],
-            p["mouth_col"], p["mouth_col"] * 1.3, p["teeth"],
-            torch.tensor([0.85, 0.82, 0.78], device=skin.device).expand(B, 3), p["iris"] * 0.6,
-        ], 1)                                                                          # (B,9,3)
+            skin * (1 - p["lash"][:, None]) + p["brow_col"] * 0.5 * p["lash"][:, None],
+            p["mouth_col"], p["mouth_col"] * 1.3, p["teeth"], p["sclera"], p["iris"] * 0.6,
+        ], 1)                                                                          # (B,10,3)
         noise = p["noise_w"][:, :self.n_noise, None] * 0.05 * skin[:, None]          # (B,K,3)
         coef = torch.cat([coef, noise], 1)
         out = torch.einsum("mj,bjc->bmc", self.basis, coef)
@@ -322,6 +334,45 @@ def _window(x: torch.Tensor, r: int, op, pad: float) -> torch.Tensor:
     out = rows[..., :W].clone()
     for k in range(1, 2 * r + 1):
         op(out, rows[..., k:k + W], out=out)
+    return out
+
+
+def cavity(verts: np.ndarray, tris: np.ndarray, radius: float = 1.5) -> np.ndarray:
+    """(V,) ambient-occlusion-like cavity in [0, 1] of a mesh (cm): for each vertex, the area-weighted mean
+    elevation (cosine to its normal) of the surface within ``radius`` above its tangent plane, normalised by the
+    99th percentile. Flat or convex surroundings give 0; sockets, folds and narrow gaps approach 1."""
+    from scipy.spatial import cKDTree
+    v = verts.astype(np.float64)
+    fn = np.cross(v[tris[:, 1]] - v[tris[:, 0]], v[tris[:, 2]] - v[tris[:, 0]])       # 2 x area x normal
+    vn = np.zeros_like(v)
+    area = np.zeros(len(v))
+    for k in range(3):
+        np.add.at(vn, tris[:, k], fn)
+        np.add.at(area, tris[:, k], np.linalg.norm(fn, axis=1) / 6)
+    vn /= np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
+    used = np.unique(tris)
+    pairs = used[cKDTree(v[used]).query_pairs(radius, output_type="ndarray")]          # (P,2) vertex ids, i < j
+    i, j = pairs[:, 0], pairs[:, 1]
+    d = v[j] - v[i]
+    dist = np.linalg.norm(d, axis=1)
+    d /= np.maximum(dist, 1e-9)[:, None]
+    w = 1 - dist / radius                                                               # linear fall-off
+    num, den = np.zeros(len(v)), np.zeros(len(v))
+    for a, b, sign in ((i, j, 1.0), (j, i, -1.0)):
+        up = np.clip(sign * np.einsum("pk,pk->p", vn[a], d), 0, None)
+        num += np.bincount(a, area[b] * w * up, minlength=len(v))
+        den += np.bincount(a, area[b] * w, minlength=len(v))
+    occ = num / np.maximum(den, 1e-12)
+    return np.clip(occ / max(np.percentile(occ[used], 99), 1e-9), 0, 1)
+
+
+def _polyline_distance(pts: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """(N,) distance of (N,2) points to the open polyline (K,2)."""
+    out = np.full(len(pts), np.inf)
+    for a, b in zip(line[:-1], line[1:]):
+        ab = b - a
+        t = np.clip(((pts - a) @ ab) / max(float(ab @ ab), 1e-12), 0, 1)
+        out = np.minimum(out, np.linalg.norm(pts - (a + t[:, None] * ab), axis=1))
     return out
 
 

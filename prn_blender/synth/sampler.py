@@ -67,7 +67,9 @@ def sample_params(B: int, names: tuple, g: torch.Generator, device="cpu", max_ya
         yaw=yaw * math.pi / 180, pitch=pitch * math.pi / 180, roll=roll * math.pi / 180, persp_dist=persp,
         skin=skin.clamp(0.05, 1), hair=hair.clamp(0, 1), noise_w=N(B, 8),
         lip_tint=torch.stack([U(B, lo=0.85, hi=1.05), U(B, lo=0.6, hi=0.85), U(B, lo=0.6, hi=0.9)], -1),
-        brow_on=(U(B) < 0.95).float(), brow_strength=U(B, lo=0.3, hi=0.85),
+        brow_strength=U(B, lo=0.45, hi=0.95), brow_col=(hair * U(B, 1, lo=0.35, hi=1.0)).clamp(0, 1),
+        lash=U(B, lo=0.3, hi=0.9), sclera=U(B, 1, lo=0.55, hi=0.9) * U(B, 3, lo=0.92, hi=1.0),
+        occlusion=U(B, lo=0.3, hi=0.9),
         beard=torch.where(U(B) < 0.2, U(B, lo=0.1, hi=0.5), torch.zeros(B)),
         hair_idx=torch.where(U(B) < 0.9, torch.randint(4, (B,), generator=g), torch.full((B,), 4)),
         mouth_col=torch.stack([U(B, lo=0.35, hi=0.6), U(B, lo=0.1, hi=0.2), U(B, lo=0.1, hi=0.2)], -1),
@@ -109,7 +111,27 @@ def random_background(B: int, g: torch.Generator) -> torch.Tensor:
     bg = bg * (1 - torso) + cloth * torso
     # high-frequency texture
     bg = bg + 0.05 * (torch.rand(B, 1, n, n, generator=g) - 0.5) * torch.rand(B, 1, 1, 1, generator=g)
-    return bg.clamp(0, 1)
+    # half of them photo-like: most photo backgrounds are far less saturated and often darker than colour noise
+    photo = (torch.rand(B, 1, 1, 1, generator=g) < 0.5).float()
+    gray = bg.mean(1, keepdim=True)
+    muted = (gray + (bg - gray) * torch.rand(B, 1, 1, 1, generator=g) * 0.6) \
+        * (torch.rand(B, 1, 1, 1, generator=g) * 0.9 + 0.1)
+    return (photo * muted + (1 - photo) * bg).clamp(0, 1)
+
+
+def black_border(img: torch.Tensor, g: torch.Generator, prob: float = 0.2, max_frac: float = 0.35) -> torch.Tensor:
+    """Zero a band along one random side of the crop (image only), as the crop of a face near a photo's edge
+    is padded (crop.warp fills outside the image with 0); the band may cut into the face."""
+    B, _, n, _ = img.shape
+    on = torch.rand(B, generator=g) < prob
+    side = torch.randint(4, (B,), generator=g)
+    width = (torch.rand(B, generator=g) * max_frac * n).long()
+    idx = torch.arange(n)
+    band = torch.stack([idx[None] < width[:, None], idx[None] >= n - width[:, None]], 1)     # (B,2,n)
+    rows = torch.where((side == 0)[:, None], band[:, 0], band[:, 1])                          # top / bottom
+    m = torch.where((side < 2)[:, None, None], rows[:, :, None].expand(B, n, n), rows[:, None, :].expand(B, n, n))
+    m = (m & on[:, None, None])[:, None].to(img.device)
+    return torch.where(m, torch.zeros_like(img), img)
 
 
 def occlude(img: torch.Tensor, g: torch.Generator, prob: float = 0.4) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """On-the-fly synthetic training batches (render -> paper augmentation of the head layer over the background ->
-occlude -> degrade).
+black crop border -> occlude -> degrade).
 
 ``SyntheticStream`` renders fresh batches and keeps a small replay pool: with ``reuse`` > 0 a rendered batch is
 served ``1 + reuse`` times, each time with new occlusion/degradation/augmentation (cheap), which keeps a slow CPU
@@ -11,7 +11,7 @@ import torch
 
 from ..synth.ict import load_ict
 from ..synth.render import FaceRenderer
-from ..synth.sampler import augment, degrade, occlude, sample_params
+from ..synth.sampler import augment, black_border, degrade, occlude, sample_params
 
 
 class SyntheticStream:
@@ -40,4 +40,4 @@ class SyntheticStream:
         if not self.augment_on:
             return b.image, b.pos
         img, pos = augment(b.image, b.pos, self.g, layer=b.layer, background=b.background)
-        return degrade(occlude(img, self.g), self.g), pos
+        return degrade(occlude(black_border(img, self.g), self.g), self.g), pos
