@@ -131,6 +131,23 @@ def test_hair_and_glasses_cover_the_head_but_not_the_ground_truth(engine):
             assert float(dressed.image[i, :, ey, ex].max()) <= 0.33
 
 
+def test_black_border_zeroes_a_band_on_each_of_the_four_sides():
+    from prn_blender.synth.sampler import black_border
+    n = 64
+    img = torch.rand(400, 3, n, n) * 0.9 + 0.1                     # nowhere zero before
+    out = black_border(img, torch.Generator().manual_seed(1), prob=1.0, max_frac=0.35)
+    zero = (out == 0).all(1)                                        # (B,n,n)
+    sides = {"top": zero[:, 0].all(1), "bottom": zero[:, -1].all(1), "left": zero[:, :, 0].all(1),
+             "right": zero[:, :, -1].all(1)}
+    banded = torch.stack(list(sides.values())).any(0)
+    assert all(int(v.sum()) > 60 for v in sides.values()), {k: int(v.sum()) for k, v in sides.items()}
+    # a band touches exactly one side, is at most 35 % deep, and leaves everything else untouched
+    assert int(torch.stack(list(sides.values())).sum(0).max()) == 1
+    assert int(zero.sum((1, 2)).max()) <= int(0.35 * n) * n
+    assert torch.equal(out[~banded], img[~banded]) and torch.equal(out[~zero[:, None].expand_as(out)],
+                                                                   img[~zero[:, None].expand_as(img)])
+
+
 def test_augment_composites_the_head_layer_over_the_background():
     """Shrinking the crop reveals more canvas, then background: never a stretched (replicated) border."""
     from prn_blender.synth.sampler import augment

@@ -28,8 +28,9 @@ from .uvmap import LAYOUT_NAME, rasterize_face_uv, uv_to_pixel, vertex_uv
 # 2: head layer warped, then composited; seam polygons drawn; exposure-like colour. 3: hair volume, fringes, locks
 # and glasses (accessories.py). 4: ground-truth landmarks and the crop box follow the layout's iBUG-68 3D convention
 # (ict-face-v2) instead of ICT's own landmark vertices. 5: cavity (ambient occlusion) shading, lash lines, darker
-# brows, random sclera; photo-like backgrounds and black crop borders (sampler)
-GENERATOR_VERSION = "ictsynth-5"
+# brows, random sclera; photo-like backgrounds and black crop borders (sampler). 6: the black border falls on all
+# four sides (5 never blacked the left side and blacked the right one twice as often)
+GENERATOR_VERSION = "ictsynth-6"
 
 # the head is drawn on a canvas this many pixels larger than the crop on every side, so the paper's shrink /
 # shift / rotation augmentation (see sampler.augment) reveals more head and neck, not a cut edge
@@ -154,7 +155,7 @@ class FaceRenderer:
         hair = [(canon[:, 1] + jitter > h) & skinpart for h in self.hairlines]
         back = (canon[:, 2] < 1.0) & (canon[:, 1] > 0) & skinpart
         hair = [(h | back) if hl < 50 else h for h, hl in zip(hair, self.hairlines)]
-        # albedo basis: albedo[b, m, c] = sum_j basis[m, j] * coef[b, j, c]; see albedo_coefs()
+        # albedo basis: albedo[b, m, c] = sum_j basis[m, j] * coef[b, j, c]; see albedo()
         cols = {"skin": skinpart & ~lips & ~brow & ~beard & ~lash, "lips": lips, "brow": brow, "beard": beard,
                 "lash": lash,
                 "mouth": parts[tri_id] == P_MOUTH, "gums": parts[tri_id] == P_GUMS,

@@ -124,13 +124,11 @@ def black_border(img: torch.Tensor, g: torch.Generator, prob: float = 0.2, max_f
     is padded (crop.warp fills outside the image with 0); the band may cut into the face."""
     B, _, n, _ = img.shape
     on = torch.rand(B, generator=g) < prob
-    side = torch.randint(4, (B,), generator=g)
+    side = torch.randint(4, (B,), generator=g)                      # top, bottom, left, right
     width = (torch.rand(B, generator=g) * max_frac * n).long()
-    idx = torch.arange(n)
-    band = torch.stack([idx[None] < width[:, None], idx[None] >= n - width[:, None]], 1)     # (B,2,n)
-    rows = torch.where((side == 0)[:, None], band[:, 0], band[:, 1])                          # top / bottom
-    m = torch.where((side < 2)[:, None, None], rows[:, :, None].expand(B, n, n), rows[:, None, :].expand(B, n, n))
-    m = (m & on[:, None, None])[:, None].to(img.device)
+    yy, xx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    edge = torch.stack([yy, n - 1 - yy, xx, n - 1 - xx])[side]      # (B,n,n) pixels from the chosen side
+    m = ((edge < width[:, None, None]) & on[:, None, None])[:, None].to(img.device)
     return torch.where(m, torch.zeros_like(img), img)
 
 
