@@ -148,6 +148,24 @@ def test_black_border_zeroes_a_band_on_each_of_the_four_sides():
                                                                    img[~zero[:, None].expand_as(img)])
 
 
+def test_hair_volume_blur_is_a_zero_padded_box_filter():
+    """The running-sum blur equals the direct window mean (zeros outside) at every radius, also wider than the
+    image."""
+    from prn_blender.synth.accessories import _blur
+    a = (torch.rand(2, 1, 90, 70, generator=torch.Generator().manual_seed(0)) > 0.6).double()
+
+    def box(x, r, dim):                               # (n,n) band matrix of 1/(2r+1) within r
+        i = torch.arange(x.shape[dim])
+        win = ((i[:, None] - i[None]).abs() <= r).double() / (2 * r + 1)
+        return torch.movedim(torch.movedim(x, dim, -1) @ win, -1, dim)
+
+    for r in (1, 4, 30, 60):
+        ref = a
+        for _ in range(2):
+            ref = box(box(ref, r, -1), r, -2)
+        assert torch.allclose(_blur(a.float(), r).double(), ref, atol=1e-5), r
+
+
 def test_augment_composites_the_head_layer_over_the_background():
     """Shrinking the crop reveals more canvas, then background: never a stretched (replicated) border."""
     from prn_blender.synth.sampler import augment
@@ -195,15 +213,36 @@ def _train(out, *extra):
 
 
 def test_training_deterministic_and_resumable(tmp_path):
-    a = _train(tmp_path / "a")
+    a = _train(tmp_path / "a", "--keep-every", "1")
     b = _train(tmp_path / "b")
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert (tmp_path / "a/weights.safetensors").exists() and (tmp_path / "a/checkpoint.pt").exists()
-    c = _train(tmp_path / "a", "--steps", "3", "--resume")
+    c = _train(tmp_path / "a", "--steps", "3", "--resume", "--keep-every", "1")
     assert [r["step"] for r in c] == [1, 2, 3]
     from prn_blender.core.weights import load_model
     model, lay, md = load_model(tmp_path / "a/weights.safetensors")
     assert md["meta"]["steps"] == 3 and lay.name == "ict-face-v2" and model.width == 2
+    snaps = sorted(p.name for p in (tmp_path / "a/snapshots").iterdir())
+    assert snaps == [f"weights_00000{i}.safetensors" for i in (1, 2, 3)]
+
+    # ship the mean of the snapshots of steps 2-3: every weight is their average, BatchNorm is recalibrated
+    out = tmp_path / "avg.safetensors"
+    subprocess.run([sys.executable, "-m", "prn_blender.train.ship", "--run", str(tmp_path / "a"), "--average-from",
+                    "2", "--bn-batches", "1", "--out-weights", str(out)], check=True, cwd=REPO, capture_output=True,
+                   timeout=600)
+    avg, _, md = load_model(out)
+    m2, m3 = (load_model(tmp_path / f"a/snapshots/weights_00000{i}.safetensors")[0] for i in (2, 3))
+    assert md["meta"]["averaged"] == "mean of 2 snapshots, steps 2-3 (every 1)" and md["meta"]["steps"] == 3
+    sd2, sd3 = m2.state_dict(), m3.state_dict()
+    moved = 0
+    for k, v in avg.state_dict().items():
+        if "running_" in k or k.endswith("num_batches_tracked"):
+            continue
+        assert torch.allclose(v, (sd2[k] + sd3[k]) / 2, atol=2e-3, rtol=2e-3), k
+        moved += int(not torch.equal(sd2[k], sd3[k]))
+    assert moved > 0                                                 # the two snapshots differ
+    bn = [k for k in sd3 if k.endswith("running_mean")]
+    assert any(not torch.allclose(avg.state_dict()[k], sd3[k]) for k in bn)   # statistics were recomputed
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -31,7 +32,8 @@ def sha256(path: str | Path) -> str:
 
 def save_weights(model: ResFCN256, path: str | Path, layout: str, meta: dict | None = None,
                  dtype: torch.dtype = torch.float16) -> Path:
-    """Write the model's state (floating tensors cast to ``dtype``) plus metadata."""
+    """Write the model's state (floating tensors cast to ``dtype``) plus metadata. Atomic: readers (a viewer, a
+    snapshot copy) never see a half-written file."""
     from safetensors.torch import save_file
     sd = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous().cpu()
           for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
@@ -39,8 +41,10 @@ def save_weights(model: ResFCN256, path: str | Path, layout: str, meta: dict | N
           "meta": json.dumps(meta or {}, sort_keys=True)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(path), metadata=md)
-    path.chmod(0o644)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(sd, str(tmp), metadata=md)
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
     return path
 
 

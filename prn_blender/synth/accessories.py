@@ -46,11 +46,19 @@ def _lookup(noise: torch.Tensor, u: torch.Tensor, span: float = 1.5) -> torch.Te
     return flat(i0) * (1 - w) + flat(i0 + 1) * w
 
 
+def _box(a: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    """Mean over the 2r+1 window along ``dim`` (-1 or -2) of (B,1,H,W), zeros outside: a difference of running
+    sums (float64), so the cost does not grow with r (avg_pool2d's does: 30x slower at r = 35)."""
+    n, k = a.shape[dim], 2 * r + 1
+    pad = (r + 1, r, 0, 0) if dim == -1 else (0, 0, r + 1, r)
+    c = F.pad(a, pad).double().cumsum(dim)
+    return ((c.narrow(dim, k, n) - c.narrow(dim, 0, n)) / k).to(a.dtype)
+
+
 def _blur(a: torch.Tensor, r: int) -> torch.Tensor:
     """Box blur (B,1,H,W) with radius r, twice (a smooth bump); separable, zeros outside."""
     for _ in range(2):
-        a = F.avg_pool2d(a, (1, 2 * r + 1), stride=1, padding=(0, r))
-        a = F.avg_pool2d(a, (2 * r + 1, 1), stride=1, padding=(r, 0))
+        a = _box(_box(a, r, -1), r, -2)
     return a
 
 

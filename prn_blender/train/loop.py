@@ -3,7 +3,8 @@
 Loss: mean over pixels of the layout weight mask x squared error of position maps normalized by POS_SCALE.
 Adam, lr halved every ``--halve-every`` epochs (an epoch = ``--epoch-size`` samples). Checkpoints every
 ``--save-every`` steps to ``OUT/checkpoint.pt`` (resumable with ``--resume``), JSON log lines in ``OUT/log.jsonl``,
-final weights exported to ``OUT/weights.safetensors``. Multi-process: ``torchrun --nproc-per-node N train.py ...``
+final weights exported to ``OUT/weights.safetensors`` (and every ``--keep-every`` steps to ``OUT/snapshots/`` for
+weight averaging, see train.ship). Multi-process: ``torchrun --nproc-per-node N train.py ...``
 (DDP, gloo on CPU / nccl on CUDA).
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -75,6 +77,9 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
                     help="autocast: bf16 on CPU, fp16 on CUDA when auto")
     ap.add_argument("--save-every", type=int, default=200)
+    ap.add_argument("--keep-every", type=int, default=0,
+                    help="also keep the weights of every Nth step (a multiple of --save-every) in OUT/snapshots/, "
+                         "for weight averaging at ship time (train.ship --average-from); 0 = off")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     ap.add_argument("--init", help="initialize from a weights file (fine-tuning)")
     ap.add_argument("--shared", help="development data folder (default $PRN_BLENDER_SHARED or ../shared)")
@@ -100,6 +105,10 @@ def main(argv=None) -> int:
     torch.manual_seed(a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.keep_every:
+        if a.keep_every % a.save_every:
+            raise SystemExit(f"--keep-every {a.keep_every} is not a multiple of --save-every {a.save_every}")
+        (out / "snapshots").mkdir(exist_ok=True)
     from .data import SyntheticStream
     layout = load_layout(LAYOUT_NAME)
     regions, lr = PRESETS[a.preset]
@@ -188,6 +197,8 @@ def main(argv=None) -> int:
                         "lr": lr, "device": str(dev), "amp": amp,
                         "wall_time_s": round(time.time() - t_start, 1)}
                 save_weights(model, out / "weights.safetensors", LAYOUT_NAME, meta)
+                if a.keep_every and step % a.keep_every == 0:
+                    shutil.copyfile(out / "weights.safetensors", out / "snapshots" / f"weights_{step:06d}.safetensors")
     if bar:
         bar.close()
     if rank == 0:

@@ -1,6 +1,6 @@
 """Ship a trained run as the add-on's default model: fp16 weights + MODEL_CARD.md + training curve.
 
-    python -m prn_blender.train.ship --run runs/w8 [--eval-aflw DIR...] [--eval-synth DIR...]
+    python -m prn_blender.train.ship --run runs/w8 [--average-from STEP] [--eval-aflw DIR...] [--eval-synth DIR...]
 
 DIR are ``eval.py`` output folders (their metrics.json feed the card). Writes
 ``prn_blender/assets/weights/prn-ict-default.safetensors``, ``MODEL_CARD.md`` and ``training_curve.png`` there.
@@ -51,6 +51,28 @@ def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None) -> dic
             "samples": recs[-1]["samples"], "lr_steps": lr_steps}
 
 
+def average_snapshots(run: Path, first: int, last: int | None = None) -> tuple[dict, list[int]]:
+    """Mean (fp32) of the weights kept in ``run/snapshots`` (train.py --keep-every) at steps first..last: the
+    state dict and the steps averaged. Averaging the constant-lr tail of a run (stochastic weight averaging) lands
+    nearer the centre of the basin the last steps wander in; BatchNorm statistics must be recalibrated after."""
+    from safetensors.torch import load_file
+    snaps = sorted((int(p.stem.split("_")[-1]), p) for p in (run / "snapshots").glob("weights_*.safetensors"))
+    snaps = [(s, p) for s, p in snaps if s >= first and (last is None or s <= last)]
+    if len(snaps) < 2:
+        raise SystemExit(f"fewer than 2 snapshots in {run / 'snapshots'} from step {first}: nothing to average")
+    acc = None
+    for _, p in snaps:
+        sd = load_file(str(p))
+        if acc is None:
+            acc = {k: v.double() for k, v in sd.items()}
+        else:
+            if sd.keys() != acc.keys():
+                raise SystemExit(f"{p.name} has other tensors than the first snapshot")
+            for k, v in sd.items():
+                acc[k] += v.double()
+    return {k: (v / len(snaps)).float() for k, v in acc.items()}, [s for s, _ in snaps]
+
+
 def _metrics_table(dirs: list | None, title: str) -> list[str]:
     """Markdown table of the models in one or more eval.py output folders of the same dataset and crop."""
     found = [json.loads((Path(d) / "metrics.json").read_text()) for d in dirs or []
@@ -87,6 +109,9 @@ def main(argv=None) -> int:
     ap.add_argument("--bn-batches", type=int, default=24,
                     help="recalibrate BatchNorm statistics on this many fresh synthetic batches of 16 (0 = off)")
     ap.add_argument("--shared", help="development data folder (for the BN recalibration batches)")
+    ap.add_argument("--average-from", type=int,
+                    help="ship the mean of the run's snapshots from this step to the run's last step instead of "
+                         "the last weights (BatchNorm is then always recalibrated)")
     ap.add_argument("--out-weights", help="write here instead of the shipped default (for trying a checkpoint)")
     ap.add_argument("--card-only", action="store_true",
                     help="keep the shipped weights as they are (the ones just evaluated); rewrite card and curve")
@@ -99,6 +124,15 @@ def main(argv=None) -> int:
     args = {}
     if (run / "checkpoint.pt").exists():   # the exact training arguments (reuse, epoch size, ...)
         args = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True).get("args", {})
+    if a.average_from is not None and not a.card_only:
+        sd, steps = average_snapshots(run, a.average_from, int(meta["steps"]))
+        model.load_state_dict(sd, strict=False)
+        every = sorted({b - a_ for a_, b in zip(steps, steps[1:])})
+        meta["averaged"] = (f"mean of {len(steps)} snapshots, steps {steps[0]}-{steps[-1]} "
+                            f"(every {'/'.join(map(str, every))})")
+        meta["steps"], meta["average_from"] = steps[-1], steps[0]
+        if not a.bn_batches:
+            raise SystemExit("--average-from needs BatchNorm recalibration (--bn-batches > 0)")
     if a.bn_batches and not a.card_only:
         from .data import SyntheticStream
         from .loop import recalibrate_bn
@@ -138,21 +172,25 @@ def main(argv=None) -> int:
         + ", ".join(f"{lr:g} from step {s0}" for s0, lr in curve["lr_steps"]) + f", autocast {meta.get('amp')} |",
         f"| hardware | {a.hardware}; wall time {curve['elapsed_s'] / 3600:.2f} h |",
         f"| final training loss | {curve['final_loss_mean']:.5f} (running mean) |",
+        *([f"| weight averaging | {meta['averaged']} (stochastic weight averaging of the constant-lr tail) |"]
+          if meta.get("averaged") else []),
         f"| BatchNorm statistics | recalibrated on {meta.get('bn_recalibrated_batches', 0)} fresh synthetic batches "
         f"of 16 after training |",
         "| license | weights: GPL-3.0-or-later with the add-on; inputs: ICT-FaceKit (MIT) |", "",
         "## How it was made", "",
         "```", "python -m prn_blender.synth.uvmap            # layout asset: ICT-FaceKit UVs, landmarks from prnet-bfm",
         f"python train.py --out runs/{run.name} --width {model.width} --batch {batch} --reuse {reuse} "
-        f"--lr {curve['lr_steps'][0][1]:g} --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N",
+        f"--lr {curve['lr_steps'][0][1]:g} --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N"
+        + (f" --keep-every {args.get('keep_every') or 500}" if meta.get("averaged") else ""),
         "# ... resumed with --resume and the --preset / --lr of each phase above; "
         f"stopped after {curve['steps']} steps",
         "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --out out/eval_aflw",
         "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --no-flip --no-peer "
         "--out out/eval_aflw_single",
         "python eval.py --dataset synthetic --n 200 --seed 777 --out out/eval_synth",
-        f"python -m prn_blender.train.ship --run runs/{run.name} --eval-aflw out/eval_aflw out/eval_aflw_single "
-        "--eval-synth out/eval_synth",
+        f"python -m prn_blender.train.ship --run runs/{run.name} "
+        + (f"--average-from {meta['average_from']} " if meta.get("averaged") else "")
+        + "--eval-aflw out/eval_aflw out/eval_aflw_single --eval-synth out/eval_synth",
         "```", "", "## Metrics (68-point NME %, normalized by sqrt(w*h) of the GT box)", "",
         *_metrics_table(a.eval_aflw, "Real photos: the 16 AFLW2000-3D images in ../shared"),
         *_metrics_table(a.eval_synth, "Held-out synthetic set"),
