@@ -125,14 +125,14 @@ def main(argv=None) -> int:
     if (run / "checkpoint.pt").exists():   # the exact training arguments (reuse, epoch size, ...)
         args = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True).get("args", {})
     if a.average_from is not None and not a.card_only:
+        if not a.bn_batches:
+            raise SystemExit("--average-from needs BatchNorm recalibration (--bn-batches > 0)")
         sd, steps = average_snapshots(run, a.average_from, int(meta["steps"]))
         model.load_state_dict(sd, strict=False)
         every = sorted({b - a_ for a_, b in zip(steps, steps[1:])})
         meta["averaged"] = (f"mean of {len(steps)} snapshots, steps {steps[0]}-{steps[-1]} "
                             f"(every {'/'.join(map(str, every))})")
         meta["steps"], meta["average_from"] = steps[-1], steps[0]
-        if not a.bn_batches:
-            raise SystemExit("--average-from needs BatchNorm recalibration (--bn-batches > 0)")
     if a.bn_batches and not a.card_only:
         from .data import SyntheticStream
         from .loop import recalibrate_bn
