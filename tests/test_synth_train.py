@@ -233,6 +233,7 @@ def test_training_deterministic_and_resumable(tmp_path):
     avg, _, md = load_model(out)
     m2, m3 = (load_model(tmp_path / f"a/snapshots/weights_00000{i}.safetensors")[0] for i in (2, 3))
     assert md["meta"]["averaged"] == "mean of 2 snapshots, steps 2-3 (every 1)" and md["meta"]["steps"] == 3
+    assert md["meta"]["average_from"] == 2 and md["meta"]["average_every"] == 1
     sd2, sd3 = m2.state_dict(), m3.state_dict()
     moved = 0
     for k, v in avg.state_dict().items():

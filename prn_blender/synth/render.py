@@ -321,7 +321,7 @@ class FaceRenderer:
         coef = torch.cat([coef, noise], 1)
         out = torch.einsum("mj,bjc->bmc", self.basis, coef)
         hm = self.hair_masks[:, p["hair_idx"]].T[..., None]                          # (B,M,1)
-        return torch.where(hm > 0, p["hair"][:, None] * (1 + 0.25 * out.new_tensor(0.0)), out).clamp(0, 1)
+        return torch.where(hm > 0, p["hair"][:, None], out).clamp(0, 1)
 
 
 def _window(x: torch.Tensor, r: int, op, pad: float) -> torch.Tensor:
@@ -347,9 +347,10 @@ def cavity(verts: np.ndarray, tris: np.ndarray, radius: float = 1.5) -> np.ndarr
     fn = np.cross(v[tris[:, 1]] - v[tris[:, 0]], v[tris[:, 2]] - v[tris[:, 0]])       # 2 x area x normal
     vn = np.zeros_like(v)
     area = np.zeros(len(v))
+    third = np.linalg.norm(fn, axis=1) / 6                                                # a third of each area
     for k in range(3):
         np.add.at(vn, tris[:, k], fn)
-        np.add.at(area, tris[:, k], np.linalg.norm(fn, axis=1) / 6)
+        np.add.at(area, tris[:, k], third)
     vn /= np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
     used = np.unique(tris)
     pairs = used[cKDTree(v[used]).query_pairs(radius, output_type="ndarray")]          # (P,2) vertex ids, i < j

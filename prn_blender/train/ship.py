@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         every = sorted({b - a_ for a_, b in zip(steps, steps[1:])})
         meta["averaged"] = (f"mean of {len(steps)} snapshots, steps {steps[0]}-{steps[-1]} "
                             f"(every {'/'.join(map(str, every))})")
-        meta["steps"], meta["average_from"] = steps[-1], steps[0]
+        meta["steps"], meta["average_from"], meta["average_every"] = steps[-1], steps[0], every[0]
     if a.bn_batches and not a.card_only:
         from .data import SyntheticStream
         from .loop import recalibrate_bn
@@ -181,7 +181,8 @@ def main(argv=None) -> int:
         "```", "python -m prn_blender.synth.uvmap            # layout asset: ICT-FaceKit UVs, landmarks from prnet-bfm",
         f"python train.py --out runs/{run.name} --width {model.width} --batch {batch} --reuse {reuse} "
         f"--lr {curve['lr_steps'][0][1]:g} --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N"
-        + (f" --keep-every {args.get('keep_every') or 500}" if meta.get("averaged") else ""),
+        + (f" --keep-every {meta.get('average_every') or args.get('keep_every') or 'K'}" if meta.get("averaged")
+           else ""),
         "# ... resumed with --resume and the --preset / --lr of each phase above; "
         f"stopped after {curve['steps']} steps",
         "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --out out/eval_aflw",
