@@ -166,6 +166,56 @@ def test_hair_volume_blur_is_a_zero_padded_box_filter():
         assert torch.allclose(_blur(a.float(), r).double(), ref, atol=1e-5), r
 
 
+def test_expose_meters_the_face_and_clips_at_full_exposure():
+    from prn_blender.synth.sampler import expose
+    n, C = 256, 352
+    g = torch.Generator().manual_seed(2)
+    layer = torch.ones(64, 4, C, C)
+    layer[:, :3] = torch.rand(64, 3, 1, 1, generator=g) * 0.07 + 0.15       # dim heads: gain > 1, no clipping
+    layer[:, :3, :, C // 2:] *= 2.0                                          # a lit side
+    pos = torch.zeros(64, 3, n, n)
+    pos[:, :, 60:200, 70:190] = 1.0                                          # the face pixels
+    out = expose(layer, pos, torch.Generator().manual_seed(0), target=(0.3, 0.45))
+    m = (C - n) // 2
+    lum = out[:, :3, m + 60:m + 200, m + 70:m + 190].mean((1, 2, 3))
+    gain = out[:, :3] / layer[:, :3]
+    assert torch.allclose(gain, gain[:, :1, :1, :1].expand_as(gain), atol=1e-5)   # one gain per image, shading kept
+    assert float(lum.min()) >= 0.3 - 1e-4 and float(lum.max()) <= 0.45 + 1e-4 and float(lum.std()) > 0.03
+    assert torch.equal(out[:, 3], layer[:, 3])
+    # premultiplied colour never exceeds the coverage
+    half = torch.ones(2, 4, C, C) * 0.5
+    half[:, :3] = 0.2
+    out = expose(half, pos[:2], g, target=(0.9, 0.9))
+    assert float((out[:, :3] - out[:, 3:]).max()) <= 1e-6 and float(out[:, :3].max()) == 0.5
+
+
+def test_restyle_keeps_shape_range_and_is_the_identity_when_off():
+    from prn_blender.synth.sampler import restyle
+    img = torch.rand(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    off = restyle(img, torch.Generator().manual_seed(1), p_sat=0.0, p_sharp=0.0, p_conv=0.0)
+    assert torch.allclose(off, img, atol=1e-6)
+    a = restyle(img, torch.Generator().manual_seed(1), p_sat=1.0, p_sharp=1.0, p_conv=1.0)
+    b = restyle(img, torch.Generator().manual_seed(1), p_sat=1.0, p_sharp=1.0, p_conv=1.0)
+    assert torch.equal(a, b) and a.shape == img.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert float((a - img).abs().mean()) > 0.01
+    # the random convolution alone keeps each channel's mean (up to clipping at 0 / 1)
+    flat = torch.full((8, 3, 64, 64), 0.5) + 0.1 * torch.randn(8, 3, 64, 64, generator=torch.Generator())
+    c = restyle(flat, torch.Generator().manual_seed(3), p_sat=0.0, p_sharp=0.0, p_conv=1.0)
+    assert torch.allclose(c.mean((2, 3)), flat.mean((2, 3)), atol=0.01)
+
+
+def test_environment_lighting(engine):
+    """sh = 0 renders exactly as without; random sh changes the shading."""
+    from prn_blender.synth.sampler import sample_lighting, sample_params
+    ict, r = engine
+    p = sample_params(4, ict.expression_names, torch.Generator().manual_seed(5))
+    base = r.render(p)
+    assert torch.equal(r.render({**p, "sh": torch.zeros(4, 8, 3)}).image, base.image)
+    sh = sample_lighting(4, torch.Generator().manual_seed(6), prob=1.0)
+    lit = r.render({**p, **sh})
+    assert sh["sh"].shape == (4, 8, 3) and float((lit.image - base.image).abs().mean()) > 0.005
+
+
 def test_augment_composites_the_head_layer_over_the_background():
     """Shrinking the crop reveals more canvas, then background: never a stretched (replicated) border."""
     from prn_blender.synth.sampler import augment

@@ -29,8 +29,10 @@ from .uvmap import LAYOUT_NAME, rasterize_face_uv, uv_to_pixel, vertex_uv
 # and glasses (accessories.py). 4: ground-truth landmarks and the crop box follow the layout's iBUG-68 3D convention
 # (ict-face-v2) instead of ICT's own landmark vertices. 5: cavity (ambient occlusion) shading, lash lines, darker
 # brows, random sclera; photo-like backgrounds and black crop borders (sampler). 6: the black border falls on all
-# four sides (5 never blacked the left side and blacked the right one twice as often)
-GENERATOR_VERSION = "ictsynth-6"
+# four sides (5 never blacked the left side and blacked the right one twice as often). 7: training scenes add
+# environment (spherical-harmonic) lighting (sampler.sample_lighting) and images saturation / sharpening / random
+# convolution (sampler.restyle); the held-out synthetic benchmark keeps the scenes of 6
+GENERATOR_VERSION = "ictsynth-7"
 
 # the head is drawn on a canvas this many pixels larger than the crop on every side, so the paper's shrink /
 # shift / rotation augmentation (see sampler.augment) reveals more head and neck, not a cut edge
@@ -240,7 +242,12 @@ class FaceRenderer:
         h = F.normalize(L + torch.tensor([0.0, 0.0, 1.0], device=dev), dim=-1)
         spec = (sn @ h[..., None]).clamp_min(0) ** p["shininess"][:, None, None] * p["specular"][:, None, None]
         occ = 1 - p["occlusion"][:, None, None] * self.cavity                                 # (B,M,1)
-        col = albedo * occ * (p["ambient"][:, None] + lam * p["light_col"][:, None] * (0.5 + 0.5 * occ)) \
+        amb = p["ambient"][:, None]                                                          # (B,1,3)
+        if "sh" in p:                                                                         # see sample_lighting
+            x, y, z = sn.unbind(-1)
+            Y = torch.stack([x, y, z - 1, x * y, y * z, x * z, x * x - y * y, 3 * z * z - 3], -1)
+            amb = amb * (1 + Y @ p["sh"]).clamp_min(0)                                        # (B,M,3)
+        col = albedo * occ * (amb + lam * p["light_col"][:, None] * (0.5 + 0.5 * occ)) \
             + spec * occ * p["light_col"][:, None]
         col = torch.where(self.inner[None, :, None], col * 0.55, col)
         # back-facing points never win the z-test (their surface's front side is in front of them)

@@ -84,6 +84,20 @@ def sample_params(B: int, names: tuple, g: torch.Generator, device="cpu", max_ya
     return {k: v.to(device) for k, v in p.items()}
 
 
+def sample_lighting(B: int, g: torch.Generator, device="cpu", prob: float = 0.6) -> dict:
+    """Environment lighting for training scenes (``p["sh"]``, see FaceRenderer.render): with probability ``prob``
+    the ambient term varies with the camera-space normal n = (x, y, z) as
+    ambient * max(0, 1 + sum_k c_k (Y_k(n) - Y_k(0, 0, 1))), Y = (x, y, z, xy, yz, xz, x^2 - y^2, 3z^2 - 1) the
+    non-constant real spherical harmonics up to order 2 (unnormalised): surfaces facing the camera keep the ambient
+    level (the exposure), the others vary; c (B,8,3): one draw per sample, sd 0.5 (order 1) / 0.2 (order 2), tinted per channel by
+    1 +- 0.15. Drawn separately from ``sample_params`` so that the held-out synthetic benchmark (evaluate.run)
+    keeps its fixed scene distribution."""
+    on = (torch.rand(B, 1, 1, generator=g) < prob).float()
+    scale = torch.tensor([0.5] * 3 + [0.2] * 5)[None, :, None]
+    c = torch.randn(B, 8, 1, generator=g) * (1 + 0.15 * torch.randn(B, 8, 3, generator=g)) * scale * on
+    return {"sh": c.to(device)}
+
+
 def _smooth_noise(B, C, res, g, out=RESOLUTION):
     return F.interpolate(torch.rand(B, C, res, res, generator=g), size=(out, out), mode="bicubic",
                          align_corners=False)
@@ -149,6 +163,50 @@ def occlude(img: torch.Tensor, g: torch.Generator, prob: float = 0.4) -> torch.T
     tex = torch.rand(B, 3, 1, 1, generator=g) * 0.7 + 0.3 * _smooth_noise(B, 3, 16, g, n) \
         + 0.15 * (torch.rand(B, 1, n, n, generator=g) - 0.5)
     return img * (1 - m) + tex.clamp(0, 1).to(img.device) * m.to(img.device)
+
+
+def expose(layer: torch.Tensor, pos: torch.Tensor, g: torch.Generator, target=(0.25, 0.65)) -> torch.Tensor:
+    """Face-metered auto exposure, as a camera exposes for its subject: scale the colour of the head layer
+    (B,4,C,C: premultiplied RGB + alpha on a canvas centred on the crop, see render.Batch) so that its mean
+    luminance over the face pixels of the position map (B,3,256,256) is U(``target``); gain within [0.5, 3],
+    colour clipped at full exposure. Rendered faces are darker than photos without it (mean face luminance of a
+    training batch 0.33 vs 0.52 on the 16 AFLW2000-3D images, measured through the whole training pipeline)."""
+    B, n = layer.shape[0], pos.shape[-1]
+    m = (layer.shape[-1] - n) // 2
+    face = (pos.abs().sum(1, keepdim=True) > 0).to(layer.dtype)
+    lum = (layer[:, :3, m:m + n, m:m + n].mean(1, keepdim=True) * face).sum((1, 2, 3)) \
+        / face.sum((1, 2, 3)).clamp_min(1)
+    t = (torch.rand(B, generator=g) * (target[1] - target[0]) + target[0]).to(layer.device)
+    gain = (t / lum.clamp_min(1e-3)).clamp(0.5, 3.0)[:, None, None, None]
+    return torch.cat([torch.minimum(layer[:, :3] * gain, layer[:, 3:]), layer[:, 3:]], 1)
+
+
+def restyle(img: torch.Tensor, g: torch.Generator, p_sat: float = 0.5, p_sharp: float = 0.2,
+            p_conv: float = 0.25) -> torch.Tensor:
+    """Training-only appearance randomization on (B,3,H,W) images in [0,1], beyond the paper's colour scaling:
+    saturation x U(0.3, 1.5) (probability ``p_sat``), unsharp masking of strength U(0, 1.5) (``p_sharp``), and a
+    random convolution (RandConv, Xu et al. 2021; ``p_conv``): one random 3->3 channel kernel of side 1, 3 or 5
+    per batch, drawn per sample, its output matched to the input's per-channel mean and sd, mixed in with weight
+    U(0, 1). Shape cues stay, colour and texture statistics do not: the network must not rely on the renderer's."""
+    B, _, n, _ = img.shape
+    dev = img.device
+
+    def U(lo, hi, p, off):     # (B,1,1,1): U(lo, hi) with probability p, else ``off`` (the identity)
+        on = torch.rand(B, 1, 1, 1, generator=g) < p
+        return torch.where(on, torch.rand(B, 1, 1, 1, generator=g) * (hi - lo) + lo,
+                           torch.full((B, 1, 1, 1), off)).to(dev)
+
+    gray = img.mean(1, keepdim=True)
+    out = gray + (img - gray) * U(0.3, 1.5, p_sat, 1.0)
+    out = out + U(0.0, 1.5, p_sharp, 0.0) * (out - F.avg_pool2d(out, 3, 1, 1, count_include_pad=False))
+    k = int(torch.randint(3, (1,), generator=g)) * 2 + 1
+    w = (torch.randn(B * 3, 3, k, k, generator=g) / math.sqrt(3 * k * k)).to(dev)
+    y = F.conv2d(F.pad(out, (k // 2,) * 4, mode="replicate").reshape(1, B * 3, n + k - 1, n + k - 1), w,
+                 groups=B).view(B, 3, n, n)
+    mu, sd = out.mean((2, 3), keepdim=True), out.std((2, 3), keepdim=True)
+    y = (y - y.mean((2, 3), keepdim=True)) / y.std((2, 3), keepdim=True).clamp_min(1e-6) * sd + mu
+    alpha = U(0.0, 1.0, p_conv, 0.0)
+    return (alpha * y + (1 - alpha) * out).clamp(0, 1)
 
 
 def degrade(img: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""On-the-fly synthetic training batches (render -> paper augmentation of the head layer over the background ->
-black crop border -> occlude -> degrade).
+"""On-the-fly synthetic training batches (render -> face-metered exposure -> paper augmentation of the head layer over the background ->
+black crop border -> occlude -> restyle -> degrade); scenes get environment lighting (sampler.sample_lighting).
 
 ``SyntheticStream`` renders fresh batches and keeps a small replay pool: with ``reuse`` > 0 a rendered batch is
 served ``1 + reuse`` times, each time with new occlusion/degradation/augmentation (cheap), which keeps a slow CPU
@@ -11,7 +11,8 @@ import torch
 
 from ..synth.ict import load_ict
 from ..synth.render import FaceRenderer
-from ..synth.sampler import augment, black_border, degrade, occlude, sample_params
+from ..synth.sampler import (augment, black_border, degrade, expose, occlude, restyle, sample_lighting,
+                             sample_params)
 
 
 class SyntheticStream:
@@ -26,6 +27,7 @@ class SyntheticStream:
 
     def render(self, n: int | None = None):
         p = sample_params(n or self.batch, self.ict.expression_names, self.g, self.device, self.max_yaw)
+        p.update(sample_lighting(n or self.batch, self.g, self.device))
         return self.renderer.render(p)
 
     def __iter__(self):
@@ -39,5 +41,6 @@ class SyntheticStream:
         b = self._cache
         if not self.augment_on:
             return b.image, b.pos
-        img, pos = augment(b.image, b.pos, self.g, layer=b.layer, background=b.background)
-        return degrade(occlude(black_border(img, self.g), self.g), self.g), pos
+        layer = expose(b.layer, b.pos, self.g)
+        img, pos = augment(b.image, b.pos, self.g, layer=layer, background=b.background)
+        return degrade(restyle(occlude(black_border(img, self.g), self.g), self.g), self.g), pos
