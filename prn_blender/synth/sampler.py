@@ -89,8 +89,8 @@ def sample_lighting(B: int, g: torch.Generator, device="cpu", prob: float = 0.6)
     the ambient term varies with the camera-space normal n = (x, y, z) as
     ambient * max(0, 1 + sum_k c_k (Y_k(n) - Y_k(0, 0, 1))), Y = (x, y, z, xy, yz, xz, x^2 - y^2, 3z^2 - 1) the
     non-constant real spherical harmonics up to order 2 (unnormalised): surfaces facing the camera keep the ambient
-    level (the exposure), the others vary; c (B,8,3): one draw per sample, sd 0.5 (order 1) / 0.2 (order 2), tinted per channel by
-    1 +- 0.15. Drawn separately from ``sample_params`` so that the held-out synthetic benchmark (evaluate.run)
+    level (the exposure), the others vary; c (B,8,3): one draw per sample, sd 0.5 (order 1) / 0.2 (order 2),
+    tinted per channel by 1 +- 0.15. Drawn separately from ``sample_params`` so that the held-out synthetic benchmark (evaluate.run)
     keeps its fixed scene distribution."""
     on = (torch.rand(B, 1, 1, generator=g) < prob).float()
     scale = torch.tensor([0.5] * 3 + [0.2] * 5)[None, :, None]

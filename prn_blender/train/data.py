@@ -1,5 +1,6 @@
-"""On-the-fly synthetic training batches (render -> face-metered exposure -> paper augmentation of the head layer over the background ->
-black crop border -> occlude -> restyle -> degrade); scenes get environment lighting (sampler.sample_lighting).
+"""On-the-fly synthetic training batches (render -> face-metered exposure -> paper augmentation of the head layer
+over the background -> black crop border -> occlude -> restyle -> degrade); scenes get environment lighting
+(sampler.sample_lighting).
 
 ``SyntheticStream`` renders fresh batches and keeps a small replay pool: with ``reuse`` > 0 a rendered batch is
 served ``1 + reuse`` times, each time with new occlusion/degradation/augmentation (cheap), which keeps a slow CPU
