@@ -1,0 +1,111 @@
+"""Image-space parts of the data engine that need no face model: black border, hair blur, exposure, restyle,
+the paper's augmentation."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def test_black_border_zeroes_a_band_on_each_of_the_four_sides():
+    from prn_blender.synth.sampler import black_border
+    n = 64
+    img = torch.rand(400, 3, n, n) * 0.9 + 0.1                     # nowhere zero before
+    out = black_border(img, torch.Generator().manual_seed(1), prob=1.0, max_frac=0.35)
+    zero = (out == 0).all(1)                                        # (B,n,n)
+    sides = {"top": zero[:, 0].all(1), "bottom": zero[:, -1].all(1), "left": zero[:, :, 0].all(1),
+             "right": zero[:, :, -1].all(1)}
+    banded = torch.stack(list(sides.values())).any(0)
+    assert all(int(v.sum()) > 60 for v in sides.values()), {k: int(v.sum()) for k, v in sides.items()}
+    # a band touches exactly one side, is at most 35 % deep, and leaves everything else untouched
+    assert int(torch.stack(list(sides.values())).sum(0).max()) == 1
+    assert int(zero.sum((1, 2)).max()) <= int(0.35 * n) * n
+    assert torch.equal(out[~banded], img[~banded]) and torch.equal(out[~zero[:, None].expand_as(out)],
+                                                                   img[~zero[:, None].expand_as(img)])
+
+
+def test_hair_volume_blur_is_a_zero_padded_box_filter():
+    """The running-sum blur equals the direct window mean (zeros outside) at every radius, also wider than the
+    image."""
+    from prn_blender.synth.accessories import _blur
+    a = (torch.rand(2, 1, 90, 70, generator=torch.Generator().manual_seed(0)) > 0.6).double()
+
+    def box(x, r, dim):                               # (n,n) band matrix of 1/(2r+1) within r
+        i = torch.arange(x.shape[dim])
+        win = ((i[:, None] - i[None]).abs() <= r).double() / (2 * r + 1)
+        return torch.movedim(torch.movedim(x, dim, -1) @ win, -1, dim)
+
+    for r in (1, 4, 30, 60):
+        ref = a
+        for _ in range(2):
+            ref = box(box(ref, r, -1), r, -2)
+        assert torch.allclose(_blur(a.float(), r).double(), ref, atol=1e-5), r
+
+
+def test_expose_meters_the_face_and_clips_at_full_exposure():
+    from prn_blender.synth.sampler import expose
+    n, C = 256, 352
+    g = torch.Generator().manual_seed(2)
+    layer = torch.ones(64, 4, C, C)
+    layer[:, :3] = torch.rand(64, 3, 1, 1, generator=g) * 0.07 + 0.15       # dim heads: gain > 1, no clipping
+    layer[:, :3, :, C // 2:] *= 2.0                                          # a lit side
+    pos = torch.zeros(64, 3, n, n)
+    pos[:, :, 60:200, 70:190] = 1.0                                          # the face pixels
+    out = expose(layer, pos, torch.Generator().manual_seed(0), target=(0.3, 0.45))
+    m = (C - n) // 2
+    lum = out[:, :3, m + 60:m + 200, m + 70:m + 190].mean((1, 2, 3))
+    gain = out[:, :3] / layer[:, :3]
+    assert torch.allclose(gain, gain[:, :1, :1, :1].expand_as(gain), atol=1e-5)   # one gain per image, shading kept
+    assert float(lum.min()) >= 0.3 - 1e-4 and float(lum.max()) <= 0.45 + 1e-4 and float(lum.std()) > 0.03
+    assert torch.equal(out[:, 3], layer[:, 3])
+    # premultiplied colour never exceeds the coverage
+    half = torch.ones(2, 4, C, C) * 0.5
+    half[:, :3] = 0.2
+    out = expose(half, pos[:2], g, target=(0.9, 0.9))
+    assert float((out[:, :3] - out[:, 3:]).max()) <= 1e-6 and float(out[:, :3].max()) == 0.5
+
+
+def test_restyle_keeps_shape_range_and_is_the_identity_when_off():
+    from prn_blender.synth.sampler import restyle
+    img = torch.rand(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    off = restyle(img, torch.Generator().manual_seed(1), p_sat=0.0, p_sharp=0.0, p_conv=0.0)
+    assert torch.allclose(off, img, atol=1e-6)
+    a = restyle(img, torch.Generator().manual_seed(1), p_sat=1.0, p_sharp=1.0, p_conv=1.0)
+    b = restyle(img, torch.Generator().manual_seed(1), p_sat=1.0, p_sharp=1.0, p_conv=1.0)
+    assert torch.equal(a, b) and a.shape == img.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert float((a - img).abs().mean()) > 0.01
+    # the random convolution alone keeps each channel's mean (up to clipping at 0 / 1)
+    flat = torch.full((8, 3, 64, 64), 0.5) + 0.1 * torch.randn(8, 3, 64, 64, generator=torch.Generator())
+    c = restyle(flat, torch.Generator().manual_seed(3), p_sat=0.0, p_sharp=0.0, p_conv=1.0)
+    assert torch.allclose(c.mean((2, 3)), flat.mean((2, 3)), atol=0.01)
+
+
+def test_augment_composites_the_head_layer_over_the_background():
+    """Shrinking the crop reveals more canvas, then background: never a stretched (replicated) border."""
+    from prn_blender.synth.sampler import augment
+    n, C = 256, 352
+    layer = torch.zeros(1, 4, C, C)
+    layer[:, 0], layer[:, 3] = 1.0, 1.0                           # opaque red over the whole canvas
+    bg = torch.zeros(1, 3, n, n)
+    bg[:, 2] = 1.0                                                # blue background
+    pos = torch.zeros(1, 3, n, n)
+    img, _ = augment(bg, pos, torch.Generator().manual_seed(0), rot_deg=0, trans=0, scale=(0.5, 0.5),
+                     color=(1.0, 1.0), layer=layer, background=bg)
+    assert torch.allclose(img[0, :, 128, 128], torch.tensor([1.0, 0.0, 0.0]))     # centre: the layer
+    assert torch.allclose(img[0, :, 2, 2], torch.tensor([0.0, 0.0, 1.0]))         # beyond the canvas: background
+    # a 0.5x shrink shows the 352-pixel canvas as a 176-pixel square
+    red = img[0, 0] > 0.5
+    assert abs(int(red[128].sum()) - C // 2) <= 2
+
+
+def test_augment_moves_image_and_position_map_together():
+    from prn_blender.synth.sampler import augment
+    pos = torch.zeros(1, 3, 256, 256)
+    pos[0, :, 100, 100] = torch.tensor([70.0, 150.0, 10.0])      # a "face pixel" whose 3D point is at (70,150)
+    img = torch.zeros(1, 3, 256, 256)
+    img[0, :, 149:152, 69:72] = 1.0                               # the image shows that point
+    g = torch.Generator().manual_seed(4)
+    img2, pos2 = augment(img, pos, g, color=(1.0, 1.0))
+    x, y, z = pos2[0, :, 100, 100].tolist()
+    yy, xx = np.unravel_index(int(img2[0, 0].argmax()), (256, 256))
+    assert abs(xx - x) <= 1.0 and abs(yy - y) <= 1.0
+    assert pos2[0, :, 0, 0].abs().sum() == 0                     # off-face pixels stay zero
