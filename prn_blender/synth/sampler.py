@@ -191,22 +191,32 @@ def restyle(img: torch.Tensor, g: torch.Generator, p_sat: float = 0.5, p_sharp: 
     B, _, n, _ = img.shape
     dev = img.device
 
-    def U(lo, hi, p, off):     # (B,1,1,1): U(lo, hi) with probability p, else ``off`` (the identity)
-        on = torch.rand(B, 1, 1, 1, generator=g) < p
-        return torch.where(on, torch.rand(B, 1, 1, 1, generator=g) * (hi - lo) + lo,
-                           torch.full((B, 1, 1, 1), off)).to(dev)
+    def U(lo, hi, p):          # (B,) U(lo, hi) with probability p, and the indices of the samples it is on for
+        on = torch.rand(B, generator=g) < p
+        return torch.rand(B, generator=g) * (hi - lo) + lo, on.nonzero()[:, 0].to(dev)
 
-    gray = img.mean(1, keepdim=True)
-    out = gray + (img - gray) * U(0.3, 1.5, p_sat, 1.0)
-    out = out + U(0.0, 1.5, p_sharp, 0.0) * (out - F.avg_pool2d(out, 3, 1, 1, count_include_pad=False))
+    def where(x, idx, fn):     # fn on the samples idx of x only: on the others it would be identity work
+        return x.index_copy(0, idx, fn(x[idx], idx)) if len(idx) else x
+
+    sat, i_sat = U(0.3, 1.5, p_sat)
+    amt, i_sharp = U(0.0, 1.5, p_sharp)
+    alpha, i_conv = U(0.0, 1.0, p_conv)
     k = int(torch.randint(3, (1,), generator=g)) * 2 + 1
-    w = (torch.randn(B * 3, 3, k, k, generator=g) / math.sqrt(3 * k * k)).to(dev)
-    y = F.conv2d(F.pad(out, (k // 2,) * 4, mode="replicate").reshape(1, B * 3, n + k - 1, n + k - 1), w,
-                 groups=B).view(B, 3, n, n)
-    mu, sd = out.mean((2, 3), keepdim=True), out.std((2, 3), keepdim=True)
-    y = (y - y.mean((2, 3), keepdim=True)) / y.std((2, 3), keepdim=True).clamp_min(1e-6) * sd + mu
-    alpha = U(0.0, 1.0, p_conv, 0.0)
-    return (alpha * y + (1 - alpha) * out).clamp(0, 1)
+    w = (torch.randn(B, 3, 3, k, k, generator=g) / math.sqrt(3 * k * k)).to(dev)
+    sat, amt, alpha = (v.to(dev)[:, None, None, None] for v in (sat, amt, alpha))
+
+    def randconv(x, idx):
+        m = len(idx)
+        y = F.conv2d(F.pad(x, (k // 2,) * 4, mode="replicate").reshape(1, m * 3, n + k - 1, n + k - 1),
+                     w[idx].reshape(m * 3, 3, k, k), groups=m).view(m, 3, n, n)
+        mu, sd = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
+        y = (y - y.mean((2, 3), keepdim=True)) / y.std((2, 3), keepdim=True).clamp_min(1e-6) * sd + mu
+        return alpha[idx] * y + (1 - alpha[idx]) * x
+
+    out = where(img, i_sat, lambda x, i: x.mean(1, keepdim=True) + (x - x.mean(1, keepdim=True)) * sat[i])
+    out = where(out, i_sharp, lambda x, i: x + amt[i] * (x - F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)))
+    out = where(out, i_conv, randconv)
+    return out.clamp(0, 1)
 
 
 def degrade(img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
