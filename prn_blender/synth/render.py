@@ -30,8 +30,9 @@ from .uvmap import LAYOUT_NAME, rasterize_face_uv, uv_to_pixel, vertex_uv
 # (ict-face-v2) instead of ICT's own landmark vertices. 5: cavity (ambient occlusion) shading, lash lines, darker
 # brows, random sclera; photo-like backgrounds and black crop borders (sampler). 6: the black border falls on all
 # four sides (5 never blacked the left side and blacked the right one twice as often). 7: training scenes add
-# environment (spherical-harmonic) lighting (sampler.sample_lighting) and images saturation / sharpening / random
-# convolution (sampler.restyle); the held-out synthetic benchmark keeps the scenes of 6
+# environment (spherical-harmonic) lighting (sampler.sample_lighting), face-metered exposure (sampler.expose) and
+# saturation / sharpening / random convolution (sampler.restyle); the held-out synthetic benchmark keeps the
+# scenes of 6
 GENERATOR_VERSION = "ictsynth-7"
 
 # the head is drawn on a canvas this many pixels larger than the crop on every side, so the paper's shrink /

@@ -90,8 +90,8 @@ def sample_lighting(B: int, g: torch.Generator, device="cpu", prob: float = 0.6)
     ambient * max(0, 1 + sum_k c_k (Y_k(n) - Y_k(0, 0, 1))), Y = (x, y, z, xy, yz, xz, x^2 - y^2, 3z^2 - 1) the
     non-constant real spherical harmonics up to order 2 (unnormalised): surfaces facing the camera keep the ambient
     level (the exposure), the others vary; c (B,8,3): one draw per sample, sd 0.5 (order 1) / 0.2 (order 2),
-    tinted per channel by 1 +- 0.15. Drawn separately from ``sample_params`` so that the held-out synthetic benchmark (evaluate.run)
-    keeps its fixed scene distribution."""
+    tinted per channel by 1 +- 0.15. Drawn separately from ``sample_params`` so that the held-out synthetic
+    benchmark (evaluate.run) keeps its fixed scene distribution."""
     on = (torch.rand(B, 1, 1, generator=g) < prob).float()
     scale = torch.tensor([0.5] * 3 + [0.2] * 5)[None, :, None]
     c = torch.randn(B, 8, 1, generator=g) * (1 + 0.15 * torch.randn(B, 8, 3, generator=g)) * scale * on
@@ -213,7 +213,11 @@ def restyle(img: torch.Tensor, g: torch.Generator, p_sat: float = 0.5, p_sharp: 
         y = (y - y.mean((2, 3), keepdim=True)) / y.std((2, 3), keepdim=True).clamp_min(1e-6) * sd + mu
         return alpha[idx] * y + (1 - alpha[idx]) * x
 
-    out = where(img, i_sat, lambda x, i: x.mean(1, keepdim=True) + (x - x.mean(1, keepdim=True)) * sat[i])
+    def saturate(x, idx):
+        gray = x.mean(1, keepdim=True)
+        return gray + (x - gray) * sat[idx]
+
+    out = where(img, i_sat, saturate)
     out = where(out, i_sharp, lambda x, i: x + amt[i] * (x - F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)))
     out = where(out, i_conv, randconv)
     return out.clamp(0, 1)

@@ -27,8 +27,9 @@ class SyntheticStream:
         self._cache, self._left = None, 0
 
     def render(self, n: int | None = None):
-        p = sample_params(n or self.batch, self.ict.expression_names, self.g, self.device, self.max_yaw)
-        p.update(sample_lighting(n or self.batch, self.g, self.device))
+        B = n or self.batch
+        p = sample_params(B, self.ict.expression_names, self.g, self.device, self.max_yaw)
+        p.update(sample_lighting(B, self.g, self.device))
         return self.renderer.render(p)
 
     def __iter__(self):
