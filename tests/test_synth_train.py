@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -129,6 +130,37 @@ def test_hair_and_glasses_cover_the_head_but_not_the_ground_truth(engine):
         for a, b in ((36, 42), (42, 48)):
             ex, ey = k[i, a:b].mean(0).round().long().tolist()
             assert float(dressed.image[i, :, ey, ex].max()) <= 0.33
+
+
+def test_profile_glasses_show_the_near_lens_only_and_only_in_training_scenes(engine, monkeypatch):
+    """Beyond GLASSES_MAX_YAW a training scene (``glasses_profile``) wears dark glasses over the near eye and drops the
+    far lens (hidden behind the nose); scenes without the flag (the held-out benchmark's) are drawn bare."""
+    from prn_blender.synth import accessories
+    from prn_blender.synth.sampler import sample_params
+    ict, r = engine
+    p = _bare(sample_params(2, ict.expression_names, torch.Generator().manual_seed(5)))
+    p["yaw"][:] = torch.tensor([70.0, -70.0]) * math.pi / 180
+    p["pitch"].zero_()
+    p["roll"].zero_()
+    bare = r.render(p)
+    p["glasses"].fill_(1.0)
+    p["sunglasses"].fill_(1.0)
+    assert torch.equal(r.render(p).layer, bare.layer)
+    p["glasses_profile"] = torch.ones(2, dtype=torch.bool)
+    dressed = r.render(p)
+    assert torch.equal(bare.pos, dressed.pos) and torch.equal(bare.kpt, dressed.kpt)
+    monkeypatch.setattr(accessories, "GLASSES_MAX_YAW", 2.0)        # both lenses drawn at this yaw
+    both = r.render(p)
+
+    def lens(b):           # pixels the glasses darkened to a dark-lens colour
+        return (b.image.amax(1) <= 0.33) & (b.image != bare.image).any(1)
+    for i in range(2):
+        k = bare.kpt[i, :, :2]
+        nose_right = float(k[30, 0] - (k[0, 0] + k[16, 0]) / 2) > 0      # the nose points to image-right
+        ex, ey = k[36:42].mean(0).round().long().tolist() if nose_right else k[42:48].mean(0).round().long().tolist()
+        assert float(dressed.image[i, :, ey, ex].max()) <= 0.33                  # the near eye is behind a dark lens
+        one, two = lens(dressed)[i], lens(both)[i]
+        assert bool((one & ~two).sum() <= 0.02 * one.sum()) and int(two.sum()) > int(one.sum()) * 1.3
 
 
 def test_environment_lighting(engine):
