@@ -56,6 +56,12 @@ def test_eval_aflw_roi_both_forms(tmp_path, shared):
         _check_schema(m, 2)
         assert m["n"] == 16 and set(m["models"]) >= {"ours", "3ddfa_v2_mb05"}
         assert abs(m["models"]["3ddfa_v2_mb05"]["nme2d"]["all"] - 3.36) <= 0.05
+        # head yaw against the annotation in one convention: the peer is within 4.0 degrees on average (a sign or
+        # axis mix-up in either would give tens of degrees); ours is reported beside it
+        for rec in m["models"].values():
+            assert set(rec["yaw_abs_err"]) == BUCKETS and set(rec["yaw_under"]) == BUCKETS
+        assert m["models"]["3ddfa_v2_mb05"]["yaw_abs_err"]["all"] < 5.0
+        assert m["models"]["ours"]["yaw_abs_err"]["all"] < 12.0
         for f in ("metrics.md", "ced.png", "yaw.png"):
             assert (out / f).stat().st_size > 0
 
@@ -75,6 +81,7 @@ def test_eval_synthetic_same_seed_same_metrics(tmp_path):
         outs.append(m)
     assert outs[0] == outs[1]
     assert "nme_dense" in outs[0]["models"]["ours"] and "recon_icp_iod" in outs[0]["models"]["ours"]
+    assert outs[0]["models"]["ours"]["yaw_abs_err"]["all"] < 10.0       # the renderer's yaw, the same convention
 
 
 @pytest.mark.shared

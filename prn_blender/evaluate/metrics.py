@@ -102,9 +102,10 @@ def _index_map(data_dir: Path, names_all: list[str]) -> dict[str, int]:
 def load_aflw2000(data_dir: str | os.PathLike | None = None) -> list[dict]:
     """AFLW2000-3D samples available under ``data_dir`` (the ``aflw2000-3d`` folder, images in ``images/``).
 
-    Each sample: {"name", "image" (Path), "gt" (68,3) float32 pixels, "yaw" (degrees), "roi" (4,) [sx,sy,ex,ey]
-    float or None}. Rows of the 2000-row arrays come from ``aflw2000_3ddfa_index_exact.json`` when present, else
-    (all 2000 images present) from the sorted image-name order. Images with no known row are skipped.
+    Each sample: {"name", "image" (Path), "gt" (68,3) float32 pixels, "yaw" (degrees, > 0: the subject turns to
+    its left, as core.pose), "roi" (4,) [sx,sy,ex,ey] float or None}. Rows of the 2000-row arrays come from
+    ``aflw2000_3ddfa_index_exact.json`` when present, else (all 2000 images present) from the sorted image-name
+    order. Images with no known row are skipped.
     """
     if data_dir is None:
         from ..core.paths import shared_file
@@ -125,7 +126,8 @@ def load_aflw2000(data_dir: str | os.PathLike | None = None) -> list[dict]:
         r = mapping.get(p.stem)
         if r is None or not 0 <= r < len(pts):
             continue
-        yaw = float(np.asarray(pose[r]).reshape(-1)[0]) if pose is not None else 0.0
+        # the file's yaw is > 0 when the subject turns to its right: flipped to core.pose's convention
+        yaw = -float(np.asarray(pose[r]).reshape(-1)[0]) if pose is not None else 0.0
         out.append({"name": p.stem, "image": p, "index": int(r),
                     "gt": np.ascontiguousarray(pts[r].T, dtype=np.float32),
                     "yaw": yaw,

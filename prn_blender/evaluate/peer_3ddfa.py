@@ -72,7 +72,8 @@ def _load_checkpoint(path: Path) -> dict:
 
 
 class TDDFAPeer:
-    """The 3DDFA_V2 mb05 model: ``predict_roi(image_bgr, roi)`` -> (68, 3) float32 landmarks in image pixels."""
+    """The 3DDFA_V2 mb05 model: ``predict_roi(image_bgr, roi)`` -> (68, 3) float32 landmarks in image pixels;
+    ``yaw(params(image_bgr, roi))`` -> head yaw in degrees."""
 
     def __init__(self, shared: str | os.PathLike | None = None, device: str = "cpu"):
         root = shared_dir(shared) / PEER_REL
@@ -131,9 +132,19 @@ class TDDFAPeer:
         pts[1] = SIZE - pts[1]
         return pts
 
-    def predict_roi(self, image_bgr: np.ndarray, roi) -> np.ndarray:
-        """(68, 3) float32 landmarks in image pixels from a BGR uint8 image and a crop box [sx, sy, ex, ey]."""
-        pts = self.landmarks_120(self.params(image_bgr, roi))
+    @staticmethod
+    def yaw(params: np.ndarray) -> float:
+        """Head yaw in degrees, the project's convention (core.pose.euler_from_rotation; > 0: the subject turns to
+        its left), from the scaled rotation of the 12 pose parameters. BFM's model frame is ours: x to the subject's
+        left, y up, z out of the face; 3DDFA's crop frame before its y flip is image-aligned with y up."""
+        from ..core.pose import euler_from_rotation
+        R = params[:12].reshape(3, 4)[:, :3]
+        return euler_from_rotation(R / np.linalg.norm(R, axis=1, keepdims=True))[0]
+
+    def predict_roi(self, image_bgr: np.ndarray, roi, params: np.ndarray | None = None) -> np.ndarray:
+        """(68, 3) float32 landmarks in image pixels from a BGR uint8 image and a crop box [sx, sy, ex, ey]
+        (``params``: this image's, when already computed)."""
+        pts = self.landmarks_120(self.params(image_bgr, roi) if params is None else params)
         sx, sy, ex, ey = [float(v) for v in roi[:4]]
         sx_s, sy_s = (ex - sx) / SIZE, (ey - sy) / SIZE
         out = np.empty((68, 3), np.float64)

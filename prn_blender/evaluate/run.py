@@ -37,7 +37,8 @@ class OursModel:
         self.name = name
         self.stage_ms: dict[str, list] = {}
 
-    def predict(self, rgb: np.ndarray, crop: str, gt: np.ndarray | None, roi) -> np.ndarray | None:
+    def predict(self, rgb: np.ndarray, crop: str, gt: np.ndarray | None, roi) -> tuple[np.ndarray, float] | None:
+        """(68,3) landmarks in image pixels and the head yaw in degrees (core.pose convention), None if no face."""
         from ..core.reconstruct import ReconstructionError
         kw = {"landmarks": gt} if crop == "gt" else {"roi": roi} if crop == "roi" else {}
         try:
@@ -46,7 +47,7 @@ class OursModel:
             return None
         for k, v in res.timings.items():
             self.stage_ms.setdefault(k, []).append(v)
-        return res.landmarks
+        return res.landmarks, res.pose.yaw
 
     def dense(self, rgb, gt_kpt):
         res = self.rec(rgb, texture=False, landmarks=gt_kpt)[0]
@@ -73,9 +74,10 @@ class PeerModel:
             roi = roi_from_landmarks(np.array([[x0, y0], [x1, y1]]))
         bgr = cv2.cvtColor((rgb * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR)
         t = time.perf_counter()
-        out = self.peer.predict_roi(bgr, roi)
+        params = self.peer.params(bgr, roi)
+        out = self.peer.predict_roi(bgr, roi, params)
         self.stage_ms.setdefault("net", []).append((time.perf_counter() - t) * 1e3)
-        return out
+        return out, self.peer.yaw(params)
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -128,7 +130,8 @@ def dataset_synthetic(a):
 # ---------------------------------------------------------------------------------------------- evaluation
 def evaluate_landmarks(a, models) -> dict:
     ds = {"aflw2000": dataset_aflw2000, "pts": dataset_pts, "synthetic": dataset_synthetic}[a.dataset]
-    per = {m.name: {} for m in models}
+    per = {m.name: {} for m in models}          # name -> (landmarks, yaw) or None
+    pose_known = a.dataset in ("aflw2000", "synthetic")
     gts, yaws, names = [], [], []
     dense = {"nme_dense": [], "recon_icp": []}
     dense_on = a.dataset == "synthetic"
@@ -160,9 +163,11 @@ def evaluate_landmarks(a, models) -> dict:
         ok = np.array([preds[n] is not None for n in names])
         e2 = np.full(len(names), np.nan)
         e3 = np.full(len(names), np.nan)
+        pyaw = np.full(len(names), np.nan)
         for i, n in enumerate(names):
             if ok[i]:
-                p, g = preds[n].astype(np.float64), gts[i].astype(np.float64)
+                p, g = preds[n][0].astype(np.float64), gts[i].astype(np.float64)
+                pyaw[i] = preds[n][1]
                 e2[i] = M.nme(p[:, :2], g[:, :2], norm=a.norm, dims=2)
                 pz, gz = p.copy(), g.copy()
                 pz[:, 2] -= pz[:, 2].mean()
@@ -175,6 +180,10 @@ def evaluate_landmarks(a, models) -> dict:
                "ms_per_image": float(sum(np.mean(v_) for v_ in m.stage_ms.values())) if m.stage_ms else None,
                "ms_by_stage": {k: round(float(np.mean(v_)), 3) for k, v_ in m.stage_ms.items()},
                "failures": int((~ok).sum()), "auc_0_7": M.auc(e2[v], 7.0)}
+        if pose_known:
+            # head yaw error (degrees), and how much of |yaw| is missed (> 0: the head is predicted less turned)
+            rec["yaw_abs_err"] = M.yaw_buckets(np.abs(pyaw[v] - yaws[v]), yaws[v])
+            rec["yaw_under"] = M.yaw_buckets(np.abs(yaws[v]) - np.abs(pyaw[v]), yaws[v])
         if dense_on and m is models[0]:
             rec["nme_dense"] = float(np.mean(dense["nme_dense"]))
             rec["recon_icp_iod"] = float(np.mean(dense["recon_icp"]))
@@ -236,6 +245,14 @@ def write_report(res: dict, out: Path) -> None:
                 ms = m["ms_per_image"]
                 lines.append(f"| {k} | {f(b['0-30'])} | {f(b['30-60'])} | {f(b['60-90'])} | {f(b['mean'])} | "
                              f"{f(b['all'])} | {m['failures']} | {'-' if ms is None else f'{ms:.1f}'} |")
+            lines.append("")
+        if all("yaw_abs_err" in m for m in res["models"].values()):
+            lines += ["## head yaw (degrees): mean |error| / mean (|GT yaw| - |predicted yaw|)", "",
+                      "| model | 0-30 | 30-60 | 60-90 | all |", "|---|---|---|---|---|"]
+            for k, m in res["models"].items():
+                e, u = m["yaw_abs_err"], m["yaw_under"]
+                f = lambda b: "-" if np.isnan(e[b]) else f"{e[b]:.1f} / {u[b]:+.1f}"  # noqa: E731
+                lines.append(f"| {k} | {f('0-30')} | {f('30-60')} | {f('60-90')} | {f('all')} |")
             lines.append("")
         for k, m in res["models"].items():
             if "nme_dense" in m:
