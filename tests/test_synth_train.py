@@ -133,7 +133,7 @@ def test_hair_and_glasses_cover_the_head_but_not_the_ground_truth(engine):
 
 
 def test_profile_glasses_show_the_near_lens_only_and_only_in_training_scenes(engine, monkeypatch):
-    """Beyond GLASSES_MAX_YAW a training scene (``glasses_profile``) wears dark glasses over the near eye and drops the
+    """Beyond GLASSES_MAX_YAW a training scene (``yaw_aware``) wears dark glasses over the near eye and drops the
     far lens (hidden behind the nose); scenes without the flag (the held-out benchmark's) are drawn bare."""
     from prn_blender.synth import accessories
     from prn_blender.synth.sampler import sample_params
@@ -146,7 +146,7 @@ def test_profile_glasses_show_the_near_lens_only_and_only_in_training_scenes(eng
     p["glasses"].fill_(1.0)
     p["sunglasses"].fill_(1.0)
     assert torch.equal(r.render(p).layer, bare.layer)
-    p["glasses_profile"] = torch.ones(2, dtype=torch.bool)
+    p["yaw_aware"] = torch.ones(2, dtype=torch.bool)
     dressed = r.render(p)
     assert torch.equal(bare.pos, dressed.pos) and torch.equal(bare.kpt, dressed.kpt)
     monkeypatch.setattr(accessories, "GLASSES_MAX_YAW", 2.0)        # both lenses drawn at this yaw
@@ -161,6 +161,29 @@ def test_profile_glasses_show_the_near_lens_only_and_only_in_training_scenes(eng
         assert float(dressed.image[i, :, ey, ex].max()) <= 0.33                  # the near eye is behind a dark lens
         one, two = lens(dressed)[i], lens(both)[i]
         assert bool((one & ~two).sum() <= 0.02 * one.sum()) and int(two.sum()) > int(one.sum()) * 1.3
+
+
+def test_yaw_aware_scenes_drop_the_lock_over_the_face_from_the_hidden_jaw_end(engine):
+    """Beyond LOCK_HIDDEN_YAW a yaw-aware scene draws exactly what the same scene draws with the lock on the nose's side
+    (whose jaw end is behind the face) removed; the lock on the visible side still shows."""
+    from prn_blender.synth.sampler import sample_params
+    ict, r = engine
+    p = _bare(sample_params(2, ict.expression_names, torch.Generator().manual_seed(5)))
+    p["yaw"][:] = torch.tensor([60.0, -60.0]) * math.pi / 180
+    p["hair_len"].fill_(1.5)
+    p["hair_vol"].fill_(0.1)
+    p["locks"].fill_(0.1)
+    bare = r.render({**p, "locks": torch.zeros(2, 2)})
+    aware = r.render({**p, "yaw_aware": torch.ones(2, dtype=torch.bool)})
+    for i in range(2):
+        k = bare.kpt[i, :, :2]
+        hidden = 1 if float(k[30, 0] - (k[0, 0] + k[16, 0]) / 2) > 0 else 0    # the nose points to that side
+        one = p["locks"].clone()
+        one[:, hidden] = 0
+        ref = r.render({**p, "locks": one})
+        assert torch.equal(aware.layer[i], ref.layer[i])
+        assert not torch.equal(aware.layer[i], bare.layer[i])
+    assert not torch.equal(r.render(p).layer, aware.layer)
 
 
 def test_environment_lighting(engine):

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 STRANDS = 96        # strand-noise cells across three face units
 JAG = 24            # cells of the noise that makes hair edges ragged
 GLASSES_MAX_YAW = 0.87   # radians (50 deg): beyond it the far lens would show through the nose (drawn in 2D), so
-#                          it is left out; scenes without ``p["glasses_profile"]`` (the held-out benchmark's) have
-#                          no glasses beyond this yaw at all
+#                          yaw-aware scenes leave it out; other scenes have no glasses beyond this yaw at all
+LOCK_HIDDEN_YAW = 0.61   # radians (35 deg): beyond it the jaw end on the nose's side is behind the face, and so is
+#                          a lock hanging there (yaw-aware scenes); drawn over the face it would cover most of it
 
 
 def sample_accessories(B: int, g: torch.Generator) -> dict:
@@ -79,7 +80,10 @@ def _segment_dist(q: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Te
 
 def draw(layer: torch.Tensor, k: torch.Tensor, p: dict) -> torch.Tensor:
     """Hair behind and over the head, then glasses, on the premultiplied head layer (B,4,C,C).
-    ``k`` (B,68,2) are the landmarks in canvas pixels; ``p`` the scene parameters (sampler.sample_params)."""
+    ``k`` (B,68,2) are the landmarks in canvas pixels; ``p`` the scene parameters (sampler.sample_params), with an
+    optional ``p["yaw_aware"]`` (B,) bool: that sample follows generator 9's rules for turned heads (glasses beyond
+    GLASSES_MAX_YAW, no lock over the face from the hidden side beyond LOCK_HIDDEN_YAW). Training scenes set it;
+    the held-out synthetic benchmark keeps the earlier drawing."""
     B, _, C, _ = layer.shape
     dev = layer.device
     centre = k.mean(1)
@@ -98,6 +102,10 @@ def draw(layer: torch.Tensor, k: torch.Tensor, p: dict) -> torch.Tensor:
     jag = [0.05 * _lookup(p["jag"][:, i].to(dev), c) for i, c in enumerate((u, u, v))]
     hair_rgb = p["hair"].to(dev)[:, :, None, None] * (0.55 + 0.6 * strand)[:, None]
     alpha = layer[:, 3:]
+    yaw = p["yaw"].to(dev).abs()
+    aware = p["yaw_aware"].to(dev) if "yaw_aware" in p else torch.zeros(B, dtype=torch.bool, device=dev)
+    # > 0: the nose points to image-right, so the image-right jaw end (landmark 16) is the one turning away
+    nose = ((k[:, 30] - (k[:, 0] + k[:, 16]) / 2) * right).sum(-1) / unit
 
     # volume behind the head: the skull silhouette, grown and rounded, above the hair's lower end
     r = int((p["hair_vol"].max() * unit.max()).clamp(1, C // 4))
@@ -116,34 +124,29 @@ def draw(layer: torch.Tensor, k: torch.Tensor, p: dict) -> torch.Tensor:
     for s, sign in ((0, -1.0), (1, 1.0)):
         w = p["locks"][:, s].to(dev)[:, None, None]
         inner = side_u[:, s, None, None] - sign * (w - jag[2])
+        hidden = aware & (yaw > LOCK_HIDDEN_YAW) & (sign * nose > 0)
         lock = (sign * (u - inner) > 0) & (v > brow[:, None, None] - P("hair_len")) & long & (w > 0) & where
-        front = front | lock
+        front = front | (lock & ~hidden[:, None, None])
     layer = _over(layer, hair_rgb, (front.to(layer.dtype) * (0.8 + 0.2 * strand))[:, None])
 
     # glasses: two lens ellipses on the eye lines (only the near one beyond GLASSES_MAX_YAW), frame rings, a
     # bridge and the visible temple(s)
-    profile = p["yaw"].to(dev).abs() >= GLASSES_MAX_YAW
-    if "glasses_profile" in p:       # (B,) bool: glasses may be worn beyond GLASSES_MAX_YAW
-        profile_ok = p["glasses_profile"].to(dev)
-    else:
-        profile_ok = torch.zeros_like(profile)
-    on = (p["glasses"].to(dev) > 0) & (~profile | profile_ok)
+    profile = yaw >= GLASSES_MAX_YAW
+    on = (p["glasses"].to(dev) > 0) & (~profile | aware)
     if on.any():                     # only the samples that wear them (15 %): the canvas-sized work is per sample
         i = on.nonzero()[:, 0]
         sub = {n: p[n].to(dev)[i] for n in ("frame_w", "lens_size", "sunglasses", "lens_col", "frame_col")}
         sub["near_only"] = profile[i]
-        layer = layer.index_copy(0, i, _glasses(layer[i], k[i], q, unit[i], up[i], right[i], sub))
+        layer = layer.index_copy(0, i, _glasses(layer[i], k[i], q, unit[i], up[i], right[i], nose[i], sub))
     return layer
 
 
-def _glasses(layer, k, q, unit, up, right, p):
+def _glasses(layer, k, q, unit, up, right, nose, p):
     dev, dt = layer.device, layer.dtype
     lens_a = torch.zeros(layer.shape[0], *layer.shape[2:], device=dev, dtype=dt)
     frame = torch.zeros_like(lens_a, dtype=torch.bool)
     fw = (p["frame_w"].to(dev) * unit)[:, None, None]
-    # the nose points to image-right (> 0) or left: the temple on the other side shows, and in profile the lens
-    # on the nose's side is hidden behind it
-    nose = ((k[:, 30] - (k[:, 0] + k[:, 16]) / 2) * right).sum(-1) / unit
+    # the temple on the side the nose points away from shows, and in profile the lens on the nose's side is hidden
     shown = (~p["near_only"] | (nose > 0), ~p["near_only"] | (nose <= 0))
     outer = []
     for (a, b), lens_on in zip(((36, 39), (42, 45)), shown):

@@ -32,8 +32,9 @@ from .uvmap import LAYOUT_NAME, rasterize_face_uv, uv_to_pixel, vertex_uv
 # four sides (5 never blacked the left side and blacked the right one twice as often). 7: training scenes add
 # environment (spherical-harmonic) lighting (sampler.sample_lighting), face-metered exposure (sampler.expose) and
 # saturation / sharpening / random convolution (sampler.restyle); the held-out synthetic benchmark keeps the
-# scenes of 6. 8: training scenes also wear glasses beyond 50 deg yaw, the near lens only (accessories.draw)
-GENERATOR_VERSION = "ictsynth-8"
+# scenes of 6. 8: training scenes are yaw-aware (accessories.draw): glasses also beyond 50 deg yaw, the near lens
+# only. 9: and no hair lock over the face from the jaw end turned away beyond 35 deg
+GENERATOR_VERSION = "ictsynth-9"
 
 # the head is drawn on a canvas this many pixels larger than the crop on every side, so the paper's shrink /
 # shift / rotation augmentation (see sampler.augment) reveals more head and neck, not a cut edge

@@ -1,6 +1,6 @@
 """On-the-fly synthetic training batches (render -> face-metered exposure -> paper augmentation of the head layer
 over the background -> black crop border -> occlude -> restyle -> degrade); scenes get environment lighting
-(sampler.sample_lighting) and glasses at any yaw (accessories.GLASSES_MAX_YAW).
+(sampler.sample_lighting) and the yaw-aware hair locks and glasses of accessories.draw.
 
 ``SyntheticStream`` renders fresh batches and keeps a small replay pool: with ``reuse`` > 0 a rendered batch is
 served ``1 + reuse`` times, each time with new occlusion/degradation/augmentation (cheap), which keeps a slow CPU
@@ -30,7 +30,7 @@ class SyntheticStream:
         B = n or self.batch
         p = sample_params(B, self.ict.expression_names, self.g, self.device, self.max_yaw)
         p.update(sample_lighting(B, self.g, self.device),
-                 glasses_profile=torch.ones(B, dtype=torch.bool, device=self.device))
+                 yaw_aware=torch.ones(B, dtype=torch.bool, device=self.device))
         return self.renderer.render(p)
 
     def __iter__(self):
