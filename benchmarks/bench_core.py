@@ -2,7 +2,8 @@
 
 * network: full-size ResFCN256 (random weights: speed does not depend on values), batch 1 latency and batch 8
   throughput, optimized path (bf16 autocast + channels_last on CPU / fp16 on CUDA, inference_mode) vs naive eager
-  fp32 NCHW of the same weights; plus the shipped model's width.
+  fp32 NCHW of the same weights; plus the shipped model's width. Training step (batch 8, autocast, Adam):
+  channels_last, as train.py runs it, vs NCHW.
 * end-to-end image -> FaceResult with the shipped weights, split by stage.
 * synthetic data engine throughput (samples/s) when ../shared is present.
 Run: ``.venv/bin/python benchmarks/bench_core.py [--device cpu|cuda] [--reps N]``.
@@ -59,6 +60,31 @@ def bench_net(width, dev, reps):
     return rows
 
 
+def bench_train_step(width, dev, reps, batch=8):
+    """ms per training step (forward + backward + Adam, autocast) in channels_last (the training path of
+    train.loop) and in NCHW, same weights and batch."""
+    dt = torch.float16 if dev.type == "cuda" else torch.bfloat16
+    out = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)
+        m = ResFCN256(width).to(dev).to(memory_format=fmt).train()
+        opt = torch.optim.Adam(m.parameters(), 1e-5)
+        x = torch.rand(batch, 3, 256, 256, device=dev).contiguous(memory_format=fmt)
+        y = torch.rand(batch, 3, 256, 256, device=dev)
+
+        def step():
+            with torch.autocast(dev.type, dtype=dt):
+                p = m(x)
+            loss = (p.float() - y).square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+        out[fmt] = timeit(step, reps) * 1e3
+    return out[torch.contiguous_format], out[torch.channels_last]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -74,6 +100,9 @@ def main():
         for b, tn, to, r in bench_net(width, dev, a.reps):
             print(f"  batch {b}: naive {tn:7.1f} ms/img ({1e3 / tn:6.1f} img/s) | optimized {to:7.1f} ms/img "
                   f"({1e3 / to:6.1f} img/s) | x{r:.2f}")
+        tn, tc = bench_train_step(width, dev, a.reps)
+        print(f"  training step, batch 8: NCHW {tn:7.1f} ms | channels_last (train.py) {tc:7.1f} ms "
+              f"({8e3 / tc:5.1f} img/s) | x{tn / tc:.2f}")
     if DEFAULT_WEIGHTS.exists():
         from prn_blender.core.reconstruct import FaceReconstructor
         if a.image:

@@ -22,6 +22,66 @@ def test_full_model_parameter_count_and_output():
     assert count_parameters(ResFCN256(8)) == 3_341_986
 
 
+def test_strided_shortcut_is_a_strided_1x1_conv():
+    """ResBlock runs its stride-2 1x1 shortcut as subsampling + a stride-1 conv (torch 2.13's channels_last CPU
+    backward of the strided conv corrupts the heap): the same function of the same weights."""
+    import torch.nn.functional as F
+    blk = ResFCN256(4).encoder[0]
+    x = torch.rand(2, 4, 64, 64)
+    ref = F.conv2d(x, blk.shortcut.weight, stride=2)
+    assert blk.stride == 2 and torch.equal(blk.shortcut(x[..., ::2, ::2]), ref)
+
+
+def test_channels_last_bf16_training_step_and_smooth_output():
+    """A bf16 autocast training step in channels_last runs (it crashed with the strided shortcut) and gives the
+    NCHW step's loss; under autocast the output is float32 and not quantized to bf16's 2^-8 steps (about a crop
+    pixel), which had terraced the predicted surface."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 256, 256)
+    losses = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(1)
+        m = ResFCN256(2).to(memory_format=fmt)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x.contiguous(memory_format=fmt))
+        loss = (y - 0.5).square().mean()
+        loss.backward()
+        assert y.dtype == torch.float32 and all(p.grad is not None for p in m.parameters())
+        losses.append(loss.item())
+    assert abs(losses[0] - losses[1]) < 1e-3 * losses[0]
+    v = y.detach()[0, 0, 100:110, 100:110].flatten()
+    assert len(torch.unique(v)) == 100 and not torch.equal(v, v.bfloat16().float())
+
+
+def test_widen_preserves_the_function_and_breaks_symmetry():
+    """train.widen: a width-4 network with trained-like (random) weights and BN statistics, widened to 6 and 8,
+    gives the same position maps in eval and in train mode; the copies of a channel differ after one step."""
+    from prn_blender.train.widen import widen
+    torch.manual_seed(0)
+    m = ResFCN256(4)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.weight.uniform_(0.5, 1.5), mod.bias.uniform_(-0.2, 0.2)
+                mod.running_mean.uniform_(-0.5, 0.5), mod.running_var.uniform_(0.5, 2)
+    x = torch.rand(2, 3, 256, 256)
+    for width in (6, 8):
+        w = widen(m.eval(), width, seed=1)
+        assert w.width == width and count_parameters(w) == count_parameters(ResFCN256(width))
+        with torch.no_grad():
+            torch.testing.assert_close(w(x), m(x), atol=2e-5, rtol=0)
+            torch.testing.assert_close(w.train()(x), m.train()(x), atol=2e-4, rtol=0)   # batch statistics
+    # one training step: the first encoder conv's copied filters (new channel k copies an old one) move apart
+    opt = torch.optim.SGD(w.parameters(), lr=1.0)
+    w.train()(x).square().mean().backward()
+    opt.step()
+    f = w.conv0.conv.weight.detach().flatten(1)
+    d = torch.cdist(f[4:], f[:4]).min(1).values
+    assert (d > 1e-6).all()
+    with pytest.raises(ValueError):
+        widen(ResFCN256(8), 4)
+
+
 def test_tf_name_map_covers_official_tensors(shared):
     names = {}
     for line in (shared / "prnet/256_256_resfcn256_weight.index.tensors.tsv").read_text().splitlines():

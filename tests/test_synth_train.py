@@ -245,6 +245,22 @@ def test_training_deterministic_and_resumable(tmp_path):
     bn = [k for k in sd3 if k.endswith("running_mean")]
     assert any(not torch.allclose(avg.state_dict()[k], sd3[k]) for k in bn)   # statistics were recomputed
 
+    # fine-tuning (--init) starts from those weights and records them as the parent, through a resume too;
+    # the card line names the parent and what it was trained with
+    from prn_blender.core.weights import sha256
+    from prn_blender.train.ship import _lineage
+    _train(tmp_path / "f", "--init", str(out), "--steps", "1")
+    f1 = load_model(tmp_path / "f/weights.safetensors")[2]["meta"]["parent"]
+    _train(tmp_path / "f", "--steps", "2", "--resume")
+    ft, _, md = load_model(tmp_path / "f/weights.safetensors")
+    parent = md["meta"]["parent"]
+    assert parent == f1 and md["meta"]["steps"] == 2
+    assert parent["sha256"] == sha256(out) and parent["steps"] == 3 and parent["images_seen"] == 6
+    assert parent["averaged"] == "mean of 2 snapshots, steps 2-3 (every 1)"
+    line = _lineage(parent)
+    assert line.startswith(f"`avg.safetensors` sha256 `{sha256(out)[:12]}...`: 3 steps, 6 images") and "paper" in line
+    assert any(not torch.equal(v, avg.state_dict()[k]) for k, v in ft.state_dict().items())   # it trained
+
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):

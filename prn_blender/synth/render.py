@@ -271,8 +271,6 @@ class FaceRenderer:
         crop = layer[:, :, m:m + n, m:m + n]
         out = crop[:, :3] + (1 - crop[:, 3:]) * p["background"]
         pose = torch.stack([p["yaw"], p["pitch"], p["roll"]], -1) * (180 / math.pi)
-        # contiguous NCHW: a channels_last-strided image would send conv backward into torch 2.13's crashing
-        # CPU channels_last kernels
         return Batch(image=out.clamp(0, 1).contiguous(), layer=layer, background=p["background"],
                      pos=pos.view(B, RESOLUTION, RESOLUTION, 3).permute(0, 3, 1, 2).contiguous(),
                      kpt=kpt, visibility=vis.view(B, RESOLUTION, RESOLUTION), pose=pose)

@@ -73,6 +73,14 @@ def average_snapshots(run: Path, first: int, last: int | None = None) -> tuple[d
     return {k: (v / len(snaps)).float() for k, v in acc.items()}, [s for s, _ in snaps]
 
 
+def _lineage(parent: dict) -> str:
+    """One card line for the weights a fine-tuning run started from (train.py --init), recursively."""
+    out = (f"`{parent['file']}` sha256 `{parent['sha256'][:12]}...`: {parent['steps']} steps, "
+           f"{parent['images_seen']:,} images, {parent['wall_time_s'] / 3600:.2f} h; {parent['preset_history']}"
+           + (f"; {parent['averaged']}" if parent.get("averaged") else ""))
+    return out + (f"; itself fine-tuned from {_lineage(parent['parent'])}" if parent.get("parent") else "")
+
+
 def _metrics_table(dirs: list | None, title: str) -> list[str]:
     """Markdown table of the models in one or more eval.py output folders of the same dataset and crop."""
     found = [json.loads((Path(d) / "metrics.json").read_text()) for d in dirs or []
@@ -153,6 +161,7 @@ def main(argv=None) -> int:
         save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=torch.float16)
     digest = sha256(DEFAULT_WEIGHTS)
     n_params = sum(p.numel() for p in model.parameters())
+    parent = meta.get("parent")
     card = [
         "# Model card: prn-ict-default", "",
         "PRN (ResFCN256 position-map regression) trained only on synthetic faces rendered from the MIT-licensed",
@@ -170,7 +179,11 @@ def main(argv=None) -> int:
         f"(each render served {reuse + 1}x with fresh augmentation), "
         f"region weights (data generator) {meta.get('preset_history') or meta.get('preset')}, Adam lr "
         + ", ".join(f"{lr:g} from step {s0}" for s0, lr in curve["lr_steps"]) + f", autocast {meta.get('amp')} |",
-        f"| hardware | {a.hardware}; wall time {curve['elapsed_s'] / 3600:.2f} h |",
+        *([f"| fine-tuned from | {_lineage(parent)} |",
+           f"| in all | {parent['steps'] + curve['steps']} steps, {parent['images_seen'] + curve['samples']:,} images "
+           f"seen, {(parent['wall_time_s'] + curve['elapsed_s']) / 3600:.2f} h of training |"] if parent else []),
+        f"| hardware | {a.hardware}; wall time {curve['elapsed_s'] / 3600:.2f} h"
+        + (" (this run)" if parent else "") + " |",
         f"| final training loss | {curve['final_loss_mean']:.5f} (running mean) |",
         *([f"| weight averaging | {meta['averaged']} (stochastic weight averaging of the constant-lr tail) |"]
           if meta.get("averaged") else []),
@@ -182,7 +195,7 @@ def main(argv=None) -> int:
         f"python train.py --out runs/{run.name} --width {model.width} --batch {batch} --reuse {reuse} "
         f"--lr {curve['lr_steps'][0][1]:g} --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N"
         + (f" --keep-every {meta.get('average_every') or args.get('keep_every') or 'K'}" if meta.get("averaged")
-           else ""),
+           else "") + (f" --init {parent['file']}   # the model above" if parent else ""),
         "# ... resumed with --resume and the --preset / --lr of each phase above; "
         f"stopped after {curve['steps']} steps",
         "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --out out/eval_aflw",
@@ -196,6 +209,8 @@ def main(argv=None) -> int:
         *_metrics_table(a.eval_aflw, "Real photos: the 16 AFLW2000-3D images in ../shared"),
         *_metrics_table(a.eval_synth, "Held-out synthetic set"),
         "## Training curve", "", "![training curve](training_curve.png)", "",
+        *(["The curve shows this fine-tuning run; the parent model's curve is in the git history of this file.", ""]
+          if parent else []),
         "## Limits", "",
         "- Trained on a 2-core CPU for a few hours: far fewer images than PRN's 300W-LP schedule; expect",
         "  larger errors than the paper on real photos, especially at large yaw (see the table).",
