@@ -109,3 +109,38 @@ def test_augment_moves_image_and_position_map_together():
     yy, xx = np.unravel_index(int(img2[0, 0].argmax()), (256, 256))
     assert abs(xx - x) <= 1.0 and abs(yy - y) <= 1.0
     assert pos2[0, :, 0, 0].abs().sum() == 0                     # off-face pixels stay zero
+
+
+def test_distract_puts_the_next_samples_head_beside_the_subject():
+    """sampler.distract: with prob 1 each background gets the next sample's head (here a flat square of that
+    sample's colour on its canvas), scaled 0.5-1.2 and beside the crop centre; with prob 0 the backgrounds are
+    returned untouched and the generator advances the same (later draws do not depend on prob)."""
+    from prn_blender.synth.sampler import distract
+    B, n, C, half = 64, 128, 176, 50
+    cols = torch.rand(B, 3) * 0.5 + 0.5
+    layer = torch.zeros(B, 4, C, C)
+    c = C // 2
+    layer[:, :3, c - half:c + half, c - half:c + half] = cols[:, :, None, None]
+    layer[:, 3, c - half:c + half, c - half:c + half] = 1
+    bg = torch.zeros(B, 3, n, n)
+    g0, g1 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    assert distract(bg, layer, g0, prob=0.0) is bg
+    out = distract(bg, layer, g1, prob=1.0)
+    assert torch.equal(torch.rand(5, generator=g0), torch.rand(5, generator=g1))
+    yy, xx = torch.meshgrid(torch.arange(n) + 0.5, torch.arange(n) + 0.5, indexing="ij")
+    seen = 0
+    for i in range(B):
+        cov = out[i].amax(0) > 0
+        if not cov.any():                      # placed wholly outside the crop
+            continue
+        seen += 1
+        full = out[i][:, cov] / cols[(i + 1) % B][:, None]          # the next sample's colour, times coverage
+        assert torch.allclose(full, full[:1].expand_as(full), atol=1e-4)
+        x = float(xx[cov].mean())
+        assert abs(x - n / 2) > 0.2 * n                             # beside the subject, not on it
+        inner = out[i].amax(0) > 0.999 * cols[(i + 1) % B].amax()
+        edge = inner[0].any() or inner[-1].any() or inner[:, 0].any() or inner[:, -1].any()
+        if inner.any() and not edge:                                # side of the fully covered part: 2 * half * z
+            side = float(inner.sum(1).max())
+            assert 2 * half * 0.5 - 2 <= side <= 2 * half * 1.2 + 1
+    assert seen > B // 2

@@ -33,8 +33,9 @@ from .uvmap import LAYOUT_NAME, rasterize_face_uv, uv_to_pixel, vertex_uv
 # environment (spherical-harmonic) lighting (sampler.sample_lighting), face-metered exposure (sampler.expose) and
 # saturation / sharpening / random convolution (sampler.restyle); the held-out synthetic benchmark keeps the
 # scenes of 6. 8: training scenes are yaw-aware (accessories.draw): glasses also beyond 50 deg yaw, the near lens
-# only. 9: and no hair lock over the face from the jaw end turned away beyond 35 deg
-GENERATOR_VERSION = "ictsynth-9"
+# only. 9: and no hair lock over the face from the jaw end turned away beyond 35 deg. 10: a quarter of the training
+# scenes have another person's head behind the subject, cut by the crop border (sampler.distract)
+GENERATOR_VERSION = "ictsynth-10"
 
 # the head is drawn on a canvas this many pixels larger than the crop on every side, so the paper's shrink /
 # shift / rotation augmentation (see sampler.augment) reveals more head and neck, not a cut edge

@@ -133,6 +133,33 @@ def random_background(B: int, g: torch.Generator) -> torch.Tensor:
     return (photo * muted + (1 - photo) * bg).clamp(0, 1)
 
 
+def distract(background: torch.Tensor, layer: torch.Tensor, g: torch.Generator, prob: float = 0.25) -> torch.Tensor:
+    """Another person behind the subject, as in group and crowd photos: with probability ``prob`` a sample's
+    background (B,3,n,n) gets the head layer (B,4,C,C, premultiplied, canvas centred on the crop; see
+    render.Batch) of the next sample in the batch, scaled by U(0.5, 1.2) and centred 0.45-0.95 crop widths to the
+    left or right and up to 0.3 up or down, so that it is cut by the crop border and partly hidden by the subject.
+    The subject's ground truth is untouched: the network must learn to ignore the other face."""
+    B, _, n, _ = background.shape
+    C = layer.shape[-1]
+    dev = background.device
+    on = (torch.rand(B, generator=g) < prob).nonzero()[:, 0].to(dev)
+    z = torch.rand(B, generator=g) * 0.7 + 0.5
+    side = torch.where(torch.rand(B, generator=g) < 0.5, -1.0, 1.0)
+    off = torch.stack([side * (torch.rand(B, generator=g) * 0.5 + 0.45), (torch.rand(B, generator=g) * 2 - 1) * 0.3],
+                      -1) * n                                                      # (B,2) crop pixels
+    if not len(on):
+        return background
+    # output crop pixel q samples the other head's canvas at (q - n/2 - off) / z about the canvas centre
+    k = (n / (z * C)).to(dev)[on]
+    t = (-off.to(dev)[on] / (z.to(dev)[on, None] * C / 2))
+    theta = torch.zeros(len(on), 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = k, k, t
+    other = layer.roll(-1, 0)[on]
+    d = F.grid_sample(other, F.affine_grid(theta, (len(on), 4, n, n), align_corners=False), mode="bilinear",
+                      padding_mode="zeros", align_corners=False)
+    return background.index_copy(0, on, d[:, :3] + (1 - d[:, 3:]) * background[on])
+
+
 def black_border(img: torch.Tensor, g: torch.Generator, prob: float = 0.2, max_frac: float = 0.35) -> torch.Tensor:
     """Zero a band along one random side of the crop (image only), as the crop of a face near a photo's edge
     is padded (crop.warp fills outside the image with 0); the band may cut into the face."""

@@ -1,6 +1,7 @@
-"""On-the-fly synthetic training batches (render -> face-metered exposure -> paper augmentation of the head layer
-over the background -> black crop border -> occlude -> restyle -> degrade); scenes get environment lighting
-(sampler.sample_lighting) and the yaw-aware hair locks and glasses of accessories.draw.
+"""On-the-fly synthetic training batches (render -> face-metered exposure -> another person's head in the background
+-> paper augmentation of the head layer over the background -> black crop border -> occlude -> restyle -> degrade);
+scenes get environment lighting (sampler.sample_lighting) and the yaw-aware hair locks and glasses of
+accessories.draw.
 
 ``SyntheticStream`` renders fresh batches and keeps a small replay pool: with ``reuse`` > 0 a rendered batch is
 served ``1 + reuse`` times, each time with new occlusion/degradation/augmentation (cheap), which keeps a slow CPU
@@ -12,8 +13,8 @@ import torch
 
 from ..synth.ict import load_ict
 from ..synth.render import FaceRenderer
-from ..synth.sampler import (augment, black_border, degrade, expose, occlude, restyle, sample_lighting,
-                             sample_params)
+from ..synth.sampler import (augment, black_border, degrade, distract, expose, occlude, restyle,
+                             sample_lighting, sample_params)
 
 
 class SyntheticStream:
@@ -45,5 +46,5 @@ class SyntheticStream:
         if not self.augment_on:
             return b.image, b.pos
         layer = expose(b.layer, b.pos, self.g)
-        img, pos = augment(b.image, b.pos, self.g, layer=layer, background=b.background)
+        img, pos = augment(b.image, b.pos, self.g, layer=layer, background=distract(b.background, layer, self.g))
         return degrade(restyle(occlude(black_border(img, self.g), self.g), self.g), self.g), pos
