@@ -82,6 +82,25 @@ def test_widen_preserves_the_function_and_breaks_symmetry():
         widen(ResFCN256(8), 4)
 
 
+def test_widen_command_on_the_shipped_weights(tmp_path):
+    """``python -m prn_blender.train.widen`` writes a wider weights file with the same predictions and the widening
+    in its metadata (train.py --init takes it, and the card's lineage names it)."""
+    from prn_blender.core.weights import DEFAULT_WEIGHTS, load_model
+    from prn_blender.train.ship import _lineage
+    from prn_blender.train.widen import main
+    out = tmp_path / "w12.safetensors"
+    assert main(["--init", str(DEFAULT_WEIGHTS), "--width", "12", "--out", str(out)]) == 0
+    (m, _, md0), (w, lay, md) = load_model(DEFAULT_WEIGHTS), load_model(out)
+    assert w.width == 12 and lay.name == md0["layout"] and md["meta"]["steps"] == md0["meta"]["steps"]
+    assert md["meta"]["widened"] == f"width {m.width} -> 12 (Net2WiderNet, seed 0) from {DEFAULT_WEIGHTS.name}"
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(w(x), m(x), atol=1e-4, rtol=0)
+    parent = {"file": out.name, "sha256": "0" * 64, "steps": 5, "images_seen": 40, "wall_time_s": 36.0,
+              "preset_history": "paper (ictsynth-10) from step 0", "widened": md["meta"]["widened"]}
+    assert _lineage(parent).endswith(f"then widened: {md['meta']['widened']}")
+
+
 def test_tf_name_map_covers_official_tensors(shared):
     names = {}
     for line in (shared / "prnet/256_256_resfcn256_weight.index.tensors.tsv").read_text().splitlines():

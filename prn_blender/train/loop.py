@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         parent = {"file": Path(a.init).name, "sha256": sha256(a.init), "steps": int(pm.get("steps", 0)),
                   "images_seen": int(pm.get("images_seen", 0)), "wall_time_s": float(pm.get("wall_time_s", 0)),
                   "preset_history": pm.get("preset_history", pm.get("preset", "")),
-                  "averaged": pm.get("averaged", ""), "parent": pm.get("parent")}
+                  "averaged": pm.get("averaged", ""), "widened": pm.get("widened", ""), "parent": pm.get("parent")}
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     step, t_start, samples = 0, time.time(), 0
@@ -137,7 +137,9 @@ def main(argv=None) -> int:
         opt.load_state_dict(state["opt"])
         step, samples = state["step"], state["samples"]
         t_start -= state.get("elapsed", 0.0)
-        parent = state.get("parent", parent)
+        old_parent = state.get("parent")
+        if old_parent and not (parent and parent["sha256"] == old_parent["sha256"]):
+            parent = old_parent           # the run's own record, unless --init names that same file again
         # runs from before the generator was recorded used ictsynth-1
         history = [h if len(h) == 3 else [*h, "ictsynth-1"]
                    for h in state.get("preset_history") or [[0, state["args"]["preset"]]]]

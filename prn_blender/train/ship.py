@@ -77,7 +77,8 @@ def _lineage(parent: dict) -> str:
     """One card line for the weights a fine-tuning run started from (train.py --init), recursively."""
     out = (f"`{parent['file']}` sha256 `{parent['sha256'][:12]}...`: {parent['steps']} steps, "
            f"{parent['images_seen']:,} images, {parent['wall_time_s'] / 3600:.2f} h; {parent['preset_history']}"
-           + (f"; {parent['averaged']}" if parent.get("averaged") else ""))
+           + (f"; {parent['averaged']}" if parent.get("averaged") else "")
+           + (f"; then widened: {parent['widened']}" if parent.get("widened") else ""))
     return out + (f"; itself fine-tuned from {_lineage(parent['parent'])}" if parent.get("parent") else "")
 
 
