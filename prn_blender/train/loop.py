@@ -114,7 +114,8 @@ def main(argv=None) -> int:
     regions, lr = PRESETS[a.preset]
     lr = a.lr or lr
     weight = torch.from_numpy(layout.weight_mask(regions)).to(dev)
-    # channels_last: 1.6x faster training steps than NCHW on the CPU (width 8, batch 8, bf16)
+    # channels_last: x1.24 faster training steps than NCHW on this 2-core CPU (width 8 and 16, batch 8, bf16;
+    # benchmarks/bench_core.py)
     model = ResFCN256(a.width).to(dev)
     parent = None         # what a fine-tuning run started from: its card adds the parent's training to its own
     if a.init:
