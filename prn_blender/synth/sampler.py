@@ -150,10 +150,10 @@ def distract(background: torch.Tensor, layer: torch.Tensor, g: torch.Generator, 
     if not len(on):
         return background
     # output crop pixel q samples the other head's canvas at (q - n/2 - off) / z about the canvas centre
-    k = (n / (z * C)).to(dev)[on]
-    t = (-off.to(dev)[on] / (z.to(dev)[on, None] * C / 2))
+    z, off = z.to(dev)[on], off.to(dev)[on]
     theta = torch.zeros(len(on), 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = k, k, t
+    theta[:, 0, 0] = theta[:, 1, 1] = n / (z * C)
+    theta[:, :, 2] = -off / (z[:, None] * C / 2)
     other = layer.roll(-1, 0)[on]
     d = F.grid_sample(other, F.affine_grid(theta, (len(on), 4, n, n), align_corners=False), mode="bilinear",
                       padding_mode="zeros", align_corners=False)

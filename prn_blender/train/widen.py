@@ -46,6 +46,12 @@ def _in(w: torch.Tensor, sp: _Space, dim: int) -> torch.Tensor:
     return w.index_select(dim, sp.src) * sp.share.view(shape).to(w.dtype)
 
 
+def _copy(dst: torch.Tensor, src: torch.Tensor, sp_in: _Space, sp_out: _Space, d_in: int = 1, d_out: int = 0):
+    """Widened copy of a conv weight: output channels copied, input channels split (dims: Conv2d (out, in, ...),
+    ConvTranspose2d d_in=0, d_out=1)."""
+    dst.copy_(_out(_in(src, sp_in, d_in), sp_out, d_out))
+
+
 def _bn(new: nn.BatchNorm2d, old: nn.BatchNorm2d, sp: _Space) -> None:
     for name in ("weight", "bias", "running_mean", "running_var"):
         getattr(new, name).copy_(getattr(old, name)[sp.src])
@@ -70,20 +76,19 @@ def widen(model: ResFCN256, width: int, seed: int = 0) -> ResFCN256:
     for bo, bn_ in zip(old.encoder, new.encoder):
         inner1, inner2 = space(bo.conv1.conv.out_channels), space(bo.conv2.conv.out_channels)
         res = cur if bo.shortcut is None else space(bo.conv3.conv.out_channels)
-        bn_.conv1.conv.weight.copy_(_out(_in(bo.conv1.conv.weight, cur, 1), inner1, 0))
+        _copy(bn_.conv1.conv.weight, bo.conv1.conv.weight, cur, inner1)
         _bn(bn_.conv1.bn, bo.conv1.bn, inner1)
-        bn_.conv2.conv.weight.copy_(_out(_in(bo.conv2.conv.weight, inner1, 1), inner2, 0))
+        _copy(bn_.conv2.conv.weight, bo.conv2.conv.weight, inner1, inner2)
         _bn(bn_.conv2.bn, bo.conv2.bn, inner2)
-        bn_.conv3.conv.weight.copy_(_out(_in(bo.conv3.conv.weight, inner2, 1), res, 0))
+        _copy(bn_.conv3.conv.weight, bo.conv3.conv.weight, inner2, res)
         if bo.shortcut is not None:
-            bn_.shortcut.weight.copy_(_out(_in(bo.shortcut.weight, cur, 1), res, 0))
+            _copy(bn_.shortcut.weight, bo.shortcut.weight, cur, res)
         _bn(bn_.bn, bo.bn, res)
         cur = res
     for do, dn in zip(old.decoder, new.decoder):
         c = do.deconv.out_channels
         nxt = rgb if dn.deconv.out_channels == c else space(c)
-        # ConvTranspose2d weight: (in, out, k, k)
-        dn.deconv.weight.copy_(_out(_in(do.deconv.weight, cur, 0), nxt, 1))
+        _copy(dn.deconv.weight, do.deconv.weight, cur, nxt, d_in=0, d_out=1)
         _bn(dn.bn, do.bn, nxt)
         cur = nxt
     return new.eval()
@@ -92,15 +97,15 @@ def widen(model: ResFCN256, width: int, seed: int = 0) -> ResFCN256:
 def main(argv=None) -> int:
     from pathlib import Path
 
-    from ..core.weights import load_model, read_metadata, save_weights
+    from ..core.weights import load_model, save_weights
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--init", required=True, help="trained weights file to widen")
     ap.add_argument("--width", type=int, required=True, help="new base width (>= the file's)")
     ap.add_argument("--out", required=True, help="widened weights file (fp32; give it to train.py --init)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    model, lay, _ = load_model(a.init)
-    meta = dict(read_metadata(a.init)["meta"])
+    model, lay, md = load_model(a.init)
+    meta = dict(md["meta"])
     wide = widen(model, a.width, a.seed)
     meta["widened"] = f"width {model.width} -> {a.width} (Net2WiderNet, seed {a.seed}) from {Path(a.init).name}"
     meta["width"] = a.width
