@@ -104,21 +104,27 @@ def main():
         print(f"  training step, batch 8: NCHW {tn:7.1f} ms | channels_last (train.py) {tc:7.1f} ms "
               f"({8e3 / tc:5.1f} img/s) | x{tn / tc:.2f}")
     if DEFAULT_WEIGHTS.exists():
-        from prn_blender.core.reconstruct import FaceReconstructor
+        from prn_blender.core.constants import MULTI_SCALE, VIDEO_SCALES
+        from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
         if a.image:
             img = a.image
         else:
             from skimage import data
             img = data.astronaut()
-        rec = FaceReconstructor(device=a.device)
-        rec(img)
-        acc = {}
-        for _ in range(a.reps):
-            for k, v in rec(img)[0].timings.items():
-                acc.setdefault(k, []).append(v)
-        tot = sum(np.median(v) for v in acc.values())
-        print("\nend-to-end image -> FaceResult (shipped weights), median ms by stage:")
-        print("  " + ", ".join(f"{k} {np.median(v):.1f}" for k, v in acc.items()) + f"; total {tot:.1f} ms")
+        totals = {}
+        for label, scales in (("one scale", VIDEO_SCALES), ("multi-scale, the default for photos", MULTI_SCALE)):
+            rec = FaceReconstructor(device=a.device, options=InferenceOptions(scales=scales))
+            rec(img)
+            acc = {}
+            for _ in range(a.reps):
+                for k, v in rec(img)[0].timings.items():
+                    acc.setdefault(k, []).append(v)
+            totals[label] = tot = sum(np.median(v) for v in acc.values())
+            print(f"\nend-to-end image -> FaceResult (shipped weights, mirror averaging, {label} {scales}), "
+                  "median ms by stage:")
+            print("  " + ", ".join(f"{k} {np.median(v):.1f}" for k, v in acc.items()) + f"; total {tot:.1f} ms")
+        one, multi = totals.values()
+        print(f"  multi-scale / one scale: x{multi / one:.2f} time")
     from prn_blender.core.paths import shared_dir
     if shared_dir(required=False):
         from prn_blender.synth.ict import load_ict
@@ -141,11 +147,12 @@ def main():
         print(f"training data path (SyntheticStream, every batch freshly rendered), batch {B}: {B / t:.1f} samples/s")
         if DEFAULT_WEIGHTS.exists():
             import tempfile
-            from prn_blender.core.reconstruct import FaceReconstructor
+            from prn_blender.core.constants import VIDEO_SCALES
+            from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
             from prn_blender.core.smoothing import OneEuroSettings
             from prn_blender.core.video import iter_video
             from prn_blender.synth.clip import make_synthetic_clip
-            rec = FaceReconstructor(device=a.device)
+            rec = FaceReconstructor(device=a.device, options=InferenceOptions(scales=VIDEO_SCALES))
             with tempfile.TemporaryDirectory() as d:
                 path, gt = make_synthetic_clip(Path(d) / "clip.avi", n_frames=24, seed=0)
                 for label, sm in (("raw", None), ("one-euro", OneEuroSettings())):

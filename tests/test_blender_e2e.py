@@ -19,9 +19,18 @@ ID_KINDS = ("objects", "meshes", "materials", "images", "collections", "actions"
 # ------------------------------------------------------------------------------------------------ helpers / fixtures
 @pytest.fixture(scope="module")
 def core_rec():
-    """An independent core reconstructor (same defaults as the add-on: shipped weights, device auto -> CPU here)."""
+    """An independent core reconstructor (same defaults as the add-on's photo operator: shipped weights, device
+    auto -> CPU here, mirror and multi-scale averaging)."""
     from prn_blender.core.reconstruct import FaceReconstructor
     return FaceReconstructor()
+
+
+@pytest.fixture(scope="module")
+def core_video_rec():
+    """The same for the video operator, which runs one scale."""
+    from prn_blender.core.constants import VIDEO_SCALES
+    from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
+    return FaceReconstructor(options=InferenceOptions(scales=VIDEO_SCALES))
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +182,7 @@ def test_image_end_to_end(addon, core_rec, astronaut_png, tmp_path):
 # ------------------------------------------------------------------------------------------------ synthetic video
 @pytest.mark.shared
 @pytest.mark.slow
-def test_synthetic_video_end_to_end(addon, core_rec, shared, tmp_path):
+def test_synthetic_video_end_to_end(addon, core_video_rec, shared, tmp_path):
     bpy = addon
     from prn_blender.blender import scene as sc
     from prn_blender.synth.clip import make_synthetic_clip
@@ -183,7 +192,7 @@ def test_synthetic_video_end_to_end(addon, core_rec, shared, tmp_path):
     s.smoothing = False
     s.mesh_mode = "SHAPE_KEYS"
     assert bpy.ops.prn.reconstruct_video(filepath=str(clip)) == {"FINISHED"}
-    frames, faces, k, size = core_video(clip, core_rec)
+    frames, faces, k, size = core_video(clip, core_video_rec)
     assert len(frames) == 6
     coll = face_coll(bpy)
     assert np.isclose(float(coll["prn_k"]), k, rtol=1e-9)
@@ -221,7 +230,7 @@ def test_synthetic_video_end_to_end(addon, core_rec, shared, tmp_path):
 # ------------------------------------------------------------------------------------------------ real video + rig
 @pytest.mark.shared
 @pytest.mark.slow
-def test_real_clip_rig_end_to_end(addon, core_rec, shared):
+def test_real_clip_rig_end_to_end(addon, shared):
     bpy = addon
     from prn_blender.blender import scene as sc
     clip = shared / "videos" / "talking_face_160x120.avi"

@@ -48,7 +48,7 @@ class FakeRec:
 def addon(bpy_empty, monkeypatch, tmp_path):
     from prn_blender.blender import operators, register
     register()
-    monkeypatch.setattr(operators, "get_reconstructor", lambda context, weights="": FakeRec())
+    monkeypatch.setattr(operators, "get_reconstructor", lambda context, weights="", video=False: FakeRec())
     img = tmp_path / "portrait.png"
     import cv2
     cv2.imwrite(str(img), np.full((H, W, 3), 128, np.uint8))
@@ -222,13 +222,13 @@ def test_image_operator_and_failure_leaves_scene(addon):
     with pytest.raises(RuntimeError, match="image not found"):
         bpy.ops.prn.reconstruct_image(filepath=str(addon.tmp / "nope.png"))
     assert names(bpy) == before
-    addon.ops.get_reconstructor = lambda context, weights="": FakeRec(fail="no face found in the image")
+    addon.ops.get_reconstructor = lambda context, weights="", video=False: FakeRec(fail="no face found in the image")
     with pytest.raises(RuntimeError, match="no face found"):
         bpy.ops.prn.reconstruct_image(filepath=addon.image)
     assert names(bpy) == before
     # a failure during the build rolls back and keeps the previous build
     from prn_blender.blender import scene
-    addon.ops.get_reconstructor = lambda context, weights="": FakeRec()
+    addon.ops.get_reconstructor = lambda context, weights="", video=False: FakeRec()
     real = scene.face_material
     scene.face_material = lambda *a: (_ for _ in ()).throw(ValueError("boom"))
     try:

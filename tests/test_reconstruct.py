@@ -110,6 +110,29 @@ def test_flip_tta_symmetric(rec, astronaut):
     assert e_single > 5 * e_flip, (e_single, e_flip)
 
 
+def test_multi_scale_is_the_mean_of_its_scales(astronaut):
+    """Multi-scale averaging (the default for photos) gives the mean of what each scale alone gives, in image pixels,
+    and keeps the unscaled crop as the face's crop."""
+    from PIL import Image
+    from prn_blender.core.constants import MULTI_SCALE
+    from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
+    img = np.asarray(Image.open(astronaut).convert("RGB"))
+    box = (150, 60, 260, 190)
+    rec = FaceReconstructor(device="cpu")
+    assert rec.predictor.options.scales == MULTI_SCALE and len(MULTI_SCALE) > 1
+    multi = rec(img, box=box, texture=False)[0]
+    alone = []
+    for k in MULTI_SCALE:
+        rec.predictor.options = InferenceOptions(scales=(k,))
+        alone.append(rec(img, box=box, texture=False)[0])
+    assert multi.crop == alone[MULTI_SCALE.index(1.0)].crop
+    spread = max(np.abs(a.landmarks - alone[0].landmarks).max() for a in alone)
+    assert spread > 0.5, spread                # the scales disagree, so the mean is not any one of them
+    for field in ("landmarks", "vertices"):
+        mean = np.mean([getattr(a, field) for a in alone], axis=0)
+        np.testing.assert_allclose(getattr(multi, field), mean, atol=0.05, err_msg=field)
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "prn_blender", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=600)

@@ -10,6 +10,7 @@ import bpy
 import numpy as np
 from bpy.props import StringProperty
 
+from ..core.constants import MULTI_SCALE, VIDEO_SCALES
 from . import scene as sc
 from .convert import image_to_blender, metres_per_pixel_for, pose_to_blender
 from .preferences import get_preferences
@@ -24,20 +25,24 @@ def one_line(e: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------ core hooks (patchable)
-def make_reconstructor(weights=None, device="auto", flip: bool = True):
-    """Cached core.reconstruct.FaceReconstructor for (weights, device, mirror averaging)."""
-    key = (weights or None, device, flip)
+def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: tuple = MULTI_SCALE):
+    """Cached core.reconstruct.FaceReconstructor for (weights, device, mirror averaging, scales)."""
+    key = (weights or None, device, flip, tuple(scales))
     if key not in _REC_CACHE:
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         _REC_CACHE.clear()
         _REC_CACHE[key] = FaceReconstructor(weights=weights or None, device=device,
-                                            options=InferenceOptions(flip=flip))
+                                            options=InferenceOptions(flip=flip, scales=tuple(scales)))
     return _REC_CACHE[key]
 
 
-def get_reconstructor(context, weights_override: str = ""):
-    device, weights, flip = get_preferences(context)
-    return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else weights, device, flip)
+def get_reconstructor(context, weights_override: str = "", video: bool = False):
+    """The reconstructor for the add-on preferences; photos use multi-scale averaging when it is on, video one
+    scale (core.constants.VIDEO_SCALES)."""
+    device, weights, flip, multi = get_preferences(context)
+    scales = VIDEO_SCALES if video or not multi else MULTI_SCALE
+    return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else weights, device, flip,
+                              scales)
 
 
 def smoothing_settings(s):
@@ -308,7 +313,7 @@ class PRN_OT_reconstruct_video(bpy.types.Operator):
         path = bpy.path.abspath(self.filepath or s.video_path)
         if not path or not os.path.isfile(path):
             raise FileNotFoundError(f"video not found: {path or '(no file given)'}")
-        rec = get_reconstructor(context, self.weights)
+        rec = get_reconstructor(context, self.weights, video=True)
         end = None if s.frame_end < 0 else s.frame_end + 1      # frame_end is inclusive, core's end exclusive
         (n, fps, _), frames = open_video(path, rec, start=s.frame_start, end=end, step=s.frame_step,
                                          smoothing=smoothing_settings(s))

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from .constants import IBUG68_MIRROR, INFERENCE_ZOOM, POS_SCALE, REGION_NECK, RESOLUTION
+from .constants import IBUG68_MIRROR, INFERENCE_ZOOM, MULTI_SCALE, POS_SCALE, REGION_NECK, RESOLUTION
 from .crop import crop_from_box, crop_from_landmarks, uncrop_position_map, warp
 from .detect import Detector, make_detector
 from .image_io import load_image
@@ -51,6 +51,8 @@ class InferenceOptions:
     flip: bool = True             # test-time mirror averaging: 2x network cost; on the 16 AFLW2000-3D images
                                   # it takes the shipped model's NME from 6.56 % to 6.01 % (model card)
     zoom: float = INFERENCE_ZOOM  # every crop's side is divided by this (see constants.INFERENCE_ZOOM)
+    scales: tuple[float, ...] = MULTI_SCALE   # each crop also runs at these multiples of its side and the un-cropped
+                                              # position maps are averaged; (1.0,) = one pass (constants.VIDEO_SCALES)
 
 
 class PRNPredictor:
@@ -159,18 +161,23 @@ class FaceReconstructor:
         t1 = time.perf_counter()
         if not crops:
             raise ReconstructionError("no face found in the image")
-        batch = np.stack([warp(img, c) for c in crops])
+        scales = self.predictor.options.scales
+        views = [CropTransform(c.center, c.size * k, c.resolution) for c in crops for k in scales]
+        batch = np.stack([warp(img, v) for v in views])
         t2 = time.perf_counter()
         if self.predictor.options.flip:
+            n = len(views)
             both = self.predictor(np.concatenate([batch, batch[:, :, ::-1]]))
-            pos_crop = np.stack([self._merge_flip(a, b) for a, b in zip(both[:len(crops)], both[len(crops):])])
+            pos_crop = [self._merge_flip(a, b) for a, b in zip(both[:n], both[n:])]
         else:
-            pos_crop = self.predictor(batch)
+            pos_crop = list(self.predictor(batch))
         t3 = time.perf_counter()
         results = []
-        for c, pc in zip(crops, pos_crop):
+        for i, c in enumerate(crops):
             t4 = time.perf_counter()
-            pos = uncrop_position_map(pc, c)
+            m = len(scales)
+            pos = np.mean([uncrop_position_map(pc, v) for pc, v in zip(pos_crop[i * m:(i + 1) * m],
+                                                                       views[i * m:(i + 1) * m])], axis=0)
             verts = self.layout.vertices(pos)
             lms = self.layout.landmarks(pos)
             pose, resid = estimate_pose(verts, self.layout.canonical, self._fit_idx)

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..core.constants import INFERENCE_ZOOM
+from ..core.constants import INFERENCE_ZOOM, MULTI_SCALE, VIDEO_SCALES
 from ..core.paths import SharedDataMissing, shared_dir
 from . import metrics as M
 
@@ -31,9 +31,11 @@ def roi_from_landmarks(pts: np.ndarray) -> np.ndarray:
 
 
 class OursModel:
-    def __init__(self, weights=None, device="auto", name="ours", flip=True, zoom=INFERENCE_ZOOM):
+    def __init__(self, weights=None, device="auto", name="ours", flip=True, zoom=INFERENCE_ZOOM,
+                 scales=MULTI_SCALE):
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
-        self.rec = FaceReconstructor(weights=weights, device=device, options=InferenceOptions(flip=flip, zoom=zoom))
+        self.rec = FaceReconstructor(weights=weights, device=device,
+                                     options=InferenceOptions(flip=flip, zoom=zoom, scales=tuple(scales)))
         self.name = name
         self.stage_ms: dict[str, list] = {}
 
@@ -298,6 +300,15 @@ def write_report(res: dict, out: Path) -> None:
     (out / "metrics.md").write_text("\n".join(lines) + "\n")
 
 
+def model_name(flip: bool, scales: tuple, default: tuple) -> str:
+    """Report name of our model under these inference settings: 'ours' for the defaults."""
+    if flip and tuple(scales) == tuple(default):
+        return "ours"
+    if len(scales) == 1:
+        return "ours_one_scale" if flip else "ours_single_pass"
+    return "ours_scales_" + "_".join(f"{k:g}" for k in scales) + ("" if flip else "_no_mirror")
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="eval.py", description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", required=True, choices=["aflw2000", "pts", "synthetic", "video"])
@@ -313,6 +324,9 @@ def build_parser():
     ap.add_argument("--no-flip", dest="flip", action="store_false",
                     help="our model without test-time mirror averaging (half the network time)")
     ap.add_argument("--zoom", type=float, default=INFERENCE_ZOOM, help="our crop zoom (constants.INFERENCE_ZOOM)")
+    ap.add_argument("--scales", type=float, nargs="+",
+                    help="our multi-scale averaging (default: constants.MULTI_SCALE for images, VIDEO_SCALES for "
+                         "video; 1 = one pass)")
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--min-cutoff", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=0.05)
@@ -325,8 +339,10 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     if a.dataset in ("aflw2000", "pts") and not a.data:
         raise SystemExit("--data is required for this dataset")
-    models = [OursModel(a.weights, a.device, name="ours" if a.flip else "ours_single_pass", flip=a.flip,
-                        zoom=a.zoom)]
+    default = VIDEO_SCALES if a.dataset == "video" else MULTI_SCALE
+    scales = tuple(a.scales or default)
+    models = [OursModel(a.weights, a.device, name=model_name(a.flip, scales, default), flip=a.flip, zoom=a.zoom,
+                        scales=scales)]
     if a.prnet_weights:
         models.append(OursModel(a.prnet_weights, a.device, name="prnet_official"))
     if not a.no_peer and a.dataset != "video":
