@@ -262,6 +262,14 @@ def test_training_deterministic_and_resumable(tmp_path):
     assert any(not torch.equal(v, avg.state_dict()[k]) for k, v in ft.state_dict().items())   # it trained
 
 
+def test_warmup_ramps_the_learning_rate(tmp_path):
+    """--warmup N: lr/N, 2 lr/N, ... lr over the first N steps, then the schedule; recorded in the weights."""
+    log = _train(tmp_path / "w", "--steps", "4", "--lr", "0.001", "--warmup", "3")
+    assert [r["lr"] for r in log] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3])
+    from prn_blender.core.weights import load_model
+    assert load_model(tmp_path / "w/weights.safetensors")[2]["meta"]["warmup"] == 3
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29631",

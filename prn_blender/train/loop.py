@@ -69,6 +69,10 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
     ap.add_argument("--epoch-size", type=int, default=20000, help="samples per (virtual) epoch")
     ap.add_argument("--halve-every", type=float, default=5, help="halve lr every this many epochs")
+    ap.add_argument("--warmup", type=int, default=0,
+                    help="ramp the lr linearly from lr/N to lr over the run's first N steps: a fresh Adam state's "
+                         "first steps are full lr-sized moves of every weight, which pulls a fine-tuned (--init) "
+                         "model off its optimum; 0 = off")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse", type=int, default=0, help="serve each rendered batch 1+REUSE times, re-augmented")
     ap.add_argument("--max-yaw", type=float, default=90.0)
@@ -170,6 +174,8 @@ def main(argv=None) -> int:
         t1 = time.time()
         epoch = samples / a.epoch_size
         cur_lr = lr * 0.5 ** math.floor(epoch / a.halve_every)
+        if step < a.warmup:
+            cur_lr *= (step + 1) / a.warmup
         for gparam in opt.param_groups:
             gparam["lr"] = cur_lr
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -206,7 +212,7 @@ def main(argv=None) -> int:
                         "width": a.width, "steps": step, "images_seen": samples, "batch": a.batch * world,
                         "preset": a.preset,
                         "preset_history": ", ".join(f"{n} ({gen}) from step {s0}" for s0, n, gen in history),
-                        "lr": lr, "device": str(dev), "amp": amp,
+                        "lr": lr, **({"warmup": a.warmup} if a.warmup else {}), "device": str(dev), "amp": amp,
                         "wall_time_s": round(time.time() - t_start, 1), **({"parent": parent} if parent else {})}
                 save_weights(model, out / "weights.safetensors", LAYOUT_NAME, meta)
                 if a.keep_every and step % a.keep_every == 0:

@@ -163,6 +163,10 @@ def main(argv=None) -> int:
     digest = sha256(DEFAULT_WEIGHTS)
     n_params = sum(p.numel() for p in model.parameters())
     parent = meta.get("parent")
+    warmup = int(meta.get("warmup") or args.get("warmup") or 0)
+    lr_phases = [(s0, lr) for s0, lr in curve["lr_steps"] if s0 >= warmup] or curve["lr_steps"][-1:]
+    lr_text = (f"linear warm-up over the first {warmup} steps, " if warmup else "") + ", ".join(
+        f"{lr:g} from step {s0}" for s0, lr in lr_phases)
     card = [
         "# Model card: prn-ict-default", "",
         "PRN (ResFCN256 position-map regression) trained only on synthetic faces rendered from the MIT-licensed",
@@ -178,8 +182,8 @@ def main(argv=None) -> int:
         f"| data | {meta.get('data')}; generator `{meta.get('generator')}`; seed {meta.get('seed')} |",
         f"| training | {curve['steps']} steps, batch {batch}, {curve['samples']:,} images seen "
         f"(each render served {reuse + 1}x with fresh augmentation), "
-        f"region weights (data generator) {meta.get('preset_history') or meta.get('preset')}, Adam lr "
-        + ", ".join(f"{lr:g} from step {s0}" for s0, lr in curve["lr_steps"]) + f", autocast {meta.get('amp')} |",
+        f"region weights (data generator) {meta.get('preset_history') or meta.get('preset')}, Adam lr {lr_text}, "
+        f"autocast {meta.get('amp')} |",
         *([f"| fine-tuned from | {_lineage(parent)} |",
            f"| in all | {parent['steps'] + curve['steps']} steps, {parent['images_seen'] + curve['samples']:,} images "
            f"seen, {(parent['wall_time_s'] + curve['elapsed_s']) / 3600:.2f} h of training |"] if parent else []),
@@ -194,18 +198,21 @@ def main(argv=None) -> int:
         "## How it was made", "",
         "```", "python -m prn_blender.synth.uvmap            # layout asset: ICT-FaceKit UVs, landmarks from prnet-bfm",
         f"python train.py --out runs/{run.name} --width {model.width} --batch {batch} --reuse {reuse} "
-        f"--lr {curve['lr_steps'][0][1]:g} --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N"
+        f"--lr {lr_phases[0][1]:g}" + (f" --warmup {warmup}" if warmup else "")
+        + f" --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N"
         + (f" --keep-every {meta.get('average_every') or args.get('keep_every') or 'K'}" if meta.get("averaged")
            else "") + (f" --init {parent['file']}   # the model above" if parent else ""),
         "# ... resumed with --resume and the --preset / --lr of each phase above; "
         f"stopped after {curve['steps']} steps",
         "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --out out/eval_aflw",
-        "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --no-flip --no-peer "
-        "--out out/eval_aflw_single",
+        ("python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --scales 1 --no-peer "
+         "--out out/eval_aflw_one_scale"),
+        ("python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --scales 1 --no-flip --no-peer "
+         "--out out/eval_aflw_single"),
         "python eval.py --dataset synthetic --n 200 --seed 777 --out out/eval_synth",
         f"python -m prn_blender.train.ship --run runs/{run.name} "
         + (f"--average-from {meta['average_from']} " if meta.get("averaged") else "")
-        + "--eval-aflw out/eval_aflw out/eval_aflw_single --eval-synth out/eval_synth",
+        + "--eval-aflw out/eval_aflw out/eval_aflw_one_scale out/eval_aflw_single --eval-synth out/eval_synth",
         "```", "", "## Metrics (68-point NME %, normalized by sqrt(w*h) of the GT box)", "",
         *_metrics_table(a.eval_aflw, "Real photos: the 16 AFLW2000-3D images in ../shared"),
         *_metrics_table(a.eval_synth, "Held-out synthetic set"),
