@@ -344,7 +344,7 @@ def main(argv=None) -> int:
     models = [OursModel(a.weights, a.device, name=model_name(a.flip, scales, default), flip=a.flip, zoom=a.zoom,
                         scales=scales)]
     if a.prnet_weights:
-        models.append(OursModel(a.prnet_weights, a.device, name="prnet_official"))
+        models.append(OursModel(a.prnet_weights, a.device, name="prnet_official", scales=scales))
     if not a.no_peer and a.dataset != "video":
         try:
             shared_dir(a.shared)
