@@ -2,6 +2,8 @@
 synthetic clip with known landmarks."""
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -92,9 +94,9 @@ class FakeRec:
         self.low, self.none = set(low_conf_frames), set(no_face_frames)
         self.frame = -1
 
-    def __call__(self, image, box=None, landmarks=None):
+    def __call__(self, image, crop=None):
         assert image.dtype == np.uint8 and image.ndim == 3
-        mode = "track" if landmarks is not None else "detect"
+        mode = "track" if crop is not None else "detect"
         self.calls.append((self.frame, mode))
         if self.frame in self.none:
             from prn_blender.core.reconstruct import ReconstructionError
@@ -129,9 +131,9 @@ class _Counting:
     def __init__(self, rec):
         self.rec = rec
 
-    def __call__(self, image, box=None, landmarks=None):
+    def __call__(self, image, crop=None):
         self.rec.frame = int(_digit(image))
-        return self.rec(image, box=box, landmarks=landmarks)
+        return self.rec(image, crop=crop)
 
 
 def _digit(image):
@@ -184,6 +186,38 @@ def test_iter_video_range_step_and_smoothing(tmp_path):
     assert sm[5].face.landmarks[0, 0] < raw[5].face.landmarks[0, 0]
     assert np.allclose(sm[5].face.vertices, sm[5].face.landmarks, atol=1e-4)
     assert sm[5].face is not raw[5].face and sm[5].face.confidence == raw[5].face.confidence
+
+
+class CropBiasedRec:
+    """A still face whose predicted size follows the crop it is seen in (a network's pull toward the face size it
+    expects in a crop): predicted landmarks = the true ones scaled about their centre by crop side / 36."""
+
+    def __init__(self):
+        g = np.linspace(-12.5, 12.5, 68)
+        self.true = np.stack([48 + g, 40 + g[::-1], np.zeros(68)], 1).astype(np.float32)   # 25 px box at (48, 40)
+        self.crops = []
+
+    def __call__(self, image, crop=None):
+        crop = crop or CropTransform((47.0, 41.0), 40.0)          # the detector's box
+        self.crops.append(crop)
+        c = self.true.mean(0)
+        lm = (c + (self.true - c) * (crop.size / 36.0)).astype(np.float32)
+        return [dataclasses.replace(_face(lm, 0.9, image.shape), crop=crop)]
+
+
+def test_tracking_is_anchored_to_the_detection(tmp_path):
+    """Crops re-derived from each prediction would feed the predicted size back (here x1.11 per frame: 40 px crop ->
+    44 -> 49 ...); anchored to the detection, a still face keeps the detection's crop and its result exactly."""
+    from prn_blender.core.crop import crop_from_landmarks
+    path = _write_indexed_clip(tmp_path / "idx.avi")
+    rec = CropBiasedRec()
+    frames = list(iter_video(path, rec))
+    assert len(frames) == 12 and len(rec.crops) == 12                    # one detection, then tracking only
+    for c in rec.crops[1:]:
+        assert c.size == pytest.approx(40.0) and np.allclose(c.center, (47.0, 41.0))
+    assert all(np.allclose(f.face.landmarks, frames[0].face.landmarks, atol=1e-4) for f in frames)
+    # what the unanchored crop would have been after the first frame: the feedback this test guards against
+    assert crop_from_landmarks(frames[0].face.landmarks).size > 1.08 * 40.0
 
 
 # ------------------------------------------------------------------------------------------ real data

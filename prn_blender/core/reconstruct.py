@@ -121,9 +121,12 @@ class FaceReconstructor:
     def device(self) -> torch.device:
         return self.predictor.device
 
-    def crops_for(self, image: np.ndarray, box=None, landmarks=None, roi=None) -> list[CropTransform]:
-        """The network's crops: from a 3DDFA roi box, 68 landmarks, a detector box, or the detector's boxes;
-        each then zoomed about its centre by ``options.zoom``."""
+    def crops_for(self, image: np.ndarray, box=None, landmarks=None, roi=None,
+                  crop: CropTransform | None = None) -> list[CropTransform]:
+        """The network's crops: ``crop`` as it is, or from a 3DDFA roi box, 68 landmarks, a detector box, or the
+        detector's boxes, each of those then zoomed about its centre by ``options.zoom``."""
+        if crop is not None:
+            return [crop]
         if roi is not None:
             from .crop import crop_from_roi
             crops = [crop_from_roi(roi)]
@@ -153,12 +156,14 @@ class FaceReconstructor:
         out[lay.kpt_xy[:, 1], lay.kpt_xy[:, 0]] = k
         return out
 
-    def __call__(self, image, box=None, landmarks=None, roi=None, texture: bool = True) -> list[FaceResult]:
-        """Reconstruct every face found (largest score first). Raises ReconstructionError when none is found."""
+    def __call__(self, image, box=None, landmarks=None, roi=None, crop: CropTransform | None = None,
+                 texture: bool = True) -> list[FaceResult]:
+        """Reconstruct every face found (largest score first), or the one face in ``crop`` / ``roi`` / ``landmarks``
+        / ``box`` (first given wins, in that order). Raises ReconstructionError when none is found."""
         t0 = time.perf_counter()
         img = load_image(image)
         h, w = img.shape[:2]
-        crops = self.crops_for(img, box, landmarks, roi)
+        crops = self.crops_for(img, box, landmarks, roi, crop)
         t1 = time.perf_counter()
         if not crops:
             raise ReconstructionError("no face found in the image")

@@ -4,10 +4,10 @@
     for fr in iter_video("clip.mp4", FaceReconstructor(), smoothing=OneEuroSettings()):
         fr.index, fr.time_s, fr.face              # face: FaceResult or None (no face in that frame)
 
-Frames are decoded one at a time (bounded memory). Tracking: frame t is cropped from frame t-1's 68 landmarks
-(``rec(image, landmarks=...)``); the detector runs (``rec(image)``) when there is no previous face, when the tracked
-result's confidence drops below ``min_confidence``, when its landmarks leave the image, or every
-``redetect_every`` processed frames (0 = never forced).
+Frames are decoded one at a time (bounded memory). Tracking: frame t's crop follows frame t-1's 68 landmarks,
+anchored to the last detection (``rec(image, crop=...)``, see ``tracking_crop``); the detector runs (``rec(image)``)
+when there is no previous face, when the tracked result's confidence drops below ``min_confidence``, when its
+landmarks leave the image, or every ``redetect_every`` processed frames (0 = never forced).
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from .result import FaceResult
+from .crop import crop_from_landmarks
+from .result import CropTransform, FaceResult
 from .smoothing import OneEuroFilter, OneEuroSettings
 
 __all__ = ["VideoError", "VideoInfo", "VideoFrame", "video_info", "iter_video", "OneEuroSettings"]
@@ -106,6 +107,24 @@ def _closest(faces: list[FaceResult], prev: np.ndarray | None) -> FaceResult:
     return min(faces, key=lambda f: float(np.linalg.norm(np.asarray(f.landmarks)[:, :2].mean(0) - c)))
 
 
+def crop_anchor(face: FaceResult) -> tuple[float, np.ndarray]:
+    """How a detection's crop sits relative to the landmark crop (``crop_from_landmarks``) of its own prediction:
+    (size ratio, centre offset in units of the landmark crop's side)."""
+    lc = crop_from_landmarks(face.landmarks)
+    return face.crop.size / lc.size, (np.asarray(face.crop.center) - np.asarray(lc.center)) / lc.size
+
+
+def tracking_crop(landmarks: np.ndarray, anchor: tuple[float, np.ndarray]) -> CropTransform:
+    """The crop for the next frame: the landmark crop of ``landmarks`` (image pixels) moved and scaled by the last
+    detection's ``anchor`` (crop_anchor). On a still face this is the detection's crop again, so the network sees the
+    same input and the track cannot drift. Without the anchor, re-deriving each crop from the previous prediction
+    feeds the prediction's bias back: a still real photo re-cropped so for 11 frames went from 6.6 % to 8.5 % mean
+    NME over the 16 AFLW2000-3D images, one face to 25 %."""
+    lc = crop_from_landmarks(landmarks)
+    ratio, offset = anchor
+    return CropTransform(tuple((np.asarray(lc.center) + offset * lc.size).tolist()), lc.size * ratio, lc.resolution)
+
+
 def _call(rec: Callable, image: np.ndarray, **kw) -> list[FaceResult]:
     """rec(...) with 'no face' (ReconstructionError or an empty list) mapped to []."""
     from .reconstruct import ReconstructionError
@@ -120,8 +139,8 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
                min_confidence: float = 0.3) -> Iterator[VideoFrame]:
     """Stream frames ``start, start+step, ... < end`` (``end`` None = to the end) through ``rec`` with tracking.
 
-    ``rec(image_rgb_uint8, box=None, landmarks=None) -> list[FaceResult]`` (FaceReconstructor). ``smoothing``: One Euro
-    settings applied over time to the landmarks and the vertices (new FaceResult via dataclasses.replace); the
+    ``rec(image_rgb_uint8, crop=None) -> list[FaceResult]`` (FaceReconstructor; it detects without ``crop``).
+    ``smoothing``: One Euro settings applied over time to the landmarks and the vertices (new FaceResult via dataclasses.replace); the
     filter restarts after a frame without a face. Tracking uses the unsmoothed landmarks."""
     if step < 1:
         raise ValueError("step must be >= 1")
@@ -139,6 +158,7 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
                 return
             idx += 1
         prev: np.ndarray | None = None
+        anchor = None
         since_detect = 0
         first = True
         while end is None or idx < end:
@@ -162,7 +182,7 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
             face = None
             tracked = prev is not None and not (redetect_every > 0 and since_detect >= redetect_every)
             if tracked:
-                faces = _call(rec, img, landmarks=prev)
+                faces = _call(rec, img, crop=tracking_crop(prev, anchor))
                 if faces:
                     f = faces[0]
                     lms = np.asarray(f.landmarks)
@@ -175,6 +195,7 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
                     lms = np.asarray(f.landmarks)
                     if np.all(np.isfinite(lms)):
                         face = f
+                        anchor = crop_anchor(f)
                 since_detect = 0
             else:
                 since_detect += 1
