@@ -173,6 +173,7 @@ def test_crop_uncrop_round_trip():
     c = crop_from_box((0, 0, 100, 100))
     assert c.center == (50.0, 64.0) and c.size == 158.0
     assert crop_from_landmarks(np.array([[0, 0], [100, 100.0]])).size == 160.0
+    assert crop_from_landmarks(np.full((68, 2), 40.0)).size == 1.0       # no box: a 1 px crop, never a 0 px one
 
 
 def test_warp_places_pixels_by_transform():

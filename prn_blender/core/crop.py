@@ -17,11 +17,12 @@ def crop_from_box(box, shift: float = BOX_CENTER_SHIFT, scale: float = BOX_CROP_
 
 
 def crop_from_landmarks(pts: np.ndarray, scale: float = KPT_CROP_SCALE) -> CropTransform:
-    """(K,2+) landmarks in image pixels -> crop of side scale * mean box side, centred on their box."""
+    """(K,2+) landmarks in image pixels -> crop of side scale * mean box side (at least 1 pixel), centred on their
+    box."""
     p = np.asarray(pts)[:, :2]
     lo, hi = p.min(0), p.max(0)
     old = ((hi - lo).sum()) / 2
-    return CropTransform(center=tuple(((lo + hi) / 2).tolist()), size=float(int(old * scale)),
+    return CropTransform(center=tuple(((lo + hi) / 2).tolist()), size=float(max(int(old * scale), 1)),
                          resolution=RESOLUTION)
 
 

@@ -172,9 +172,9 @@ class FaceReconstructor:
         batch = np.stack([warp(img, v) for v in views])
         t2 = time.perf_counter()
         if self.predictor.options.flip:
-            n = len(views)
+            nv = len(views)
             both = self.predictor(np.concatenate([batch, batch[:, :, ::-1]]))
-            pos_crop = [self._merge_flip(a, b) for a, b in zip(both[:n], both[n:])]
+            pos_crop = [self._merge_flip(a, b) for a, b in zip(both[:nv], both[nv:])]
         else:
             pos_crop = list(self.predictor(batch))
         t3 = time.perf_counter()

@@ -111,8 +111,7 @@ def crop_anchor(face: FaceResult) -> tuple[float, np.ndarray]:
     """How a detection's crop sits relative to the landmark crop (``crop_from_landmarks``) of its own prediction:
     (size ratio, centre offset in units of the landmark crop's side)."""
     lc = crop_from_landmarks(face.landmarks)
-    side = max(lc.size, 1.0)                  # landmarks within one pixel have no box: measure against 1 px
-    return face.crop.size / side, (np.asarray(face.crop.center) - np.asarray(lc.center)) / side
+    return face.crop.size / lc.size, (np.asarray(face.crop.center) - np.asarray(lc.center)) / lc.size
 
 
 def tracking_crop(landmarks: np.ndarray, anchor: tuple[float, np.ndarray]) -> CropTransform:
@@ -123,8 +122,7 @@ def tracking_crop(landmarks: np.ndarray, anchor: tuple[float, np.ndarray]) -> Cr
     NME over the 16 AFLW2000-3D images, one face to 25 %."""
     lc = crop_from_landmarks(landmarks)
     ratio, offset = anchor
-    side = max(lc.size, 1.0)
-    return CropTransform(tuple((np.asarray(lc.center) + offset * side).tolist()), side * ratio, lc.resolution)
+    return CropTransform(tuple((np.asarray(lc.center) + offset * lc.size).tolist()), lc.size * ratio, lc.resolution)
 
 
 def _call(rec: Callable, image: np.ndarray, **kw) -> list[FaceResult]:
