@@ -6,7 +6,8 @@
   channels_last, as train.py runs it, vs NCHW.
 * end-to-end image -> FaceResult with the shipped weights, split by stage.
 * synthetic data engine throughput (samples/s) when ../shared is present.
-Run: ``.venv/bin/python benchmarks/bench_core.py [--device cpu|cuda] [--reps N]``.
+Run: ``.venv/bin/python benchmarks/bench_core.py [--device cpu|cuda] [--reps N] [--only net,e2e,data,video]
+[--data-batch 16,256]``.
 """
 from __future__ import annotations
 
@@ -90,12 +91,15 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--image", help="photo for the end-to-end split (default: scikit-image astronaut)")
+    ap.add_argument("--only", default="net,e2e,data,video", help="comma-separated sections to run")
+    ap.add_argument("--data-batch", default="16", help="comma-separated batch sizes for the training data path")
     a = ap.parse_args()
+    only = set(a.only.split(","))
     dev = torch.device(a.device)
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     from prn_blender.core.weights import DEFAULT_WEIGHTS, read_metadata
     shipped_w = int(read_metadata(DEFAULT_WEIGHTS)["width"]) if DEFAULT_WEIGHTS.exists() else 8
-    for width in sorted({16, shipped_w}, reverse=True):
+    for width in sorted({16, shipped_w}, reverse=True) if "net" in only else ():
         print(f"\nResFCN256 width {width}: ms/image (naive fp32 NCHW eager | optimized) and speed-up")
         for b, tn, to, r in bench_net(width, dev, a.reps):
             print(f"  batch {b}: naive {tn:7.1f} ms/img ({1e3 / tn:6.1f} img/s) | optimized {to:7.1f} ms/img "
@@ -103,7 +107,7 @@ def main():
         tn, tc = bench_train_step(width, dev, a.reps)
         print(f"  training step, batch 8: NCHW {tn:7.1f} ms | channels_last (train.py) {tc:7.1f} ms "
               f"({8e3 / tc:5.1f} img/s) | x{tn / tc:.2f}")
-    if DEFAULT_WEIGHTS.exists():
+    if DEFAULT_WEIGHTS.exists() and "e2e" in only:
         from prn_blender.core.constants import MULTI_SCALE, VIDEO_SCALES
         from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
         if a.image:
@@ -126,7 +130,7 @@ def main():
         one, multi = totals.values()
         print(f"  multi-scale / one scale: x{multi / one:.2f} time")
     from prn_blender.core.paths import shared_dir
-    if shared_dir(required=False):
+    if shared_dir(required=False) and "data" in only:
         from prn_blender.synth.ict import load_ict
         from prn_blender.synth.render import FaceRenderer
         from prn_blender.synth.sampler import sample_params
@@ -142,25 +146,27 @@ def main():
             t = timeit(lambda: (r.render(p), sync()), 3)
             print(f"\ndata engine render ({label}, {r.n_points:,} points), batch {B}: {B / t:.1f} samples/s in "
                   f"chunks of 4 vs {B / t_one:.1f} as one batch (x{t_one / t:.2f}); {t * 1e3 / B:.1f} ms/sample")
-        stream = SyntheticStream(B, seed=0, device=dev)     # render + paper augmentation + occlusion + degradation
-        t = timeit(lambda: (next(stream), sync()), 3)
-        print(f"training data path (SyntheticStream, every batch freshly rendered), batch {B}: {B / t:.1f} samples/s")
-        if DEFAULT_WEIGHTS.exists():
-            import tempfile
-            from prn_blender.core.constants import VIDEO_SCALES
-            from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
-            from prn_blender.core.smoothing import OneEuroSettings
-            from prn_blender.core.video import iter_video
-            from prn_blender.synth.clip import make_synthetic_clip
-            rec = FaceReconstructor(device=a.device, options=InferenceOptions(scales=VIDEO_SCALES))
-            with tempfile.TemporaryDirectory() as d:
-                path, gt = make_synthetic_clip(Path(d) / "clip.avi", n_frames=24, seed=0)
-                for label, sm in (("raw", None), ("one-euro", OneEuroSettings())):
-                    t = time.perf_counter()
-                    n = sum(1 for _ in iter_video(path, rec, smoothing=sm))
-                    dt = time.perf_counter() - t
-                    print(f"video end-to-end ({label}, tracking, textures): {n / dt:.2f} fps "
-                          f"({dt * 1e3 / n:.0f} ms/frame, {n} frames 256x256)")
+        for B in map(int, a.data_batch.split(",")):   # render + augmentation + occlusion + degradation
+            stream = SyntheticStream(B, seed=0, device=dev)
+            t = timeit(lambda: (next(stream), sync()), 3)
+            print(f"training data path (SyntheticStream, every batch freshly rendered), batch {B}: "
+                  f"{B / t:.1f} samples/s")
+    if shared_dir(required=False) and "video" in only and DEFAULT_WEIGHTS.exists():
+        import tempfile
+        from prn_blender.core.constants import VIDEO_SCALES
+        from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
+        from prn_blender.core.smoothing import OneEuroSettings
+        from prn_blender.core.video import iter_video
+        from prn_blender.synth.clip import make_synthetic_clip
+        rec = FaceReconstructor(device=a.device, options=InferenceOptions(scales=VIDEO_SCALES))
+        with tempfile.TemporaryDirectory() as d:
+            path, gt = make_synthetic_clip(Path(d) / "clip.avi", n_frames=24, seed=0)
+            for label, sm in (("raw", None), ("one-euro", OneEuroSettings())):
+                t = time.perf_counter()
+                n = sum(1 for _ in iter_video(path, rec, smoothing=sm))
+                dt = time.perf_counter() - t
+                print(f"video end-to-end ({label}, tracking, textures): {n / dt:.2f} fps "
+                      f"({dt * 1e3 / n:.0f} ms/frame, {n} frames 256x256)")
 
 
 if __name__ == "__main__":

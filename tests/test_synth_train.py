@@ -205,6 +205,33 @@ def test_render_is_deterministic(engine):
     assert torch.equal(outs[0].image, outs[1].image) and torch.equal(outs[0].pos, outs[1].pos)
 
 
+def test_training_batches_are_made_on_the_data_device(shared):
+    """On a GPU the training stream must render, augment and degrade on the GPU: every tensor the data path
+    creates is placed on the data's device (scene parameters explicitly on the CPU), and image randomness comes
+    from the stream's image generator. Checked without a GPU by making 'meta' the default device: a factory call
+    that names no device would make a meta tensor, and mixing it with the CPU data raises. With the image
+    generator split off (as on CUDA) the scenes stay the same, the images change, and the scene generator draws
+    nothing else. (Draws from a generator are placed on its device by sampler._rand & co.)"""
+    from prn_blender.train.data import SyntheticStream
+    a, b = (SyntheticStream(2, seed=4) for _ in range(2))
+    b.gi = torch.Generator().manual_seed(123)
+    torch.set_default_device("meta")
+    try:
+        (img_a, pos_a), (img_b, pos_b) = next(a), next(b)
+        rendered = a._cache, b._cache
+        next(a), next(b)                                   # and a second, fresh batch
+    finally:
+        torch.set_default_device(None)
+    assert img_a.device.type == pos_a.device.type == img_b.device.type == "cpu" and torch.isfinite(img_a).all()
+    assert torch.equal(rendered[0].pos, rendered[1].pos)                     # same scenes (CPU generator)
+    assert not torch.equal(rendered[0].background, rendered[1].background)   # images from the image generator
+    assert not torch.equal(img_a, img_b) and not torch.equal(pos_a, pos_b)  # and so is the augmentation
+    c = SyntheticStream(2, seed=4)
+    c.gi = torch.Generator().manual_seed(123)
+    c.render(), c.render()
+    assert torch.equal(b.g.get_state(), c.g.get_state())     # the scene generator drew the scenes and nothing else
+
+
 def _train(out, *extra):
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--out", str(out), "--width", "2", "--batch", "2",
            "--steps", "2", "--save-every", "1", "--threads", "1", "--no-progress", *extra]
@@ -262,6 +289,18 @@ def test_training_deterministic_and_resumable(tmp_path):
     assert any(not torch.equal(v, avg.state_dict()[k]) for k, v in ft.state_dict().items())   # it trained
 
 
+def test_max_time_stops_and_saves(tmp_path):
+    """--max-time: the run stops at the first step that ends past the limit, well before --steps, with the
+    checkpoint, the weights and a snapshot of that step written (a time-boxed GPU lease keeps what it trained)."""
+    log = _train(tmp_path / "t", "--steps", "1000", "--max-time", "0.001", "--keep-every", "1000",
+                 "--save-every", "500")
+    assert [r["step"] for r in log] == [1]
+    from prn_blender.core.weights import load_model
+    assert load_model(tmp_path / "t/weights.safetensors")[2]["meta"]["steps"] == 1
+    assert [p.name for p in (tmp_path / "t/snapshots").iterdir()] == ["weights_000001.safetensors"]
+    assert torch.load(tmp_path / "t/checkpoint.pt", weights_only=False)["step"] == 1
+
+
 def test_warmup_ramps_the_learning_rate(tmp_path):
     """--warmup N: lr/N, 2 lr/N, ... lr over the first N steps, then the schedule; recorded in the weights."""
     log = _train(tmp_path / "w", "--steps", "4", "--lr", "0.001", "--warmup", "3")
@@ -279,3 +318,23 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert log[-1]["samples"] == 8          # 2 steps x batch 2 x world 2
+
+
+@pytest.mark.slow
+def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
+    """tools/gpu_train.sh is the one prepared call for a time-boxed GPU lease: its glue (widen, time-boxed
+    training, averaging of the second half's snapshots, BN recalibration, parts of at most 15 MB) runs here on the
+    CPU, and the parts reassemble into the averaged width-16 candidate."""
+    env = {**os.environ, "DEVICE": "cpu", "BATCH": "2", "TRAIN_S": "3", "KEEP": "1", "BENCH": "0",
+           "BN_BATCHES": "1", "PY": sys.executable, "OUT": str(tmp_path / "out"), "PRN_BLENDER_SHARED": str(shared)}
+    subprocess.run(["bash", os.path.join(REPO, "tools/gpu_train.sh")], check=True, env=env, cwd=REPO,
+                   capture_output=True, timeout=900)
+    parts = sorted((tmp_path / "out").glob("cand.part-*"))
+    assert len(parts) >= 2 and all(p.stat().st_size <= 15 * 2 ** 20 for p in parts)
+    (tmp_path / "cand.safetensors").write_bytes(b"".join(p.read_bytes() for p in parts))
+    from prn_blender.core.weights import load_model
+    model, _, md = load_model(tmp_path / "cand.safetensors")
+    steps = [json.loads(x)["step"] for x in (tmp_path / "out/train_log.jsonl").read_text().splitlines()]
+    assert model.width == 16 and md["meta"]["steps"] == steps[-1] >= 2
+    assert md["meta"]["averaged"].startswith("mean of") and md["meta"]["parent"]["widened"]
+    assert "averaging the snapshots" in (tmp_path / "out/session.log").read_text()

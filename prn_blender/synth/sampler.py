@@ -27,60 +27,62 @@ HAIR = torch.tensor([[0.05, 0.04, 0.03], [0.15, 0.10, 0.06], [0.30, 0.20, 0.12],
 
 
 def sample_params(B: int, names: tuple, g: torch.Generator, device="cpu", max_yaw: float = 90.0,
-                  id_scale: float = 1.0) -> dict:
-    """Draw B scene parameter sets (see FaceRenderer.render) with generator ``g`` (CPU generator)."""
-    def U(*shape, lo=0.0, hi=1.0):
-        return torch.rand(*shape, generator=g) * (hi - lo) + lo
+                  id_scale: float = 1.0, image_g: torch.Generator | None = None) -> dict:
+    """Draw B scene parameter sets (see FaceRenderer.render) with the CPU generator ``g``; the background image
+    with ``image_g`` (default ``g``), whose device it is drawn on (a CUDA generator keeps it on the GPU)."""
+    with torch.device("cpu"):   # the scene parameters are small: drawn on the CPU, whatever the default device
+        def U(*shape, lo=0.0, hi=1.0):
+            return torch.rand(*shape, generator=g) * (hi - lo) + lo
 
-    def N(*shape):
-        return torch.randn(*shape, generator=g)
+        def N(*shape):
+            return torch.randn(*shape, generator=g)
 
-    idx = {n: i for i, n in enumerate(names)}
-    ex = torch.zeros(B, len(names))
-    for name, prob in _COMMON.items():
-        on = U(B) < prob
-        w = U(B) ** 0.7
-        ex[on, idx[name]] = w[on]
-        if name.endswith("_L"):
-            other = idx[name[:-2] + "_R"]
-            sym = U(B) < 0.75
-            ex[on & sym, other] = (w * U(B, lo=0.8, hi=1.0))[on & sym]
-            solo = (U(B) < prob * 0.3) & ~on
-            ex[solo, other] = U(B)[solo]
-    # small random background activation of everything
-    ex += (U(B, len(names)) < 0.05) * U(B, len(names)) * 0.3
-    ex = ex.clamp(0, 1)
-    # pose: half uniform over the full yaw range, half concentrated near frontal
-    yaw_u = U(B, lo=-max_yaw, hi=max_yaw)
-    yaw_n = (N(B) * 25).clamp(-max_yaw, max_yaw)
-    yaw = torch.where(U(B) < 0.4, yaw_u, yaw_n)
-    pitch = (N(B) * 14 - 3).clamp(-50, 45)
-    roll = (N(B) * 8).clamp(-30, 30)
-    persp = torch.where(U(B) < 0.6, U(B, lo=40, hi=250), torch.full((B,), math.inf))
-    skin = SKIN_TONES[torch.randint(len(SKIN_TONES), (B,), generator=g)] * U(B, 1, lo=0.85, hi=1.1) \
-        * (1 + 0.06 * N(B, 3))
-    hair = HAIR[torch.randint(len(HAIR), (B,), generator=g)] * U(B, 1, lo=0.8, hi=1.2)
-    light_dir = torch.stack([N(B) * 0.8, N(B) * 0.6 + 0.3, U(B, lo=0.2, hi=1.5)], -1)
-    warm = U(B, 3, lo=0.85, hi=1.15)
-    p = dict(
-        identity=N(B, 100) * id_scale, expression=ex,
-        yaw=yaw * math.pi / 180, pitch=pitch * math.pi / 180, roll=roll * math.pi / 180, persp_dist=persp,
-        skin=skin.clamp(0.05, 1), hair=hair.clamp(0, 1), noise_w=N(B, 8),
-        lip_tint=torch.stack([U(B, lo=0.85, hi=1.05), U(B, lo=0.6, hi=0.85), U(B, lo=0.6, hi=0.9)], -1),
-        brow_strength=U(B, lo=0.45, hi=0.95), brow_col=(hair * U(B, 1, lo=0.35, hi=1.0)).clamp(0, 1),
-        lash=U(B, lo=0.3, hi=0.9), sclera=U(B, 1, lo=0.55, hi=0.9) * U(B, 3, lo=0.92, hi=1.0),
-        occlusion=U(B, lo=0.3, hi=0.9),
-        beard=torch.where(U(B) < 0.2, U(B, lo=0.1, hi=0.5), torch.zeros(B)),
-        hair_idx=torch.where(U(B) < 0.9, torch.randint(4, (B,), generator=g), torch.full((B,), 4)),
-        mouth_col=torch.stack([U(B, lo=0.35, hi=0.6), U(B, lo=0.1, hi=0.2), U(B, lo=0.1, hi=0.2)], -1),
-        teeth=U(B, 1, lo=0.7, hi=0.95) * torch.tensor([1.0, 0.97, 0.88]),
-        iris=torch.stack([U(B, lo=0.1, hi=0.5), U(B, lo=0.1, hi=0.4), U(B, lo=0.05, hi=0.4)], -1),
-        light_dir=light_dir, light_col=warm * U(B, 1, lo=0.4, hi=1.0),
-        ambient=U(B, 3, lo=0.9, hi=1.1) * U(B, 1, lo=0.25, hi=0.7),
-        specular=U(B, lo=0.0, hi=0.25), shininess=U(B, lo=5, hi=40),
-    )
-    p.update(sample_accessories(B, g))
-    p["background"] = random_background(B, g)
+        idx = {n: i for i, n in enumerate(names)}
+        ex = torch.zeros(B, len(names))
+        for name, prob in _COMMON.items():
+            on = U(B) < prob
+            w = U(B) ** 0.7
+            ex[on, idx[name]] = w[on]
+            if name.endswith("_L"):
+                other = idx[name[:-2] + "_R"]
+                sym = U(B) < 0.75
+                ex[on & sym, other] = (w * U(B, lo=0.8, hi=1.0))[on & sym]
+                solo = (U(B) < prob * 0.3) & ~on
+                ex[solo, other] = U(B)[solo]
+        # small random background activation of everything
+        ex += (U(B, len(names)) < 0.05) * U(B, len(names)) * 0.3
+        ex = ex.clamp(0, 1)
+        # pose: half uniform over the full yaw range, half concentrated near frontal
+        yaw_u = U(B, lo=-max_yaw, hi=max_yaw)
+        yaw_n = (N(B) * 25).clamp(-max_yaw, max_yaw)
+        yaw = torch.where(U(B) < 0.4, yaw_u, yaw_n)
+        pitch = (N(B) * 14 - 3).clamp(-50, 45)
+        roll = (N(B) * 8).clamp(-30, 30)
+        persp = torch.where(U(B) < 0.6, U(B, lo=40, hi=250), torch.full((B,), math.inf))
+        skin = SKIN_TONES[torch.randint(len(SKIN_TONES), (B,), generator=g)] * U(B, 1, lo=0.85, hi=1.1) \
+            * (1 + 0.06 * N(B, 3))
+        hair = HAIR[torch.randint(len(HAIR), (B,), generator=g)] * U(B, 1, lo=0.8, hi=1.2)
+        light_dir = torch.stack([N(B) * 0.8, N(B) * 0.6 + 0.3, U(B, lo=0.2, hi=1.5)], -1)
+        warm = U(B, 3, lo=0.85, hi=1.15)
+        p = dict(
+            identity=N(B, 100) * id_scale, expression=ex,
+            yaw=yaw * math.pi / 180, pitch=pitch * math.pi / 180, roll=roll * math.pi / 180, persp_dist=persp,
+            skin=skin.clamp(0.05, 1), hair=hair.clamp(0, 1), noise_w=N(B, 8),
+            lip_tint=torch.stack([U(B, lo=0.85, hi=1.05), U(B, lo=0.6, hi=0.85), U(B, lo=0.6, hi=0.9)], -1),
+            brow_strength=U(B, lo=0.45, hi=0.95), brow_col=(hair * U(B, 1, lo=0.35, hi=1.0)).clamp(0, 1),
+            lash=U(B, lo=0.3, hi=0.9), sclera=U(B, 1, lo=0.55, hi=0.9) * U(B, 3, lo=0.92, hi=1.0),
+            occlusion=U(B, lo=0.3, hi=0.9),
+            beard=torch.where(U(B) < 0.2, U(B, lo=0.1, hi=0.5), torch.zeros(B)),
+            hair_idx=torch.where(U(B) < 0.9, torch.randint(4, (B,), generator=g), torch.full((B,), 4)),
+            mouth_col=torch.stack([U(B, lo=0.35, hi=0.6), U(B, lo=0.1, hi=0.2), U(B, lo=0.1, hi=0.2)], -1),
+            teeth=U(B, 1, lo=0.7, hi=0.95) * torch.tensor([1.0, 0.97, 0.88]),
+            iris=torch.stack([U(B, lo=0.1, hi=0.5), U(B, lo=0.1, hi=0.4), U(B, lo=0.05, hi=0.4)], -1),
+            light_dir=light_dir, light_col=warm * U(B, 1, lo=0.4, hi=1.0),
+            ambient=U(B, 3, lo=0.9, hi=1.1) * U(B, 1, lo=0.25, hi=0.7),
+            specular=U(B, lo=0.0, hi=0.25), shininess=U(B, lo=5, hi=40),
+        )
+        p.update(sample_accessories(B, g))
+    p["background"] = random_background(B, image_g or g)
     return {k: v.to(device) for k, v in p.items()}
 
 
@@ -92,44 +94,59 @@ def sample_lighting(B: int, g: torch.Generator, device="cpu", prob: float = 0.6)
     level (the exposure), the others vary; c (B,8,3): one draw per sample, sd 0.5 (order 1) / 0.2 (order 2),
     tinted per channel by 1 +- 0.15. Drawn separately from ``sample_params`` so that the held-out synthetic
     benchmark (evaluate.run) keeps its fixed scene distribution."""
-    on = (torch.rand(B, 1, 1, generator=g) < prob).float()
-    scale = torch.tensor([0.5] * 3 + [0.2] * 5)[None, :, None]
-    c = torch.randn(B, 8, 1, generator=g) * (1 + 0.15 * torch.randn(B, 8, 3, generator=g)) * scale * on
+    with torch.device("cpu"):
+        on = (torch.rand(B, 1, 1, generator=g) < prob).float()
+        scale = torch.tensor([0.5] * 3 + [0.2] * 5)[None, :, None]
+        c = torch.randn(B, 8, 1, generator=g) * (1 + 0.15 * torch.randn(B, 8, 3, generator=g)) * scale * on
     return {"sh": c.to(device)}
 
 
+# Image-space randomness is drawn on the generator's device: with a CUDA generator the canvas-sized noise of the
+# image ops below (backgrounds, occluder textures, sensor noise) never crosses the bus; with a CPU generator the
+# draws are those of torch.rand/randn/randint(..., generator=g).
+def _rand(g: torch.Generator, *shape) -> torch.Tensor:
+    return torch.rand(*shape, generator=g, device=g.device)
+
+
+def _randn(g: torch.Generator, *shape) -> torch.Tensor:
+    return torch.randn(*shape, generator=g, device=g.device)
+
+
+def _randint(g: torch.Generator, *args) -> torch.Tensor:
+    return torch.randint(*args, generator=g, device=g.device)
+
+
 def _smooth_noise(B, C, res, g, out=RESOLUTION):
-    return F.interpolate(torch.rand(B, C, res, res, generator=g), size=(out, out), mode="bicubic",
-                         align_corners=False)
+    return F.interpolate(_rand(g, B, C, res, res), size=(out, out), mode="bicubic", align_corners=False)
 
 
 def random_background(B: int, g: torch.Generator) -> torch.Tensor:
     """(B,3,256,256) procedural backgrounds: smooth colour noise, gradients, stripes, blobs, a torso."""
     n = RESOLUTION
-    base = torch.rand(B, 3, 1, 1, generator=g)
-    res = int(torch.randint(2, 24, (1,), generator=g))
+    base = _rand(g, B, 3, 1, 1)
+    res = int(_randint(g, 2, 24, (1,)))
     bg = base * 0.6 + 0.4 * _smooth_noise(B, 3, res, g)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
-    ang = torch.rand(B, 1, 1, generator=g) * 6.283
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n, device=g.device), torch.linspace(-1, 1, n, device=g.device),
+                            indexing="ij")
+    ang = _rand(g, B, 1, 1) * 6.283
     grad = (xx * ang.cos() + yy * ang.sin())[:, None]
-    bg = bg * (1 + 0.3 * grad * torch.rand(B, 1, 1, 1, generator=g))
-    stripes = torch.sin(grad * torch.randint(3, 40, (B, 1, 1, 1), generator=g)).gt(0).float()
-    use = (torch.rand(B, 1, 1, 1, generator=g) < 0.2).float()
+    bg = bg * (1 + 0.3 * grad * _rand(g, B, 1, 1, 1))
+    stripes = torch.sin(grad * _randint(g, 3, 40, (B, 1, 1, 1))).gt(0).float()
+    use = (_rand(g, B, 1, 1, 1) < 0.2).float()
     bg = bg * (1 - 0.3 * use * stripes)
     # torso/clothing under the face
-    cx = (torch.rand(B, 1, 1, generator=g) - 0.5) * 0.4
-    torso = (((xx - cx) / (0.9 + 0.4 * torch.rand(B, 1, 1, generator=g))) ** 2
+    cx = (_rand(g, B, 1, 1) - 0.5) * 0.4
+    torso = (((xx - cx) / (0.9 + 0.4 * _rand(g, B, 1, 1))) ** 2
              + ((yy - 1.25) / 0.55) ** 2 < 1)[:, None].float()
-    torso = torso * (torch.rand(B, 1, 1, 1, generator=g) < 0.6)
-    cloth = torch.rand(B, 3, 1, 1, generator=g) * (0.7 + 0.3 * _smooth_noise(B, 1, 6, g))
+    torso = torso * (_rand(g, B, 1, 1, 1) < 0.6)
+    cloth = _rand(g, B, 3, 1, 1) * (0.7 + 0.3 * _smooth_noise(B, 1, 6, g))
     bg = bg * (1 - torso) + cloth * torso
     # high-frequency texture
-    bg = bg + 0.05 * (torch.rand(B, 1, n, n, generator=g) - 0.5) * torch.rand(B, 1, 1, 1, generator=g)
+    bg = bg + 0.05 * (_rand(g, B, 1, n, n) - 0.5) * _rand(g, B, 1, 1, 1)
     # half of them photo-like: most photo backgrounds are far less saturated and often darker than colour noise
-    photo = (torch.rand(B, 1, 1, 1, generator=g) < 0.5).float()
+    photo = (_rand(g, B, 1, 1, 1) < 0.5).float()
     gray = bg.mean(1, keepdim=True)
-    muted = (gray + (bg - gray) * torch.rand(B, 1, 1, 1, generator=g) * 0.6) \
-        * (torch.rand(B, 1, 1, 1, generator=g) * 0.9 + 0.1)
+    muted = (gray + (bg - gray) * _rand(g, B, 1, 1, 1) * 0.6) * (_rand(g, B, 1, 1, 1) * 0.9 + 0.1)
     return (photo * muted + (1 - photo) * bg).clamp(0, 1)
 
 
@@ -142,11 +159,10 @@ def distract(background: torch.Tensor, layer: torch.Tensor, g: torch.Generator, 
     B, _, n, _ = background.shape
     C = layer.shape[-1]
     dev = background.device
-    on = (torch.rand(B, generator=g) < prob).nonzero()[:, 0].to(dev)
-    z = torch.rand(B, generator=g) * 0.7 + 0.5
-    side = torch.where(torch.rand(B, generator=g) < 0.5, -1.0, 1.0)
-    off = torch.stack([side * (torch.rand(B, generator=g) * 0.5 + 0.45), (torch.rand(B, generator=g) * 2 - 1) * 0.3],
-                      -1) * n                                                      # (B,2) crop pixels
+    on = (_rand(g, B) < prob).nonzero()[:, 0].to(dev)
+    z = _rand(g, B) * 0.7 + 0.5
+    side = torch.where(_rand(g, B) < 0.5, -1.0, 1.0)
+    off = torch.stack([side * (_rand(g, B) * 0.5 + 0.45), (_rand(g, B) * 2 - 1) * 0.3], -1) * n  # (B,2) pixels
     if not len(on):
         return background
     # output crop pixel q samples the other head's canvas at (q - n/2 - off) / z about the canvas centre
@@ -164,10 +180,10 @@ def black_border(img: torch.Tensor, g: torch.Generator, prob: float = 0.2, max_f
     """Zero a band along one random side of the crop (image only), as the crop of a face near a photo's edge
     is padded (crop.warp fills outside the image with 0); the band may cut into the face."""
     B, _, n, _ = img.shape
-    on = torch.rand(B, generator=g) < prob
-    side = torch.randint(4, (B,), generator=g)                      # top, bottom, left, right
-    width = (torch.rand(B, generator=g) * max_frac * n).long()
-    yy, xx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    on = _rand(g, B) < prob
+    side = _randint(g, 4, (B,))                                     # top, bottom, left, right
+    width = (_rand(g, B) * max_frac * n).long()
+    yy, xx = torch.meshgrid(torch.arange(n, device=g.device), torch.arange(n, device=g.device), indexing="ij")
     edge = torch.stack([yy, n - 1 - yy, xx, n - 1 - xx])[side]      # (B,n,n) pixels from the chosen side
     m = ((edge < width[:, None, None]) & on[:, None, None])[:, None].to(img.device)
     return torch.where(m, torch.zeros_like(img), img)
@@ -176,19 +192,20 @@ def black_border(img: torch.Tensor, g: torch.Generator, prob: float = 0.2, max_f
 def occlude(img: torch.Tensor, g: torch.Generator, prob: float = 0.4) -> torch.Tensor:
     """The paper's synthetic occlusion: random ellipses/rectangles filled with a noise texture (image only)."""
     B, _, n, _ = img.shape
-    yy, xx = torch.meshgrid(torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32),
+    yy, xx = torch.meshgrid(torch.arange(n, dtype=torch.float32, device=g.device),
+                            torch.arange(n, dtype=torch.float32, device=g.device),
                             indexing="ij")
-    c = torch.rand(B, 2, generator=g) * n * 0.8 + n * 0.1
-    r = torch.rand(B, 2, generator=g) * n * 0.22 + n * 0.05
+    c = _rand(g, B, 2) * n * 0.8 + n * 0.1
+    r = _rand(g, B, 2) * n * 0.22 + n * 0.05
     dx, dy = xx - c[:, 0, None, None], yy - c[:, 1, None, None]
     rx, ry = r[:, 0, None, None], r[:, 1, None, None]
     ell = (dx / rx) ** 2 + (dy / ry) ** 2 < 1
     rect = (dx.abs() < rx) & (dy.abs() < ry)
-    shape = torch.where((torch.rand(B, 1, 1, generator=g) < 0.5), ell, rect)
-    on = (torch.rand(B, 1, 1, generator=g) < prob)
+    shape = torch.where((_rand(g, B, 1, 1) < 0.5), ell, rect)
+    on = (_rand(g, B, 1, 1) < prob)
     m = (shape & on)[:, None].to(device=img.device, dtype=img.dtype)
-    tex = torch.rand(B, 3, 1, 1, generator=g) * 0.7 + 0.3 * _smooth_noise(B, 3, 16, g, n) \
-        + 0.15 * (torch.rand(B, 1, n, n, generator=g) - 0.5)
+    tex = _rand(g, B, 3, 1, 1) * 0.7 + 0.3 * _smooth_noise(B, 3, 16, g, n) \
+        + 0.15 * (_rand(g, B, 1, n, n) - 0.5)
     return img * (1 - m) + tex.clamp(0, 1).to(img.device) * m.to(img.device)
 
 
@@ -203,7 +220,7 @@ def expose(layer: torch.Tensor, pos: torch.Tensor, g: torch.Generator, target=(0
     face = (pos.abs().sum(1, keepdim=True) > 0).to(layer.dtype)
     lum = (layer[:, :3, m:m + n, m:m + n].mean(1, keepdim=True) * face).sum((1, 2, 3)) \
         / face.sum((1, 2, 3)).clamp_min(1)
-    t = (torch.rand(B, generator=g) * (target[1] - target[0]) + target[0]).to(layer.device)
+    t = (_rand(g, B) * (target[1] - target[0]) + target[0]).to(layer.device)
     gain = (t / lum.clamp_min(1e-3)).clamp(0.5, 3.0)[:, None, None, None]
     return torch.cat([torch.minimum(layer[:, :3] * gain, layer[:, 3:]), layer[:, 3:]], 1)
 
@@ -219,8 +236,8 @@ def restyle(img: torch.Tensor, g: torch.Generator, p_sat: float = 0.5, p_sharp: 
     dev = img.device
 
     def U(lo, hi, p):          # (B,) U(lo, hi) with probability p, and the indices of the samples it is on for
-        on = torch.rand(B, generator=g) < p
-        return torch.rand(B, generator=g) * (hi - lo) + lo, on.nonzero()[:, 0].to(dev)
+        on = _rand(g, B) < p
+        return _rand(g, B) * (hi - lo) + lo, on.nonzero()[:, 0].to(dev)
 
     def where(x, idx, fn):     # fn on the samples idx of x only: on the others it would be identity work
         return x.index_copy(0, idx, fn(x[idx], idx)) if len(idx) else x
@@ -228,8 +245,8 @@ def restyle(img: torch.Tensor, g: torch.Generator, p_sat: float = 0.5, p_sharp: 
     sat, i_sat = U(0.3, 1.5, p_sat)
     amt, i_sharp = U(0.0, 1.5, p_sharp)
     alpha, i_conv = U(0.0, 1.0, p_conv)
-    k = int(torch.randint(3, (1,), generator=g)) * 2 + 1
-    w = (torch.randn(B, 3, 3, k, k, generator=g) / math.sqrt(3 * k * k)).to(dev)
+    k = int(_randint(g, 3, (1,))) * 2 + 1
+    w = (_randn(g, B, 3, 3, k, k) / math.sqrt(3 * k * k)).to(dev)
     sat, amt, alpha = (v.to(dev)[:, None, None, None] for v in (sat, amt, alpha))
 
     def randconv(x, idx):
@@ -255,21 +272,21 @@ def degrade(img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     B, _, n, _ = img.shape
     dev = img.device
     out = img
-    low = torch.rand(B, generator=g) < 0.5
+    low = _rand(g, B) < 0.5
     if low.any():
-        f = float(torch.rand(1, generator=g) * 0.6 + 0.25)
+        f = float(_rand(g, 1) * 0.6 + 0.25)
         m = int(n * f)
         small = F.interpolate(out[low], size=(m, m), mode="area")
         out = out.clone()
         out[low] = F.interpolate(small, size=(n, n), mode="bilinear", align_corners=False)
-    gamma = (torch.rand(B, 1, 1, 1, generator=g) * 0.8 + 0.7).to(dev)
+    gamma = (_rand(g, B, 1, 1, 1) * 0.8 + 0.7).to(dev)
     out = out.clamp(1e-4, 1) ** gamma
-    contrast = (torch.rand(B, 1, 1, 1, generator=g) * 0.6 + 0.7).to(dev)
-    out = (out - 0.5) * contrast + 0.5 + ((torch.rand(B, 1, 1, 1, generator=g) - 0.5) * 0.3).to(dev)
-    gray = (torch.rand(B, 1, 1, 1, generator=g) < 0.08).to(dev)
+    contrast = (_rand(g, B, 1, 1, 1) * 0.6 + 0.7).to(dev)
+    out = (out - 0.5) * contrast + 0.5 + ((_rand(g, B, 1, 1, 1) - 0.5) * 0.3).to(dev)
+    gray = (_rand(g, B, 1, 1, 1) < 0.08).to(dev)
     out = torch.where(gray, out.mean(1, keepdim=True).expand_as(out), out)
-    sigma = (torch.rand(B, 1, 1, 1, generator=g) ** 2 * 0.05).to(dev)
-    out = out + sigma * torch.randn(out.shape, generator=g).to(dev)
+    sigma = (_rand(g, B, 1, 1, 1) ** 2 * 0.05).to(dev)
+    out = out + sigma * _randn(g, out.shape).to(dev)
     return out.clamp(0, 1)
 
 
@@ -287,9 +304,9 @@ def augment(img: torch.Tensor, pos: torch.Tensor, g: torch.Generator, rot_deg=45
     never replicated-edge streaks. ``img`` is then unused."""
     B, _, n, _ = img.shape
     dev = img.device
-    a = ((torch.rand(B, generator=g) * 2 - 1) * rot_deg * math.pi / 180).to(dev)
-    s = (torch.rand(B, generator=g) * (scale[1] - scale[0]) + scale[0]).to(dev)
-    t = ((torch.rand(B, 2, generator=g) * 2 - 1) * trans * n).to(dev)
+    a = ((_rand(g, B) * 2 - 1) * rot_deg * math.pi / 180).to(dev)
+    s = (_rand(g, B) * (scale[1] - scale[0]) + scale[0]).to(dev)
+    t = ((_rand(g, B, 2) * 2 - 1) * trans * n).to(dev)
     c = n / 2
     # forward map (crop pixels): p' = s R (p - c) + c + t
     cos, sin = a.cos(), a.sin()
@@ -303,13 +320,13 @@ def augment(img: torch.Tensor, pos: torch.Tensor, g: torch.Generator, rot_deg=45
     else:   # same centre, larger canvas: normalized coordinates scale by n / C
         warped = F.grid_sample(layer, grid * (n / layer.shape[-1]), mode="bilinear", padding_mode="zeros",
                                align_corners=False)
-        mirror = (torch.rand(B, 1, 1, 1, generator=g) < 0.5).to(dev)
+        mirror = (_rand(g, B, 1, 1, 1) < 0.5).to(dev)
         bg = torch.where(mirror, background.flip(-1), background)
         img2 = warped[:, :3] + (1 - warped[:, 3:]) * bg
     mask = (pos.abs().sum(1, keepdim=True) > 0).to(pos.dtype)
     xy = pos[:, :2] + 0.5 - c   # pixel centres at integer+0.5 in the continuous frame used by grid_sample
     xy2 = torch.einsum("bij,bjhw->bihw", A, xy) + c - 0.5 + t[..., None, None]
     pos2 = torch.cat([xy2, pos[:, 2:] * s[:, None, None, None]], 1) * mask
-    gain = torch.rand(B, 1, 1, 1, generator=g) * (color[1] - color[0]) + color[0]
-    cs = (gain * (1 + (torch.rand(B, 3, 1, 1, generator=g) * 2 - 1) * channel)).clamp(*color).to(dev)
+    gain = _rand(g, B, 1, 1, 1) * (color[1] - color[0]) + color[0]
+    cs = (gain * (1 + (_rand(g, B, 3, 1, 1) * 2 - 1) * channel)).clamp(*color).to(dev)
     return (img2 * cs).clamp(0, 1).contiguous(), pos2.contiguous()

@@ -23,13 +23,17 @@ class SyntheticStream:
         self.ict = load_ict(shared=shared)
         self.renderer = FaceRenderer(self.ict, device=device, density=density)
         self.batch, self.reuse, self.max_yaw, self.augment_on = batch, reuse, max_yaw, augment_on
-        self.g = torch.Generator().manual_seed(seed * 1000 + rank)
+        self.g = torch.Generator().manual_seed(seed * 1000 + rank)     # scene parameters (small, CPU)
+        # image-space randomness (backgrounds, augmentation, occluders, noise) on the data's device; on the CPU
+        # the one generator serves both, so a seed's batches do not depend on this split
+        dev = torch.device(device)
+        self.gi = self.g if dev.type == "cpu" else torch.Generator(dev).manual_seed(seed * 1000 + rank)
         self.device = device
         self._cache, self._left = None, 0
 
     def render(self, n: int | None = None):
         B = n or self.batch
-        p = sample_params(B, self.ict.expression_names, self.g, self.device, self.max_yaw)
+        p = sample_params(B, self.ict.expression_names, self.g, self.device, self.max_yaw, image_g=self.gi)
         p.update(sample_lighting(B, self.g, self.device),
                  yaw_aware=torch.ones(B, dtype=torch.bool, device=self.device))
         return self.renderer.render(p)
@@ -45,6 +49,7 @@ class SyntheticStream:
         b = self._cache
         if not self.augment_on:
             return b.image, b.pos
-        layer = expose(b.layer, b.pos, self.g)
-        img, pos = augment(b.image, b.pos, self.g, layer=layer, background=distract(b.background, layer, self.g))
-        return degrade(restyle(occlude(black_border(img, self.g), self.g), self.g), self.g), pos
+        g = self.gi
+        layer = expose(b.layer, b.pos, g)
+        img, pos = augment(b.image, b.pos, g, layer=layer, background=distract(b.background, layer, g))
+        return degrade(restyle(occlude(black_border(img, g), g), g), g), pos

@@ -64,6 +64,10 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="output folder (checkpoint, log, weights)")
     ap.add_argument("--width", type=int, default=16, help="base channels: 16 = full PRN, 8 = half, 4 = quarter")
     ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--max-time", type=float, default=0,
+                    help="also stop once this run's training has taken this many seconds (this invocation, "
+                         "setup excluded), saving the weights and a snapshot of that step; for time-boxed machines. "
+                         "0 = off")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="region weights (+ lr)")
     ap.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
@@ -106,6 +110,8 @@ def main(argv=None) -> int:
         rank, world = 0, 1
     if a.threads:
         torch.set_num_threads(a.threads)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True       # fixed input shapes: pick the fastest convolution kernels
     torch.manual_seed(a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,6 +172,7 @@ def main(argv=None) -> int:
               f"world {world}; preset {a.preset} lr {lr}", flush=True)
     model.train()
     t_data = t_net = 0.0
+    t_run = time.time()
     while step < a.steps:
         t0 = time.time()
         img, pos = next(data)
@@ -194,6 +201,11 @@ def main(argv=None) -> int:
         t2 = time.time()
         t_data += t1 - t0
         t_net += t2 - t1
+        last = step == a.steps or bool(a.max_time and time.time() - t_run >= a.max_time)
+        if ddp and a.max_time:        # every rank stops at the same step
+            flag = torch.tensor([float(last)], device=dev)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            last = bool(flag.item())
         if rank == 0:
             rec = {"step": step, "loss": loss.item(), "lr": cur_lr, "samples": samples,
                    "elapsed": round(time.time() - t_start, 2), "data_s": round(t1 - t0, 4), "net_s": round(t2 - t1, 4)}
@@ -201,7 +213,7 @@ def main(argv=None) -> int:
             if bar:
                 bar.set_postfix(loss=f"{rec['loss']:.5f}", lr=f"{cur_lr:.1e}")
                 bar.update(1)
-            if step % a.save_every == 0 or step == a.steps:
+            if step % a.save_every == 0 or last:
                 log.flush()
                 tmp = ck.with_suffix(".tmp")
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
@@ -215,8 +227,10 @@ def main(argv=None) -> int:
                         "lr": lr, **({"warmup": a.warmup} if a.warmup else {}), "device": str(dev), "amp": amp,
                         "wall_time_s": round(time.time() - t_start, 1), **({"parent": parent} if parent else {})}
                 save_weights(model, out / "weights.safetensors", LAYOUT_NAME, meta)
-                if a.keep_every and step % a.keep_every == 0:
+                if a.keep_every and (step % a.keep_every == 0 or last):
                     shutil.copyfile(out / "weights.safetensors", out / "snapshots" / f"weights_{step:06d}.safetensors")
+        if last:
+            break
     if bar:
         bar.close()
     if rank == 0:

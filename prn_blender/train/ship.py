@@ -123,6 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--average-from", type=int,
                     help="ship the mean of the run's snapshots from this step to the run's last step instead of "
                          "the last weights (BatchNorm is then always recalibrated)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where the BatchNorm recalibration batches are rendered and run")
     ap.add_argument("--out-weights", help="write here instead of the shipped default (for trying a checkpoint)")
     ap.add_argument("--card-only", action="store_true",
                     help="keep the shipped weights as they are (the ones just evaluated); rewrite card and curve")
@@ -147,9 +149,9 @@ def main(argv=None) -> int:
     if a.bn_batches and not a.card_only:
         from .data import SyntheticStream
         from .loop import recalibrate_bn
-        stream = SyntheticStream(16, seed=424242, shared=a.shared)
-        recalibrate_bn(model, (next(stream)[0] for _ in range(a.bn_batches)))
-        model.eval()
+        stream = SyntheticStream(16, seed=424242, shared=a.shared, device=a.device)
+        recalibrate_bn(model.to(a.device), (next(stream)[0] for _ in range(a.bn_batches)))
+        model.cpu().eval()
         meta["bn_recalibrated_batches"] = a.bn_batches
     meta.update({"hardware": a.hardware, "shipped_from": run.name})
     if a.out_weights:
