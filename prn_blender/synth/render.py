@@ -277,41 +277,40 @@ class FaceRenderer:
                      kpt=kpt, visibility=vis.view(B, RESOLUTION, RESOLUTION), pose=pose)
 
     def _splat(self, pts, col, keep, B):
-        """z-buffer splat of (B,M,3) canvas-pixel points with colours (B,M,3), each on its 2x2 nearest pixels.
-        Returns image (B,3,C,C) and zbuf (B,C,C) (-inf where empty), C = RESOLUTION + 2 CANVAS_MARGIN."""
+        """z-buffer splat of (B,M,3) canvas-pixel points with colours (B,M,3), each on its 2x2 nearest pixels;
+        only the points with ``keep`` (B,M) are drawn. Returns image (B,3,C,C) and zbuf (B,C,C) (-inf where
+        empty), C = RESOLUTION + 2 CANVAS_MARGIN."""
         n = RESOLUTION + 2 * CANVAS_MARGIN
-        trash = B * n * n                       # out-of-image and culled points go to this extra slot
-        x0 = pts[..., 0].floor().long()         # pixel centres at integers: the 2x2 pixels around the point
-        y0 = pts[..., 1].floor().long()
-        base = torch.arange(B, device=pts.device)[:, None] * (n * n)
-        z = torch.where(keep, pts[..., 2], torch.full_like(pts[..., 2], -math.inf)).reshape(-1)
+        trash = B * n * n                       # out-of-image points go to this extra slot
+        sel = keep.reshape(-1).nonzero()[:, 0]  # culled points never change a pixel: drop them up front
+        pts, col = pts.reshape(-1, 3)[sel], col.reshape(-1, 3)[sel]
+        x0 = pts[:, 0].floor().long()           # pixel centres at integers: the 2x2 pixels around the point
+        y0 = pts[:, 1].floor().long()
+        base = sel // keep.shape[1] * (n * n)   # sample of each point -> its canvas
         idxs = []
         for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
             x, y = x0 + dx, y0 + dy
-            ok = keep & (x >= 0) & (x < n) & (y >= 0) & (y < n)
-            idxs.append(torch.where(ok, base + y * n + x, torch.full_like(x, trash)).reshape(-1))
+            ok = (x >= 0) & (x < n) & (y >= 0) & (y < n)
+            idxs.append(torch.where(ok, base + y * n + x, torch.full_like(x, trash)))
+        idx = torch.cat(idxs)                   # the four taps of every point, tap by tap
+        z = pts[:, 2].repeat(4)
         zbuf = torch.full((trash + 1,), -math.inf, device=pts.device)
-        for idx in idxs:
-            zbuf.scatter_reduce_(0, idx, z, reduce="amax")
-        colw = torch.cat([col, torch.ones_like(col[..., :1])], -1).reshape(-1, 4)     # rgb, weight
+        zbuf.scatter_reduce_(0, idx, z, reduce="amax")
+        # points within 0.35 px of depth of the nearest one are averaged
+        colw = torch.cat([col, torch.ones_like(col[:, :1])], -1).repeat(4, 1)     # rgb, weight
         acc = torch.zeros(trash + 1, 4, device=pts.device)
-        for idx in idxs:                        # points within 0.35 px of depth of the nearest one are averaged
-            acc.index_add_(0, torch.where(z >= zbuf[idx] - 0.35, idx, trash), colw)
+        acc.index_add_(0, torch.where(z >= zbuf[idx] - 0.35, idx, trash), colw)
         acc, zb = acc[:trash].view(B, n, n, 4).permute(0, 3, 1, 2).contiguous(), zbuf[:trash].view(B, 1, n, n)
         img = acc[:, :3] / acc[:, 3:].clamp_min(1)
-        # Holes: empty pixels, and pixels where a far surface leaks through a gap of a nearer one (much deeper
-        # than the nearest surface around them). Fill them from valid neighbours, three times.
-        valid = torch.isfinite(zb) & (zb > _window(zb, 2, torch.maximum, -math.inf) - 6.0)
-        for _ in range(3):
-            v = valid.to(img.dtype)
-            s = _window(torch.cat([img * v, v, torch.where(valid, zb, torch.zeros_like(zb))], 1), 1, torch.add, 0.0)
-            cnt = s[:, 3:4]
-            fill = (~valid) & (cnt >= 3)
-            mean = torch.cat([s[:, :3], s[:, 4:]], 1) / cnt.clamp_min(1)
-            img = torch.where(fill, mean[:, :3], img)
-            zb = torch.where(fill, mean[:, 3:], zb)
-            valid = valid | fill
-        zb = torch.where(valid | torch.isfinite(zb), zb, torch.full_like(zb, -math.inf))
+        # holes are filled within the drawn pixels' bounding box (all samples) and a margin the fill cannot
+        # cross: beyond it the canvas is empty and stays so
+        drawn = torch.isfinite(zb)
+        rows, cols = drawn.any(3).any(0).view(-1).nonzero()[:, 0], drawn.any(2).any(0).view(-1).nonzero()[:, 0]
+        if len(rows):
+            r0, r1 = max(int(rows[0]) - 6, 0), min(int(rows[-1]) + 7, n)
+            c0, c1 = max(int(cols[0]) - 6, 0), min(int(cols[-1]) + 7, n)
+            img[..., r0:r1, c0:c1], zb[..., r0:r1, c0:c1] = _fill_holes(img[..., r0:r1, c0:c1],
+                                                                        zb[..., r0:r1, c0:c1])
         return img, zb[:, 0]
 
     def albedo(self, p) -> torch.Tensor:
@@ -330,6 +329,24 @@ class FaceRenderer:
         out = torch.einsum("mj,bjc->bmc", self.basis, coef)
         hm = self.hair_masks[:, p["hair_idx"]].T[..., None]                          # (B,M,1)
         return torch.where(hm > 0, p["hair"][:, None], out).clamp(0, 1)
+
+
+def _fill_holes(img: torch.Tensor, zb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Holes of a splatted (B,3,H,W) image with its (B,1,H,W) depth (-inf where empty): empty pixels, and pixels
+    where a far surface leaks through a gap of a nearer one (much deeper than the nearest surface around them).
+    Each of three passes fills them with the mean colour and depth of their valid 3x3 neighbours (3 or more).
+    Reaches 3 pixels beyond the drawn ones."""
+    valid = torch.isfinite(zb) & (zb > _window(zb, 2, torch.maximum, -math.inf) - 6.0)
+    for _ in range(3):
+        v = valid.to(img.dtype)
+        s = _window(torch.cat([img * v, v, torch.where(valid, zb, torch.zeros_like(zb))], 1), 1, torch.add, 0.0)
+        cnt = s[:, 3:4]
+        fill = (~valid) & (cnt >= 3)
+        mean = torch.cat([s[:, :3], s[:, 4:]], 1) / cnt.clamp_min(1)
+        img = torch.where(fill, mean[:, :3], img)
+        zb = torch.where(fill, mean[:, 3:], zb)
+        valid = valid | fill
+    return img, zb
 
 
 def _window(x: torch.Tensor, r: int, op, pad: float) -> torch.Tensor:
