@@ -337,4 +337,5 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     steps = [json.loads(x)["step"] for x in (tmp_path / "out/train_log.jsonl").read_text().splitlines()]
     assert model.width == 16 and md["meta"]["steps"] == steps[-1] >= 2
     assert md["meta"]["averaged"].startswith("mean of") and md["meta"]["parent"]["widened"]
+    assert md["meta"]["reuse"] == 1 and md["meta"]["hardware"].endswith("CPU threads")   # for the card
     assert "averaging the snapshots" in (tmp_path / "out/session.log").read_text()

@@ -10,7 +10,10 @@
 #   mkdir -p .carry/shared/face-model/ict-facekit
 #   cp ../shared/face-model/ict-facekit/ict_facekit_light.npz .carry/shared/face-model/ict-facekit/
 # Run:        device run: command "bash tools/gpu_train.sh", carry [".carry"], timeout_s 600
-# Back here:  cat FILES_AT/cand.part-* > runs/gpu/cand.safetensors
+# Back here:  mkdir -p runs/gpu && cat FILES_AT/cand.part-* > runs/gpu/weights.safetensors
+#             cp FILES_AT/train_log.jsonl runs/gpu/log.jsonl
+#             evaluate (eval.py, as on the model card), then, if it is to ship:
+#             python -m prn_blender.train.ship --run runs/gpu --bn-batches 0 --eval-aflw ... --eval-synth ...
 # CPU dry run of the same glue (no GPU; tests/test_synth_train.py runs it):
 #   DEVICE=cpu BATCH=2 TRAIN_S=4 KEEP=1 BENCH=0 BN_BATCHES=1 PY=.venv/bin/python bash tools/gpu_train.sh
 set -euo pipefail
@@ -22,6 +25,7 @@ BATCH=${BATCH:-64}
 LR=${LR:-1e-4}
 TRAIN_S=${TRAIN_S:-330}      # training seconds: with the benchmark (<= 120 s) and setup the command takes ~8 min
 KEEP=${KEEP:-100}            # snapshot every KEEP steps
+REUSE=${REUSE:-1}            # each rendered batch is served 1 + REUSE times, re-augmented
 BN_BATCHES=${BN_BATCHES:-24}
 BENCH=${BENCH:-1}
 OUT=${OUT:-out/gpu}
@@ -40,7 +44,7 @@ torch.cuda.is_available() and torch.cuda.get_device_name())"
     --out "$W/init.safetensors"
   $PY train.py --device "$DEVICE" --out "$W/run" --width "$WIDTH" --batch "$BATCH" --init "$W/init.safetensors" \
     --preset paper-neck --lr "$LR" --warmup 300 --halve-every 1e9 --steps 100000000 --max-time "$TRAIN_S" \
-    --amp bf16 --save-every "$KEEP" --keep-every "$KEEP" --seed 17 --no-progress
+    --reuse "$REUSE" --amp bf16 --save-every "$KEEP" --keep-every "$KEEP" --seed 17 --no-progress
   local last from
   last=$(ls "$W/run/snapshots" | sed 's/[^0-9]//g' | sort -n | tail -1)
   from=$(( (10#$last / 2 + KEEP - 1) / KEEP * KEEP ))

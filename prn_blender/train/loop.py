@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -172,6 +173,9 @@ def main(argv=None) -> int:
               f"world {world}; preset {a.preset} lr {lr}", flush=True)
     model.train()
     t_data = t_net = 0.0
+    hardware = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads") \
+        + (f" x {world} processes" if world > 1 else "")
     t_run = time.time()
     while step < a.steps:
         t0 = time.time()
@@ -225,6 +229,7 @@ def main(argv=None) -> int:
                         "preset": a.preset,
                         "preset_history": ", ".join(f"{n} ({gen}) from step {s0}" for s0, n, gen in history),
                         "lr": lr, **({"warmup": a.warmup} if a.warmup else {}), "device": str(dev), "amp": amp,
+                        "hardware": hardware, "reuse": a.reuse, "epoch_size": a.epoch_size,
                         "wall_time_s": round(time.time() - t_start, 1), **({"parent": parent} if parent else {})}
                 save_weights(model, out / "weights.safetensors", LAYOUT_NAME, meta)
                 if a.keep_every and (step % a.keep_every == 0 or last):

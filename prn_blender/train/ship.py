@@ -128,8 +128,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out-weights", help="write here instead of the shipped default (for trying a checkpoint)")
     ap.add_argument("--card-only", action="store_true",
                     help="keep the shipped weights as they are (the ones just evaluated); rewrite card and curve")
-    ap.add_argument("--hardware", default=f"{platform.processor() or platform.machine()}, "
-                                          f"{torch.get_num_threads()} CPU threads")
+    ap.add_argument("--hardware", help="what the run trained on (default: as train.py recorded it, else this "
+                                       "machine)")
     a = ap.parse_args(argv)
     run = Path(a.run)
     model, lay, md = load_model(DEFAULT_WEIGHTS if a.card_only else run / "weights.safetensors")
@@ -153,14 +153,17 @@ def main(argv=None) -> int:
         recalibrate_bn(model.to(a.device), (next(stream)[0] for _ in range(a.bn_batches)))
         model.cpu().eval()
         meta["bn_recalibrated_batches"] = a.bn_batches
-    meta.update({"hardware": a.hardware, "shipped_from": run.name})
+    hardware = a.hardware or meta.get("hardware") or (f"{platform.processor() or platform.machine()}, "
+                                                      f"{torch.get_num_threads()} CPU threads")
+    meta.update({"hardware": hardware, "shipped_from": run.name})
     if a.out_weights:
         save_weights(model, a.out_weights, lay.name, meta, dtype=torch.float16)
         print(a.out_weights)
         return 0
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     batch = int(meta.get("batch", args.get("batch", 16)))
-    reuse, epoch_size = args.get("reuse", 0), args.get("epoch_size", 5000)
+    reuse = int(meta.get("reuse", args.get("reuse", 0)))           # the weights' record, else the checkpoint's
+    epoch_size = int(meta.get("epoch_size", args.get("epoch_size", 5000)))
     curve = plot_curve(run / "log.jsonl", WEIGHTS_DIR / "training_curve.png", batch, meta.get("steps"))
     if not a.card_only:
         save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=torch.float16)
@@ -191,7 +194,7 @@ def main(argv=None) -> int:
         *([f"| fine-tuned from | {_lineage(parent)} |",
            f"| in all | {parent['steps'] + curve['steps']} steps, {parent['images_seen'] + curve['samples']:,} images "
            f"seen, {(parent['wall_time_s'] + curve['elapsed_s']) / 3600:.2f} h of training |"] if parent else []),
-        f"| hardware | {a.hardware}; wall time {curve['elapsed_s'] / 3600:.2f} h"
+        f"| hardware | {hardware}; wall time {curve['elapsed_s'] / 3600:.2f} h"
         + (" (this run)" if parent else "") + " |",
         f"| final training loss | {curve['final_loss_mean']:.5f} (running mean) |",
         *([f"| weight averaging | {meta['averaged']} (stochastic weight averaging of the constant-lr tail) |"]
@@ -224,7 +227,8 @@ def main(argv=None) -> int:
         *(["The curve shows this fine-tuning run; the parent model's curve is in the git history of this file.", ""]
           if parent else []),
         "## Limits", "",
-        "- Trained on a 2-core CPU for a few hours: far fewer images than PRN's 300W-LP schedule; expect",
+        f"- Trained on {(parent or {}).get('images_seen', 0) + curve['samples']:,} synthetic images in all, far "
+        "fewer than PRN's 300W-LP schedule; expect",
         "  larger errors than the paper on real photos, especially at large yaw (see the table).",
         "- Synthetic appearance is a domain gap: procedural skin, no beards beyond stubble; hair volume, fringes,",
         "  locks and glasses are drawn in 2D over the bald ICT head (generator 3). Hair over the face, sunglasses",
