@@ -1,8 +1,9 @@
 """Image-space parts of the data engine that need no face model: black border, hair blur, exposure, restyle,
-the paper's augmentation."""
+the paper's augmentation, the yaw prior."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 
@@ -144,3 +145,16 @@ def test_distract_puts_the_next_samples_head_beside_the_subject():
             side = float(inner.sum(1).max())
             assert 2 * half * 0.5 - 2 <= side <= 2 * half * 1.2 + 1
     assert seen > B // 2
+
+
+def test_yaw_prior_is_a_setting():
+    """sample_yaw (sample_params, train.py --yaw-uniform P): a share P of the scenes has yaw uniform over
+    +-max_yaw, the rest N(0, 25 deg) (P(|yaw| > 45) = 0.5 and 0.072); the default is the held-out benchmark's 0.4."""
+    from prn_blender.synth.sampler import YAW_UNIFORM, sample_yaw
+    far = {}
+    for share in (0.0, YAW_UNIFORM, 1.0):
+        yaw = sample_yaw(20000, torch.Generator().manual_seed(2), yaw_uniform=share)
+        assert float(yaw.abs().max()) <= 90.0
+        far[share] = float((yaw.abs() > 45).float().mean())
+    assert far[0.0] == pytest.approx(0.072, abs=0.01) and far[1.0] == pytest.approx(0.5, abs=0.015)
+    assert far[YAW_UNIFORM] == pytest.approx(0.4 * 0.5 + 0.6 * 0.072, abs=0.015)

@@ -13,16 +13,18 @@ import torch
 
 from ..synth.ict import load_ict
 from ..synth.render import FaceRenderer
-from ..synth.sampler import (augment, black_border, degrade, distract, expose, occlude, restyle,
+from ..synth.sampler import (YAW_UNIFORM, augment, black_border, degrade, distract, expose, occlude, restyle,
                              sample_lighting, sample_params)
 
 
 class SyntheticStream:
     def __init__(self, batch: int, seed: int = 0, rank: int = 0, device="cpu", reuse: int = 0,
-                 max_yaw: float = 90.0, shared=None, augment_on: bool = True, density: float = 40.0):
+                 max_yaw: float = 90.0, shared=None, augment_on: bool = True, density: float = 40.0,
+                 yaw_uniform: float = YAW_UNIFORM):
         self.ict = load_ict(shared=shared)
         self.renderer = FaceRenderer(self.ict, device=device, density=density)
         self.batch, self.reuse, self.max_yaw, self.augment_on = batch, reuse, max_yaw, augment_on
+        self.yaw_uniform = yaw_uniform
         self.g = torch.Generator().manual_seed(seed * 1000 + rank)     # scene parameters (small, CPU)
         # image-space randomness (backgrounds, augmentation, occluders, noise) on the data's device; on the CPU
         # the one generator serves both, so a seed's batches do not depend on this split
@@ -33,7 +35,8 @@ class SyntheticStream:
 
     def render(self, n: int | None = None):
         B = n or self.batch
-        p = sample_params(B, self.ict.expression_names, self.g, self.device, self.max_yaw, image_g=self.gi)
+        p = sample_params(B, self.ict.expression_names, self.g, self.device, self.max_yaw, image_g=self.gi,
+                          yaw_uniform=self.yaw_uniform)
         p.update(sample_lighting(B, self.g, self.device),
                  yaw_aware=torch.ones(B, dtype=torch.bool, device=self.device))
         return self.renderer.render(p)

@@ -26,6 +26,7 @@ from ..core.layout import load_layout
 from ..core.network import ResFCN256, count_parameters
 from ..core.weights import save_weights
 from ..synth.render import GENERATOR_VERSION
+from ..synth.sampler import YAW_UNIFORM
 from ..synth.uvmap import LAYOUT_NAME
 
 PRESETS = {  # name -> (region weights, lr)
@@ -81,6 +82,8 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse", type=int, default=0, help="serve each rendered batch 1+REUSE times, re-augmented")
     ap.add_argument("--max-yaw", type=float, default=90.0)
+    ap.add_argument("--yaw-uniform", type=float, default=YAW_UNIFORM,
+                    help="share of training scenes with yaw uniform over +-max-yaw (the rest: N(0, 25 deg))")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
@@ -162,7 +165,7 @@ def main(argv=None) -> int:
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and dev.type == "cuda" else None
     data = SyntheticStream(a.batch, seed=a.seed + 7919 * step, rank=rank, device=dev, reuse=a.reuse,
-                           max_yaw=a.max_yaw, shared=a.shared)
+                           max_yaw=a.max_yaw, shared=a.shared, yaw_uniform=a.yaw_uniform)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = None
     if rank == 0 and not a.no_progress:
@@ -230,6 +233,7 @@ def main(argv=None) -> int:
                         "preset_history": ", ".join(f"{n} ({gen}) from step {s0}" for s0, n, gen in history),
                         "lr": lr, **({"warmup": a.warmup} if a.warmup else {}), "device": str(dev), "amp": amp,
                         "hardware": hardware, "reuse": a.reuse, "epoch_size": a.epoch_size,
+                        **({"yaw_uniform": a.yaw_uniform} if a.yaw_uniform != YAW_UNIFORM else {}),
                         "wall_time_s": round(time.time() - t_start, 1), **({"parent": parent} if parent else {})}
                 save_weights(model, out / "weights.safetensors", LAYOUT_NAME, meta)
                 if a.keep_every and (step % a.keep_every == 0 or last):
