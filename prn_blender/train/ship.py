@@ -186,7 +186,9 @@ def main(argv=None) -> int:
         f"| sha256 | `{digest}` |",
         f"| architecture | ResFCN256, width {model.width} (full PRN = 16), {n_params:,} parameters |",
         f"| UV layout | `{lay.name}` ({lay.n_vertices} vertices, {len(lay.triangles)} triangles) |",
-        f"| data | {meta.get('data')}; generator `{meta.get('generator')}`; seed {meta.get('seed')} |",
+        f"| data | {meta.get('data')}; generator `{meta.get('generator')}`; seed {meta.get('seed')}"
+        + (f"; yaw uniform over +-90 deg in {float(meta['yaw_uniform']):.0%} of the scenes (train.py --yaw-uniform)"
+           if "yaw_uniform" in meta else "") + " |",
         f"| training | {curve['steps']} steps, batch {batch}, {curve['samples']:,} images seen "
         f"(each render served {reuse + 1}x with fresh augmentation), "
         f"region weights (data generator) {meta.get('preset_history') or meta.get('preset')}, Adam lr {lr_text}, "
