@@ -148,7 +148,7 @@ def main():
                   f"chunks of 4 vs {B / t_one:.1f} as one batch (x{t_one / t:.2f}); {t * 1e3 / B:.1f} ms/sample")
         for B in map(int, a.data_batch.split(",")):   # render + augmentation + occlusion + degradation
             stream = SyntheticStream(B, seed=0, device=dev)
-            t = timeit(lambda: (next(stream), sync()), 3)
+            t = timeit(lambda s=stream: (next(s), sync()), 3)
             print(f"training data path (SyntheticStream, every batch freshly rendered), batch {B}: "
                   f"{B / t:.1f} samples/s")
     if shared_dir(required=False) and "video" in only and DEFAULT_WEIGHTS.exists():

@@ -20,16 +20,18 @@ _COMMON = {"jawOpen": 0.35, "eyeBlink_L": 0.15, "mouthSmile_L": 0.3, "browInnerU
            "mouthRollLower": 0.05, "mouthPress_L": 0.05, "mouthShrugUpper": 0.05, "cheekPuff_L": 0.04,
            "browOuterUp_L": 0.1, "mouthClose": 0.03, "mouthDimple_L": 0.05}
 
-SKIN_TONES = torch.tensor([[0.96, 0.80, 0.69], [0.90, 0.70, 0.58], [0.80, 0.58, 0.45], [0.65, 0.45, 0.33],
-                           [0.48, 0.32, 0.22], [0.33, 0.22, 0.15], [0.92, 0.76, 0.62], [0.75, 0.57, 0.40]])
 # share of scenes whose yaw is uniform over +-max_yaw (the others: N(0, 25 deg)); the held-out benchmark's value
 YAW_UNIFORM = 0.4
+
+SKIN_TONES = torch.tensor([[0.96, 0.80, 0.69], [0.90, 0.70, 0.58], [0.80, 0.58, 0.45], [0.65, 0.45, 0.33],
+                           [0.48, 0.32, 0.22], [0.33, 0.22, 0.15], [0.92, 0.76, 0.62], [0.75, 0.57, 0.40]])
 HAIR = torch.tensor([[0.05, 0.04, 0.03], [0.15, 0.10, 0.06], [0.30, 0.20, 0.12], [0.55, 0.40, 0.25],
                      [0.75, 0.62, 0.40], [0.45, 0.20, 0.10], [0.6, 0.6, 0.6], [0.12, 0.12, 0.12]])
 
 
 def sample_params(B: int, names: tuple, g: torch.Generator, device="cpu", max_yaw: float = 90.0,
-                  id_scale: float = 1.0, image_g: torch.Generator | None = None, yaw_uniform: float = YAW_UNIFORM) -> dict:
+                  id_scale: float = 1.0, image_g: torch.Generator | None = None,
+                  yaw_uniform: float = YAW_UNIFORM) -> dict:
     """Draw B scene parameter sets (see FaceRenderer.render) with the CPU generator ``g``; the background image
     with ``image_g`` (default ``g``), whose device it is drawn on (a CUDA generator keeps it on the GPU).
     Yaw: see sample_yaw."""
@@ -135,8 +137,8 @@ def random_background(B: int, g: torch.Generator) -> torch.Tensor:
     base = _rand(g, B, 3, 1, 1)
     res = int(_randint(g, 2, 24, (1,)))
     bg = base * 0.6 + 0.4 * _smooth_noise(B, 3, res, g)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n, device=g.device), torch.linspace(-1, 1, n, device=g.device),
-                            indexing="ij")
+    ramp = torch.linspace(-1, 1, n, device=g.device)
+    yy, xx = torch.meshgrid(ramp, ramp, indexing="ij")
     ang = _rand(g, B, 1, 1) * 6.283
     grad = (xx * ang.cos() + yy * ang.sin())[:, None]
     bg = bg * (1 + 0.3 * grad * _rand(g, B, 1, 1, 1))
@@ -192,7 +194,8 @@ def black_border(img: torch.Tensor, g: torch.Generator, prob: float = 0.2, max_f
     on = _rand(g, B) < prob
     side = _randint(g, 4, (B,))                                     # top, bottom, left, right
     width = (_rand(g, B) * max_frac * n).long()
-    yy, xx = torch.meshgrid(torch.arange(n, device=g.device), torch.arange(n, device=g.device), indexing="ij")
+    ramp = torch.arange(n, device=g.device)
+    yy, xx = torch.meshgrid(ramp, ramp, indexing="ij")
     edge = torch.stack([yy, n - 1 - yy, xx, n - 1 - xx])[side]      # (B,n,n) pixels from the chosen side
     m = ((edge < width[:, None, None]) & on[:, None, None])[:, None].to(img.device)
     return torch.where(m, torch.zeros_like(img), img)
@@ -201,9 +204,8 @@ def black_border(img: torch.Tensor, g: torch.Generator, prob: float = 0.2, max_f
 def occlude(img: torch.Tensor, g: torch.Generator, prob: float = 0.4) -> torch.Tensor:
     """The paper's synthetic occlusion: random ellipses/rectangles filled with a noise texture (image only)."""
     B, _, n, _ = img.shape
-    yy, xx = torch.meshgrid(torch.arange(n, dtype=torch.float32, device=g.device),
-                            torch.arange(n, dtype=torch.float32, device=g.device),
-                            indexing="ij")
+    ramp = torch.arange(n, dtype=torch.float32, device=g.device)
+    yy, xx = torch.meshgrid(ramp, ramp, indexing="ij")
     c = _rand(g, B, 2) * n * 0.8 + n * 0.1
     r = _rand(g, B, 2) * n * 0.22 + n * 0.05
     dx, dy = xx - c[:, 0, None, None], yy - c[:, 1, None, None]

@@ -229,8 +229,8 @@ def main(argv=None) -> int:
         *(["The curve shows this fine-tuning run; the parent model's curve is in the git history of this file.", ""]
           if parent else []),
         "## Limits", "",
-        f"- Trained on {(parent or {}).get('images_seen', 0) + curve['samples']:,} synthetic images in all, far "
-        "fewer than PRN's 300W-LP schedule; expect",
+        (f"- Trained on {(parent or {}).get('images_seen', 0) + curve['samples']:,} synthetic images in all, far "
+         "fewer than PRN's 300W-LP schedule; expect"),
         "  larger errors than the paper on real photos, especially at large yaw (see the table).",
         "- Synthetic appearance is a domain gap: procedural skin, no beards beyond stubble; hair volume, fringes,",
         "  locks and glasses are drawn in 2D over the bald ICT head (generator 3). Hair over the face, sunglasses",
