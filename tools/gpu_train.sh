@@ -50,7 +50,9 @@ torch.cuda.is_available() and torch.cuda.get_device_name())"
   from=$(( (10#$last / 2 + KEEP - 1) / KEEP * KEEP ))
   echo "[gpu_train] $((10#$last)) steps; averaging the snapshots from step $from"
   $PY -m prn_blender.train.ship --run "$W/run" --average-from "$from" --device "$DEVICE" \
-    --bn-batches "$BN_BATCHES" --out-weights "$W/cand.safetensors"
+    --bn-batches "$BN_BATCHES" --out-weights "$W/cand.safetensors" \
+    || { echo "[gpu_train] averaging failed: returning the run's last weights instead"
+         cp "$W/run/weights.safetensors" "$W/cand.safetensors"; }
 }
 
 session 2>&1 | tee "$OUT/session.log"
