@@ -326,7 +326,7 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     training, averaging of the second half's snapshots, BN recalibration, parts of at most 15 MB) runs here on the
     CPU, and the parts reassemble into the averaged width-16 candidate."""
     env = {**os.environ, "DEVICE": "cpu", "BATCH": "2", "TRAIN_S": "3", "KEEP": "1", "BENCH": "0",
-           "BN_BATCHES": "1", "PY": sys.executable, "OUT": str(tmp_path / "out"), "PRN_BLENDER_SHARED": str(shared)}
+           "BN_BATCHES": "1", "EVAL_N": "2", "PY": sys.executable, "OUT": str(tmp_path / "out"), "PRN_BLENDER_SHARED": str(shared)}
     subprocess.run(["bash", os.path.join(REPO, "tools/gpu_train.sh")], check=True, env=env, cwd=REPO,
                    capture_output=True, timeout=900)
     parts = sorted((tmp_path / "out").glob("cand.part-*"))
@@ -338,4 +338,5 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     assert model.width == 16 and md["meta"]["steps"] == steps[-1] >= 2
     assert md["meta"]["averaged"].startswith("mean of") and md["meta"]["parent"]["widened"]
     assert md["meta"]["reuse"] == 1 and md["meta"]["hardware"].endswith("CPU threads")   # for the card
-    assert "averaging the snapshots" in (tmp_path / "out/session.log").read_text()
+    log = (tmp_path / "out/session.log").read_text()
+    assert "averaging the snapshots" in log and "synthetic (n=2" in log          # and its first evaluation

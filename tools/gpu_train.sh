@@ -15,7 +15,7 @@
 #             evaluate (eval.py, as on the model card), then, if it is to ship:
 #             python -m prn_blender.train.ship --run runs/gpu --bn-batches 0 --eval-aflw ... --eval-synth ...
 # CPU dry run of the same glue (no GPU; tests/test_synth_train.py runs it):
-#   DEVICE=cpu BATCH=2 TRAIN_S=4 KEEP=1 BENCH=0 BN_BATCHES=1 PY=.venv/bin/python bash tools/gpu_train.sh
+#   DEVICE=cpu BATCH=2 TRAIN_S=4 KEEP=1 BENCH=0 BN_BATCHES=1 EVAL_N=2 PY=.venv/bin/python bash tools/gpu_train.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -23,11 +23,13 @@ DEVICE=${DEVICE:-cuda}
 WIDTH=${WIDTH:-16}
 BATCH=${BATCH:-64}
 LR=${LR:-1e-4}
-TRAIN_S=${TRAIN_S:-330}      # training seconds: with the benchmark (<= 120 s) and setup the command takes ~8 min
+TRAIN_S=${TRAIN_S:-300}      # training s; with setup, benchmark (<= 120 s) and evaluation (<= 90 s): < 9.5 min
 KEEP=${KEEP:-100}            # snapshot every KEEP steps
 REUSE=${REUSE:-1}            # each rendered batch is served 1 + REUSE times, re-augmented
 BN_BATCHES=${BN_BATCHES:-24}
 BENCH=${BENCH:-1}
+EVAL_N=${EVAL_N:-200}        # a first look at the candidate on the held-out synthetic set (the ship decision is
+#                              made here on the CPU, with the model card's commands)
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"
 export PRN_BLENDER_SHARED=${PRN_BLENDER_SHARED:-$PWD/.carry/shared} PYTHONUNBUFFERED=1
@@ -59,4 +61,7 @@ session 2>&1 | tee "$OUT/session.log"
 cp "$W/run/log.jsonl" "$OUT/train_log.jsonl"
 split -b 15M -d "$W/cand.safetensors" "$OUT/cand.part-"
 sha256sum "$W/cand.safetensors" | tee -a "$OUT/session.log"
+{ timeout 90 $PY eval.py --dataset synthetic --n "$EVAL_N" --seed 777 --weights "$W/cand.safetensors" --no-peer \
+    --device "$DEVICE" --out "$W/eval_synth" && cat "$W/eval_synth/metrics.md"; } 2>&1 | tee -a "$OUT/session.log" \
+  || echo "[gpu_train] held-out evaluation failed or timed out" | tee -a "$OUT/session.log"
 ls -l "$OUT"
