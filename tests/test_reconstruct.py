@@ -160,3 +160,16 @@ def test_cli_errors_are_one_line(tmp_path):
     assert p.returncode != 0 and p.stderr.strip().startswith("error: no face")
     p = _cli("reconstruct", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o"))
     assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_demo_rejects_bad_input_with_one_line(tmp_path, astronaut):
+    """README command 1 with a truncated or missing photo: exit 2, one 'error:' line on stderr, nothing written."""
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(astronaut.read_bytes()[:3000])
+    out = tmp_path / "out"
+    for path in (bad, tmp_path / "missing.jpg"):
+        r = subprocess.run([sys.executable, os.path.join(REPO, "tools/demo.py"), str(path), "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)
+        lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("[ WARN")]   # OpenCV's decoder warning
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot read image"), r.stderr
+        assert not any(out.iterdir())

@@ -18,7 +18,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "out"))
     a = ap.parse_args()
     from prn_blender.core.export import draw_overlay
-    from prn_blender.core.image_io import load_image, save_image
+    from prn_blender.core.image_io import ImageError, load_image, save_image
     from prn_blender.core.reconstruct import FaceReconstructor, ReconstructionError
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -32,7 +32,7 @@ def main() -> int:
         save_image(src, data.astronaut() / 255.0)
     try:
         faces = FaceReconstructor()(str(src))
-    except ReconstructionError as e:
+    except (ImageError, ReconstructionError) as e:       # unreadable file, no face: one line, nothing written
         print(f"error: {e}", file=sys.stderr)
         return 2
     png = out / f"{name}.png"
