@@ -318,6 +318,14 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert log[-1]["samples"] == 8          # 2 steps x batch 2 x world 2
+    # --max-time: the ranks agree on the step to stop at (else one would wait forever in the next all-reduce)
+    cmd = [*cmd[:6], "29632", os.path.join(REPO, "train.py"), "--out", str(tmp_path / "t"), "--width", "2",
+           "--batch", "2", "--steps", "50", "--max-time", "0.001", "--save-every", "10", "--threads", "1",
+           "--no-progress"]                   # another port: the first run's may not be free yet
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    log = [json.loads(x) for x in (tmp_path / "t/log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1] and log[-1]["samples"] == 4
 
 
 @pytest.mark.slow

@@ -247,6 +247,7 @@ def main(argv=None) -> int:
               f"{out / 'weights.safetensors'}", flush=True)
         log.close()
     if ddp:
+        dist.barrier()                 # no rank tears the group down while rank 0 still writes its files
         dist.destroy_process_group()
     return 0
 
