@@ -334,7 +334,8 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     training, averaging of the second half's snapshots, BN recalibration, parts of at most 15 MB) runs here on the
     CPU, and the parts reassemble into the averaged width-16 candidate."""
     env = {**os.environ, "DEVICE": "cpu", "BATCH": "2", "TRAIN_S": "3", "KEEP": "1", "BENCH": "0",
-           "BN_BATCHES": "1", "EVAL_N": "2", "PY": sys.executable, "OUT": str(tmp_path / "out"), "PRN_BLENDER_SHARED": str(shared)}
+           "BN_BATCHES": "1", "EVAL_N": "2", "PY": sys.executable, "OUT": str(tmp_path / "out"),
+           "PRN_BLENDER_SHARED": str(shared)}
     subprocess.run(["bash", os.path.join(REPO, "tools/gpu_train.sh")], check=True, env=env, cwd=REPO,
                    capture_output=True, timeout=900)
     parts = sorted((tmp_path / "out").glob("cand.part-*"))

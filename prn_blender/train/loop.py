@@ -61,6 +61,14 @@ def recalibrate_bn(model: ResFCN256, batches, amp_dtype=torch.bfloat16) -> None:
     model.train(was_training)
 
 
+def describe_hardware(dev: torch.device, world: int = 1) -> str:
+    """What a run trains on, for the weights' metadata and the model card: the GPU's name, or the CPU and its
+    torch threads; with the process count under DDP."""
+    what = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+            else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads")
+    return what + (f" x {world} processes" if world > 1 else "")
+
+
 def build_argparser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output folder (checkpoint, log, weights)")
@@ -176,9 +184,7 @@ def main(argv=None) -> int:
               f"world {world}; preset {a.preset} lr {lr}", flush=True)
     model.train()
     t_data = t_net = 0.0
-    hardware = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
-                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads") \
-        + (f" x {world} processes" if world > 1 else "")
+    hardware = describe_hardware(dev, world)
     t_run = time.time()
     while step < a.steps:
         t0 = time.time()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -153,8 +152,8 @@ def main(argv=None) -> int:
         recalibrate_bn(model.to(a.device), (next(stream)[0] for _ in range(a.bn_batches)))
         model.cpu().eval()
         meta["bn_recalibrated_batches"] = a.bn_batches
-    hardware = a.hardware or meta.get("hardware") or (f"{platform.processor() or platform.machine()}, "
-                                                      f"{torch.get_num_threads()} CPU threads")
+    from .loop import describe_hardware
+    hardware = a.hardware or meta.get("hardware") or describe_hardware(torch.device("cpu"))
     meta.update({"hardware": hardware, "shipped_from": run.name})
     if a.out_weights:
         save_weights(model, a.out_weights, lay.name, meta, dtype=torch.float16)
