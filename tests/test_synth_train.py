@@ -306,7 +306,36 @@ def test_warmup_ramps_the_learning_rate(tmp_path):
     log = _train(tmp_path / "w", "--steps", "4", "--lr", "0.001", "--warmup", "3")
     assert [r["lr"] for r in log] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3])
     from prn_blender.core.weights import load_model
-    assert load_model(tmp_path / "w/weights.safetensors")[2]["meta"]["warmup"] == 3
+    meta = load_model(tmp_path / "w/weights.safetensors")[2]["meta"]
+    assert meta["warmup"] == 3 and "loss" not in meta          # the default loss (mse) is not recorded
+
+
+def test_weighted_losses():
+    """--loss mse: mean over pixels of weight x squared 3D error; --loss euclid: weight x the 3D distance, with a
+    finite gradient where the error is zero. Recorded in the weights only when not the default."""
+    from prn_blender.train.loop import weighted_loss
+    target = torch.zeros(1, 3, 2, 2)
+    pred = target.clone()
+    pred[0, :, 0, 0] = torch.tensor([3.0, 4.0, 0.0])          # one pixel 5 away, three exact
+    pred[0, 2, 1, 1] = 1.0                                     # one pixel 1 away
+    weight = torch.tensor([[2.0, 1.0], [1.0, 0.5]])
+    assert weighted_loss(pred, target, weight).item() == pytest.approx((2 * 25 + 0.5 * 1) / 4)
+    assert weighted_loss(pred, target, weight, "euclid").item() == pytest.approx((2 * 5 + 0.5 * 1) / 4, abs=1e-4)
+    p = pred.clone().requires_grad_()
+    weighted_loss(p, target, weight, "euclid").backward()
+    assert torch.isfinite(p.grad).all()
+    # the gradient of a distance is the unit direction x weight / n: the far pixel pulls no harder than the near one
+    assert p.grad[0, :, 0, 0].tolist() == pytest.approx([2 * 0.6 / 4, 2 * 0.8 / 4, 0.0], rel=1e-5)
+    assert p.grad[0, 2, 1, 1].item() == pytest.approx(0.5 / 4, rel=1e-5)
+    with pytest.raises(ValueError, match="unknown loss"):
+        weighted_loss(pred, target, weight, "l1")
+
+
+def test_euclid_loss_trains_and_is_recorded(tmp_path):
+    log = _train(tmp_path / "e", "--steps", "2", "--loss", "euclid")
+    assert len(log) == 2 and all(math.isfinite(r["loss"]) for r in log)
+    from prn_blender.core.weights import load_model
+    assert load_model(tmp_path / "e/weights.safetensors")[2]["meta"]["loss"] == "euclid"
 
 
 @pytest.mark.slow

@@ -18,7 +18,10 @@ from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, load_model, read_metadata, save_weights, sha256
 
 
-def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None) -> dict:
+LOSS_LABELS = {"mse": "weighted position-map MSE", "euclid": "weighted position-map distance"}
+
+
+def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None, loss_kind: str = "mse") -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -39,7 +42,7 @@ def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None) -> dic
     ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"running mean ({k})")
     ax.set_yscale("log")
     ax.set_xlabel(f"step (batch {batch})")
-    ax.set_ylabel("weighted position-map MSE")
+    ax.set_ylabel(LOSS_LABELS[loss_kind])
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -163,7 +166,8 @@ def main(argv=None) -> int:
     batch = int(meta.get("batch", args.get("batch", 16)))
     reuse = int(meta.get("reuse", args.get("reuse", 0)))           # the weights' record, else the checkpoint's
     epoch_size = int(meta.get("epoch_size", args.get("epoch_size", 5000)))
-    curve = plot_curve(run / "log.jsonl", WEIGHTS_DIR / "training_curve.png", batch, meta.get("steps"))
+    loss = meta.get("loss", "mse")
+    curve = plot_curve(run / "log.jsonl", WEIGHTS_DIR / "training_curve.png", batch, meta.get("steps"), loss)
     if not a.card_only:
         save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=torch.float16)
     digest = sha256(DEFAULT_WEIGHTS)
@@ -190,14 +194,15 @@ def main(argv=None) -> int:
            if "yaw_uniform" in meta else "") + " |",
         f"| training | {curve['steps']} steps, batch {batch}, {curve['samples']:,} images seen "
         f"(each render served {reuse + 1}x with fresh augmentation), "
-        f"region weights (data generator) {meta.get('preset_history') or meta.get('preset')}, Adam lr {lr_text}, "
-        f"autocast {meta.get('amp')} |",
+        f"region weights (data generator) {meta.get('preset_history') or meta.get('preset')}, "
+        + ("loss W x ||P - P~|| (train.py --loss euclid), " if loss == "euclid" else "")
+        + f"Adam lr {lr_text}, autocast {meta.get('amp')} |",
         *([f"| fine-tuned from | {_lineage(parent)} |",
            f"| in all | {parent['steps'] + curve['steps']} steps, {parent['images_seen'] + curve['samples']:,} images "
            f"seen, {(parent['wall_time_s'] + curve['elapsed_s']) / 3600:.2f} h of training |"] if parent else []),
         f"| hardware | {hardware}; wall time {curve['elapsed_s'] / 3600:.2f} h"
         + (" (this run)" if parent else "") + " |",
-        f"| final training loss | {curve['final_loss_mean']:.5f} (running mean) |",
+        f"| final training loss | {curve['final_loss_mean']:.5f} (running mean, {LOSS_LABELS[loss]}) |",
         *([f"| weight averaging | {meta['averaged']} (stochastic weight averaging of the constant-lr tail) |"]
           if meta.get("averaged") else []),
         f"| BatchNorm statistics | recalibrated on {meta.get('bn_recalibrated_batches', 0)} fresh synthetic batches "
@@ -207,6 +212,7 @@ def main(argv=None) -> int:
         "```", "python -m prn_blender.synth.uvmap            # layout asset: ICT-FaceKit UVs, landmarks from prnet-bfm",
         f"python train.py --out runs/{run.name} --width {model.width} --batch {batch} --reuse {reuse} "
         f"--lr {lr_phases[0][1]:g}" + (f" --warmup {warmup}" if warmup else "")
+        + (f" --loss {loss}" if loss != "mse" else "")
         + f" --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N"
         + (f" --keep-every {meta.get('average_every') or args.get('keep_every') or 'K'}" if meta.get("averaged")
            else "") + (f" --init {parent['file']}   # the model above" if parent else ""),
