@@ -70,12 +70,19 @@ def _over(layer: torch.Tensor, rgb: torch.Tensor, a: torch.Tensor) -> torch.Tens
     return a * torch.cat([rgb.expand(-1, -1, *a.shape[2:]), torch.ones_like(a)], 1) + (1 - a) * layer
 
 
-def _segment_dist(q: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Distance of canvas pixels q (H,W,2) to segments a->b (B,2): (B,H,W)."""
-    ab = (b - a)[:, None, None]
-    aq = q[None] - a[:, None, None]
-    t = ((aq * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-6)).clamp(0, 1)
-    return (aq - t[..., None] * ab).norm(dim=-1)
+def _dot(g: torch.Tensor, c: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(pixel - c) . w for every pixel of the square canvas whose pixel centres are ``g`` (C,) on both axes
+    (x = g[column], y = g[row]); c, w (B,2). (B,C,C), from two (B,C) outer terms: no (B,C,C,2) temporaries."""
+    return ((g - c[:, :1]) * w[:, :1])[:, None, :] + ((g - c[:, 1:]) * w[:, 1:])[:, :, None]
+
+
+def _segment_dist(g: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distance of the canvas pixels (centres ``g`` (C,) on both axes) to segments a->b (B,2): (B,C,C)."""
+    ab = b - a
+    t = (_dot(g, a, ab) / (ab * ab).sum(-1).clamp_min(1e-6)[:, None, None]).clamp(0, 1)
+    ex = (g - a[:, :1])[:, None, :] - t * ab[:, 0, None, None]
+    ey = (g - a[:, 1:])[:, :, None] - t * ab[:, 1, None, None]
+    return (ex * ex + ey * ey).sqrt()
 
 
 def draw(layer: torch.Tensor, k: torch.Tensor, p: dict) -> torch.Tensor:
@@ -90,12 +97,9 @@ def draw(layer: torch.Tensor, k: torch.Tensor, p: dict) -> torch.Tensor:
     up = F.normalize((k[:, 17:27].mean(1) - k[:, 8]), dim=-1)        # image pixels, y down: points to the brows
     right = torch.stack([-up[:, 1], up[:, 0]], -1)
     unit = ((k.max(1).values - k.min(1).values).sum(-1) / 2).clamp_min(1.0)
-    ys, xs = torch.meshgrid(torch.arange(C, device=dev, dtype=layer.dtype),
-                            torch.arange(C, device=dev, dtype=layer.dtype), indexing="ij")
-    q = torch.stack([xs, ys], -1)                                                    # (C,C,2)
-    d = q[None] - centre[:, None, None]
-    u = (d * right[:, None, None]).sum(-1) / unit[:, None, None]                    # face units, image-right
-    v = (d * up[:, None, None]).sum(-1) / unit[:, None, None]                       # face units, up
+    g = torch.arange(C, device=dev, dtype=layer.dtype)                               # pixel centres, both axes
+    u = _dot(g, centre, right) / unit[:, None, None]                                # face units, image-right
+    v = _dot(g, centre, up) / unit[:, None, None]                                   # face units, up
     brow = ((k[:, 17:27].mean(1) - centre) * up).sum(-1) / unit                      # (B,)
     P = lambda name: p[name].to(dev)[:, None, None]  # noqa: E731
     strand = _lookup(p["strands"].to(dev), u)                                        # vertical strands
@@ -137,11 +141,11 @@ def draw(layer: torch.Tensor, k: torch.Tensor, p: dict) -> torch.Tensor:
         i = on.nonzero()[:, 0]
         sub = {n: p[n].to(dev)[i] for n in ("frame_w", "lens_size", "sunglasses", "lens_col", "frame_col")}
         sub["near_only"] = profile[i]
-        layer = layer.index_copy(0, i, _glasses(layer[i], k[i], q, unit[i], up[i], right[i], nose[i], sub))
+        layer = layer.index_copy(0, i, _glasses(layer[i], k[i], g, unit[i], up[i], right[i], nose[i], sub))
     return layer
 
 
-def _glasses(layer, k, q, unit, up, right, nose, p):
+def _glasses(layer, k, g, unit, up, right, nose, p):
     dev, dt = layer.device, layer.dtype
     lens_a = torch.zeros(layer.shape[0], *layer.shape[2:], device=dev, dtype=dt)
     frame = torch.zeros_like(lens_a, dtype=torch.bool)
@@ -156,9 +160,7 @@ def _glasses(layer, k, q, unit, up, right, nose, p):
         ax = F.normalize(along, dim=-1)
         ay = torch.stack([-ax[:, 1], ax[:, 0]], -1)
         hb = 0.17 * unit * p["lens_size"].to(dev)
-        d = q[None] - c[:, None, None]
-        e = ((d * ax[:, None, None]).sum(-1) / half[:, None, None]) ** 2 \
-            + ((d * ay[:, None, None]).sum(-1) / hb[:, None, None]) ** 2
+        e = (_dot(g, c, ax) / half[:, None, None]) ** 2 + (_dot(g, c, ay) / hb[:, None, None]) ** 2
         rim = 1 + fw / torch.minimum(half, hb)[:, None, None]
         lens_on = lens_on[:, None, None]
         lens_a = torch.maximum(lens_a, ((e < 1) & lens_on).to(dt))
@@ -168,10 +170,10 @@ def _glasses(layer, k, q, unit, up, right, nose, p):
     a, b = outer[0][1], outer[1][0]
     a = torch.where(shown[0][:, None], a, k[:, 27])
     b = torch.where(shown[1][:, None], b, k[:, 27])
-    frame |= _segment_dist(q, a, b) < fw * 0.6
+    frame |= _segment_dist(g, a, b) < fw * 0.6
     # the temple on the side the nose points away from shows; both when the face is near frontal
     for end, ear, show in ((outer[0][0], k[:, 0], nose > -0.05), (outer[1][1], k[:, 16], nose < 0.05)):
-        seg = _segment_dist(q, end, ear - up * 0.05 * unit[:, None]) < fw * 0.5
+        seg = _segment_dist(g, end, ear - up * 0.05 * unit[:, None]) < fw * 0.5
         frame |= seg & show[:, None, None]
     sun = p["sunglasses"].to(dev)[:, None, None]
     la = lens_a * (sun * 0.9 + (1 - sun) * 0.12)
