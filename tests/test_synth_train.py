@@ -336,6 +336,12 @@ def test_euclid_loss_trains_and_is_recorded(tmp_path):
     assert len(log) == 2 and all(math.isfinite(r["loss"]) for r in log)
     from prn_blender.core.weights import load_model
     assert load_model(tmp_path / "e/weights.safetensors")[2]["meta"]["loss"] == "euclid"
+    # a resume cannot switch the loss (the weights would misreport it)
+    p = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--out", str(tmp_path / "e"), "--width", "2",
+                        "--batch", "2", "--steps", "3", "--threads", "1", "--no-progress", "--resume"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode != 0 and "this run trained with --loss euclid" in p.stderr
+    assert len((tmp_path / "e/log.jsonl").read_text().splitlines()) == 2          # nothing trained
 
 
 @pytest.mark.slow

@@ -171,6 +171,9 @@ def main(argv=None) -> int:
     ck = out / "checkpoint.pt"
     if a.resume and ck.exists():
         state = torch.load(ck, map_location=dev, weights_only=False)
+        if state["args"].get("loss", "mse") != a.loss:   # the weights record one loss for the whole run
+            raise SystemExit(f"--loss {a.loss}: this run trained with --loss {state['args'].get('loss', 'mse')}; "
+                             "to switch, start a new run from its weights (--init)")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, samples = state["step"], state["samples"]
