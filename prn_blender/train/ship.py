@@ -17,7 +17,6 @@ import torch
 from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, load_model, read_metadata, save_weights, sha256
 
-
 LOSS_LABELS = {"mse": "weighted position-map MSE", "euclid": "weighted position-map distance"}
 
 
