@@ -232,10 +232,13 @@ def test_training_batches_are_made_on_the_data_device(shared):
     assert torch.equal(b.g.get_state(), c.g.get_state())     # the scene generator drew the scenes and nothing else
 
 
+def _train_cmd(out, *extra):
+    return [sys.executable, os.path.join(REPO, "train.py"), "--out", str(out), "--width", "2", "--batch", "2",
+            "--steps", "2", "--save-every", "1", "--threads", "1", "--no-progress", *extra]
+
+
 def _train(out, *extra):
-    cmd = [sys.executable, os.path.join(REPO, "train.py"), "--out", str(out), "--width", "2", "--batch", "2",
-           "--steps", "2", "--save-every", "1", "--threads", "1", "--no-progress", *extra]
-    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=600)
+    subprocess.run(_train_cmd(out, *extra), check=True, cwd=REPO, capture_output=True, timeout=600)
     return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
 
 
@@ -337,9 +340,8 @@ def test_euclid_loss_trains_and_is_recorded(tmp_path):
     from prn_blender.core.weights import load_model
     assert load_model(tmp_path / "e/weights.safetensors")[2]["meta"]["loss"] == "euclid"
     # a resume cannot switch the loss (the weights would misreport it)
-    p = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--out", str(tmp_path / "e"), "--width", "2",
-                        "--batch", "2", "--steps", "3", "--threads", "1", "--no-progress", "--resume"],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(_train_cmd(tmp_path / "e", "--steps", "3", "--resume"), check=False, cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode != 0 and "this run trained with --loss euclid" in p.stderr
     assert len((tmp_path / "e/log.jsonl").read_text().splitlines()) == 2          # nothing trained
 

@@ -37,11 +37,13 @@ PRESETS = {  # name -> (region weights, lr)
 }
 
 
-LOSSES = ("mse", "euclid")
+LOSSES = {"mse": "weighted position-map MSE", "euclid": "weighted position-map distance"}   # --loss: what it is
+DEFAULT_LOSS = "mse"     # runs and weights from before --loss existed trained with it; weights record only others
 EUCLID_EPS = 1e-8    # added under the square root: a finite gradient at zero error (1e-4 = 0.03 crop pixels)
 
 
-def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                  kind: str = DEFAULT_LOSS) -> torch.Tensor:
     """pred, target: (B,3,H,W) position maps normalized by POS_SCALE; weight (H,W). Mean over pixels of weight x
     the squared error (``mse``) or x the Euclidean distance (``euclid``) between the two 3D points of a pixel.
     The Euclidean form grows linearly with a point's error, as the NME that judges it does: a few badly hit
@@ -50,7 +52,7 @@ def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
     if kind == "euclid":
         return ((sq + EUCLID_EPS).sqrt() * weight).mean()
     if kind != "mse":
-        raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+        raise ValueError(f"unknown loss {kind!r}; expected one of {tuple(LOSSES)}")
     return (sq * weight).mean()
 
 
@@ -94,7 +96,7 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="region weights (+ lr)")
     ap.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
-    ap.add_argument("--loss", choices=LOSSES, default="mse",
+    ap.add_argument("--loss", choices=list(LOSSES), default=DEFAULT_LOSS,
                     help="per-pixel error under the region weights: squared (mse) or Euclidean distance (euclid)")
     ap.add_argument("--epoch-size", type=int, default=20000, help="samples per (virtual) epoch")
     ap.add_argument("--halve-every", type=float, default=5, help="halve lr every this many epochs")
@@ -171,8 +173,9 @@ def main(argv=None) -> int:
     ck = out / "checkpoint.pt"
     if a.resume and ck.exists():
         state = torch.load(ck, map_location=dev, weights_only=False)
-        if state["args"].get("loss", "mse") != a.loss:   # the weights record one loss for the whole run
-            raise SystemExit(f"--loss {a.loss}: this run trained with --loss {state['args'].get('loss', 'mse')}; "
+        trained = state["args"].get("loss", DEFAULT_LOSS)
+        if trained != a.loss:                          # the weights record one loss for the whole run
+            raise SystemExit(f"--loss {a.loss}: this run trained with --loss {trained}; "
                              "to switch, start a new run from its weights (--init)")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
@@ -258,7 +261,7 @@ def main(argv=None) -> int:
                         "lr": lr, **({"warmup": a.warmup} if a.warmup else {}), "device": str(dev), "amp": amp,
                         "hardware": hardware, "reuse": a.reuse, "epoch_size": a.epoch_size,
                         **({"yaw_uniform": a.yaw_uniform} if a.yaw_uniform != YAW_UNIFORM else {}),
-                        **({"loss": a.loss} if a.loss != "mse" else {}),
+                        **({"loss": a.loss} if a.loss != DEFAULT_LOSS else {}),
                         "wall_time_s": round(time.time() - t_start, 1), **({"parent": parent} if parent else {})}
                 save_weights(model, out / "weights.safetensors", LAYOUT_NAME, meta)
                 if a.keep_every and (step % a.keep_every == 0 or last):

@@ -16,11 +16,11 @@ import torch
 
 from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, load_model, read_metadata, save_weights, sha256
+from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
 
-LOSS_LABELS = {"mse": "weighted position-map MSE", "euclid": "weighted position-map distance"}
 
-
-def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None, loss_kind: str = "mse") -> dict:
+def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None,
+               loss_kind: str = DEFAULT_LOSS) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -41,7 +41,7 @@ def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None, loss_k
     ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"running mean ({k})")
     ax.set_yscale("log")
     ax.set_xlabel(f"step (batch {batch})")
-    ax.set_ylabel(LOSS_LABELS[loss_kind])
+    ax.set_ylabel(LOSSES[loss_kind])
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -149,12 +149,10 @@ def main(argv=None) -> int:
         meta["steps"], meta["average_from"], meta["average_every"] = steps[-1], steps[0], every[0]
     if a.bn_batches and not a.card_only:
         from .data import SyntheticStream
-        from .loop import recalibrate_bn
         stream = SyntheticStream(16, seed=424242, shared=a.shared, device=a.device)
         recalibrate_bn(model.to(a.device), (next(stream)[0] for _ in range(a.bn_batches)))
         model.cpu().eval()
         meta["bn_recalibrated_batches"] = a.bn_batches
-    from .loop import describe_hardware
     hardware = a.hardware or meta.get("hardware") or describe_hardware(torch.device("cpu"))
     meta.update({"hardware": hardware, "shipped_from": run.name})
     if a.out_weights:
@@ -165,7 +163,7 @@ def main(argv=None) -> int:
     batch = int(meta.get("batch", args.get("batch", 16)))
     reuse = int(meta.get("reuse", args.get("reuse", 0)))           # the weights' record, else the checkpoint's
     epoch_size = int(meta.get("epoch_size", args.get("epoch_size", 5000)))
-    loss = meta.get("loss", "mse")
+    loss = meta.get("loss", DEFAULT_LOSS)
     curve = plot_curve(run / "log.jsonl", WEIGHTS_DIR / "training_curve.png", batch, meta.get("steps"), loss)
     if not a.card_only:
         save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=torch.float16)
@@ -201,7 +199,7 @@ def main(argv=None) -> int:
            f"seen, {(parent['wall_time_s'] + curve['elapsed_s']) / 3600:.2f} h of training |"] if parent else []),
         f"| hardware | {hardware}; wall time {curve['elapsed_s'] / 3600:.2f} h"
         + (" (this run)" if parent else "") + " |",
-        f"| final training loss | {curve['final_loss_mean']:.5f} (running mean, {LOSS_LABELS[loss]}) |",
+        f"| final training loss | {curve['final_loss_mean']:.5f} (running mean, {LOSSES[loss]}) |",
         *([f"| weight averaging | {meta['averaged']} (stochastic weight averaging of the constant-lr tail) |"]
           if meta.get("averaged") else []),
         f"| BatchNorm statistics | recalibrated on {meta.get('bn_recalibrated_batches', 0)} fresh synthetic batches "
@@ -211,7 +209,7 @@ def main(argv=None) -> int:
         "```", "python -m prn_blender.synth.uvmap            # layout asset: ICT-FaceKit UVs, landmarks from prnet-bfm",
         f"python train.py --out runs/{run.name} --width {model.width} --batch {batch} --reuse {reuse} "
         f"--lr {lr_phases[0][1]:g}" + (f" --warmup {warmup}" if warmup else "")
-        + (f" --loss {loss}" if loss != "mse" else "")
+        + (f" --loss {loss}" if loss != DEFAULT_LOSS else "")
         + f" --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N"
         + (f" --keep-every {meta.get('average_every') or args.get('keep_every') or 'K'}" if meta.get("averaged")
            else "") + (f" --init {parent['file']}   # the model above" if parent else ""),
