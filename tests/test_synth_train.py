@@ -232,6 +232,42 @@ def test_training_batches_are_made_on_the_data_device(shared):
     assert torch.equal(b.g.get_state(), c.g.get_state())     # the scene generator drew the scenes and nothing else
 
 
+def test_scene_features_switch_off_one_at_a_time(shared, monkeypatch):
+    """train.py --without: each feature generators 7-10 added to the training scenes is skipped when named, and only
+    that one; the generator name records what was off."""
+    from prn_blender.synth.render import GENERATOR_VERSION
+    from prn_blender.train import data
+    step_of = {"exposure": "expose", "sh": "sample_lighting", "restyle": "restyle", "distract": "distract",
+               "yaw-aware": "yaw_aware"}
+    assert set(step_of) == set(data.SCENE_FEATURES)
+    calls = []
+
+    def spy(name):
+        fn = getattr(data, name)
+        return lambda *a, **k: (calls.append(name), fn(*a, **k))[1]
+
+    for name in ("expose", "sample_lighting", "restyle", "distract"):
+        monkeypatch.setattr(data, name, spy(name))
+    s = data.SyntheticStream(2, seed=1, density=20)
+    render = s.renderer.render
+
+    def seen(p):
+        if "yaw_aware" in p and p["yaw_aware"].all():
+            calls.append("yaw_aware")
+        return render(p)
+    s.renderer.render = seen
+    for off in [(), *[(f,) for f in step_of]]:
+        s.without, s._left = frozenset(off), 0            # a fresh batch with these features off
+        calls.clear()
+        img, pos = next(s)
+        assert img.shape == pos.shape == (2, 3, 256, 256)
+        assert set(calls) == set(step_of.values()) - {step_of[f] for f in off}, off
+    assert data.generator_name() == GENERATOR_VERSION
+    assert data.generator_name(["sh", "restyle"]) == f"{GENERATOR_VERSION} without restyle+sh"
+    with pytest.raises(ValueError, match="unknown scene features"):
+        data.generator_name(["hair"])
+
+
 def _train_cmd(out, *extra):
     return [sys.executable, os.path.join(REPO, "train.py"), "--out", str(out), "--width", "2", "--batch", "2",
             "--steps", "2", "--save-every", "1", "--threads", "1", "--no-progress", *extra]
@@ -344,6 +380,21 @@ def test_euclid_loss_trains_and_is_recorded(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode != 0 and "this run trained with --loss euclid" in p.stderr
     assert len((tmp_path / "e/log.jsonl").read_text().splitlines()) == 2          # nothing trained
+
+
+def test_without_is_recorded_and_checked(tmp_path):
+    _train(tmp_path / "w", "--without", "restyle,sh")
+    from prn_blender.core.weights import load_model
+    from prn_blender.synth.render import GENERATOR_VERSION
+    from prn_blender.train import data
+    meta = load_model(tmp_path / "w/weights.safetensors")[2]["meta"]
+    assert meta["generator"] == f"{GENERATOR_VERSION} without restyle+sh"
+    assert meta["preset_history"] == f"paper ({GENERATOR_VERSION} without restyle+sh) from step 0"
+    assert data.without_of(meta["generator"]) == ["restyle", "sh"] and data.without_of(GENERATOR_VERSION) == []
+    p = subprocess.run(_train_cmd(tmp_path / "x", "--without", "hair"), check=False, cwd=REPO, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode != 0 and "--without: unknown scene features ['hair']" in p.stderr
+    assert not (tmp_path / "x/log.jsonl").exists()
 
 
 @pytest.mark.slow

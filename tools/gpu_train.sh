@@ -24,6 +24,7 @@ WIDTH=${WIDTH:-16}
 BATCH=${BATCH:-64}
 LR=${LR:-1e-4}
 LOSS=${LOSS:-mse}            # train.py --loss: mse or euclid
+WITHOUT=${WITHOUT:-}         # train.py --without: training-scene features switched off (e.g. restyle)
 TRAIN_S=${TRAIN_S:-300}      # training s; with setup, benchmark (<= 120 s) and evaluation (<= 90 s): < 9.5 min
 KEEP=${KEEP:-100}            # snapshot every KEEP steps
 REUSE=${REUSE:-1}            # each rendered batch is served 1 + REUSE times, re-augmented
@@ -46,7 +47,7 @@ torch.cuda.is_available() and torch.cuda.get_device_name())"
   $PY -m prn_blender.train.widen --init prn_blender/assets/weights/prn-ict-default.safetensors --width "$WIDTH" \
     --out "$W/init.safetensors"
   $PY train.py --device "$DEVICE" --out "$W/run" --width "$WIDTH" --batch "$BATCH" --init "$W/init.safetensors" \
-    --preset paper-neck --lr "$LR" --loss "$LOSS" --warmup 300 --halve-every 1e9 --steps 100000000 \
+    --preset paper-neck --lr "$LR" --loss "$LOSS" --without "$WITHOUT" --warmup 300 --halve-every 1e9 --steps 100000000 \
     --max-time "$TRAIN_S" --reuse "$REUSE" --amp bf16 --save-every "$KEEP" --keep-every "$KEEP" --seed 17 --no-progress
   local last from
   last=$(ls "$W/run/snapshots" | sed 's/[^0-9]//g' | sort -n | tail -1)

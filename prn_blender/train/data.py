@@ -12,15 +12,40 @@ from __future__ import annotations
 import torch
 
 from ..synth.ict import load_ict
-from ..synth.render import FaceRenderer
+from ..synth.render import GENERATOR_VERSION, FaceRenderer
 from ..synth.sampler import (YAW_UNIFORM, augment, black_border, degrade, distract, expose, occlude, restyle,
                              sample_lighting, sample_params)
+
+# What generators 7-10 added to the training scenes, by name: ``train.py --without NAME`` switches one off to measure
+# what it does to the model, and the run records the generator as ``generator_name(without)``.
+SCENE_FEATURES = {
+    "exposure": "face-metered auto exposure (ictsynth-7)",
+    "sh": "spherical-harmonic environment lighting (ictsynth-7)",
+    "restyle": "saturation, unsharp masking and random convolution (ictsynth-7)",
+    "yaw-aware": "glasses beyond 50 deg yaw and no hair lock over the hidden jaw (ictsynth-8, -9)",
+    "distract": "another person's head behind the subject (ictsynth-10)",
+}
+
+
+def generator_name(without=()) -> str:
+    """The training data's generator: GENERATOR_VERSION, or e.g. "ictsynth-10 without restyle+sh"."""
+    unknown = set(without) - set(SCENE_FEATURES)
+    if unknown:
+        raise ValueError(f"unknown scene features {sorted(unknown)}; known: {', '.join(SCENE_FEATURES)}")
+    return GENERATOR_VERSION + (f" without {'+'.join(sorted(without))}" if without else "")
+
+
+def without_of(generator: str) -> list[str]:
+    """The scene features a generator name says were off (the inverse of generator_name)."""
+    return generator.partition(" without ")[2].split("+") if " without " in generator else []
 
 
 class SyntheticStream:
     def __init__(self, batch: int, seed: int = 0, rank: int = 0, device="cpu", reuse: int = 0,
                  max_yaw: float = 90.0, shared=None, augment_on: bool = True, density: float = 40.0,
-                 yaw_uniform: float = YAW_UNIFORM):
+                 yaw_uniform: float = YAW_UNIFORM, without=()):
+        generator_name(without)                                   # validates the names
+        self.without = frozenset(without)
         self.ict = load_ict(shared=shared)
         self.renderer = FaceRenderer(self.ict, device=device, density=density)
         self.batch, self.reuse, self.max_yaw, self.augment_on = batch, reuse, max_yaw, augment_on
@@ -37,8 +62,10 @@ class SyntheticStream:
         B = n or self.batch
         p = sample_params(B, self.ict.expression_names, self.g, self.device, self.max_yaw, image_g=self.gi,
                           yaw_uniform=self.yaw_uniform)
-        p.update(sample_lighting(B, self.g, self.device),
-                 yaw_aware=torch.ones(B, dtype=torch.bool, device=self.device))
+        if "sh" not in self.without:
+            p.update(sample_lighting(B, self.g, self.device))
+        if "yaw-aware" not in self.without:
+            p["yaw_aware"] = torch.ones(B, dtype=torch.bool, device=self.device)
         return self.renderer.render(p)
 
     def __iter__(self):
@@ -52,7 +79,9 @@ class SyntheticStream:
         b = self._cache
         if not self.augment_on:
             return b.image, b.pos
-        g = self.gi
-        layer = expose(b.layer, b.pos, g)
-        img, pos = augment(b.image, b.pos, g, layer=layer, background=distract(b.background, layer, g))
-        return degrade(restyle(occlude(black_border(img, g), g), g), g), pos
+        g, off = self.gi, self.without
+        layer = b.layer if "exposure" in off else expose(b.layer, b.pos, g)
+        background = b.background if "distract" in off else distract(b.background, layer, g)
+        img, pos = augment(b.image, b.pos, g, layer=layer, background=background)
+        img = occlude(black_border(img, g), g)
+        return degrade(img if "restyle" in off else restyle(img, g), g), pos

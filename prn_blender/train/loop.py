@@ -26,9 +26,9 @@ from ..core.constants import POS_SCALE, WEIGHT_PRESETS
 from ..core.layout import load_layout
 from ..core.network import ResFCN256, count_parameters
 from ..core.weights import save_weights
-from ..synth.render import GENERATOR_VERSION
 from ..synth.sampler import YAW_UNIFORM
 from ..synth.uvmap import LAYOUT_NAME
+from .data import SCENE_FEATURES, SyntheticStream, generator_name
 
 PRESETS = {  # name -> (region weights, lr)
     "paper": ("paper", 1e-4), "paper-neck": ("paper-neck", 1e-4), "uniform": ("uniform", 1e-4),
@@ -109,6 +109,9 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--max-yaw", type=float, default=90.0)
     ap.add_argument("--yaw-uniform", type=float, default=YAW_UNIFORM,
                     help="share of training scenes with yaw uniform over +-max-yaw (the rest: N(0, 25 deg))")
+    ap.add_argument("--without", default="", metavar="F[,F...]",
+                    help="switch off these training-scene features, to measure what they do: "
+                         + ", ".join(f"{k} = {v}" for k, v in SCENE_FEATURES.items()))
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
@@ -148,7 +151,11 @@ def main(argv=None) -> int:
         if a.keep_every % a.save_every:
             raise SystemExit(f"--keep-every {a.keep_every} is not a multiple of --save-every {a.save_every}")
         (out / "snapshots").mkdir(exist_ok=True)
-    from .data import SyntheticStream
+    without = sorted({f for f in a.without.split(",") if f})
+    try:
+        generator = generator_name(without)
+    except ValueError as e:
+        raise SystemExit(f"--without: {e}") from None
     layout = load_layout(LAYOUT_NAME)
     regions, lr = PRESETS[a.preset]
     lr = a.lr or lr
@@ -169,7 +176,7 @@ def main(argv=None) -> int:
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     step, t_start, samples = 0, time.time(), 0
-    history = [[0, a.preset, GENERATOR_VERSION]]   # [first step, preset, generator]: a resumed run may switch
+    history = [[0, a.preset, generator]]   # [first step, preset, generator]: a resumed run may switch
     ck = out / "checkpoint.pt"
     if a.resume and ck.exists():
         state = torch.load(ck, map_location=dev, weights_only=False)
@@ -187,14 +194,14 @@ def main(argv=None) -> int:
         # runs from before the generator was recorded used ictsynth-1
         history = [h if len(h) == 3 else [*h, "ictsynth-1"]
                    for h in state.get("preset_history") or [[0, state["args"]["preset"]]]]
-        if history[-1][1:] != [a.preset, GENERATOR_VERSION]:
-            history.append([step, a.preset, GENERATOR_VERSION])
+        if history[-1][1:] != [a.preset, generator]:
+            history.append([step, a.preset, generator])
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     amp = a.amp if a.amp != "auto" else ("fp16" if dev.type == "cuda" else "bf16")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and dev.type == "cuda" else None
     data = SyntheticStream(a.batch, seed=a.seed + 7919 * step, rank=rank, device=dev, reuse=a.reuse,
-                           max_yaw=a.max_yaw, shared=a.shared, yaw_uniform=a.yaw_uniform)
+                           max_yaw=a.max_yaw, shared=a.shared, yaw_uniform=a.yaw_uniform, without=without)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = None
     if rank == 0 and not a.no_progress:
@@ -254,7 +261,7 @@ def main(argv=None) -> int:
                             "samples": samples, "elapsed": time.time() - t_start, "args": vars(a),
                             "preset_history": history, "parent": parent}, tmp)
                 os.replace(tmp, ck)
-                meta = {"data": "ICT-FaceKit synthetic (MIT)", "generator": GENERATOR_VERSION, "seed": a.seed,
+                meta = {"data": "ICT-FaceKit synthetic (MIT)", "generator": generator, "seed": a.seed,
                         "width": a.width, "steps": step, "images_seen": samples, "batch": a.batch * world,
                         "preset": a.preset,
                         "preset_history": ", ".join(f"{n} ({gen}) from step {s0}" for s0, n, gen in history),

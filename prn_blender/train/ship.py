@@ -16,6 +16,7 @@ import torch
 
 from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, load_model, read_metadata, save_weights, sha256
+from .data import without_of
 from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
 
 
@@ -210,6 +211,7 @@ def main(argv=None) -> int:
         f"python train.py --out runs/{run.name} --width {model.width} --batch {batch} --reuse {reuse} "
         f"--lr {lr_phases[0][1]:g}" + (f" --warmup {warmup}" if warmup else "")
         + (f" --loss {loss}" if loss != DEFAULT_LOSS else "")
+        + (f" --without {','.join(without)}" if (without := without_of(meta.get("generator", ""))) else "")
         + f" --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N"
         + (f" --keep-every {meta.get('average_every') or args.get('keep_every') or 'K'}" if meta.get("averaged")
            else "") + (f" --init {parent['file']}   # the model above" if parent else ""),
