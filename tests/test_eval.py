@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from prn_blender.cli_util import script_argv
+from prn_blender.evaluate.metrics import GROUPS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKETS = {"0-30", "30-60", "60-90", "mean", "all"}
@@ -37,6 +38,10 @@ def _check_schema(m, n_models=1):
     for rec in m["models"].values():
         assert set(rec["nme2d"]) == BUCKETS and set(rec["nme3d"]) == BUCKETS
         assert isinstance(rec["per_image"], dict) and "ms_per_image" in rec
+        # by landmark group: the point-count-weighted mean of the groups is the 68-point NME
+        g = rec["nme2d_groups"]
+        assert list(g) == list(GROUPS) and rec["failures"] == 0
+        assert sum(g[k] * (b - a) for k, (a, b) in GROUPS.items()) / 68 == pytest.approx(rec["nme2d"]["all"])
 
 
 def test_eval_bad_arguments_exit_nonzero(tmp_path):
@@ -64,6 +69,7 @@ def test_eval_aflw_roi_both_forms(tmp_path, shared):
         assert m["models"]["ours"]["yaw_abs_err"]["all"] < 12.0
         for f in ("metrics.md", "ced.png", "yaw.png"):
             assert (out / f).stat().st_size > 0
+        assert "| 3ddfa_v2_mb05 | " in (out / "metrics.md").read_text().split("by landmark group")[1]
 
 
 @pytest.mark.shared

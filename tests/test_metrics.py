@@ -47,6 +47,21 @@ def test_nme_mixed_errors_and_iod():
         M.nme(pred, gt_iod, norm="nope")
 
 
+def test_nme_by_landmark_group():
+    gt = _grid68(40, 10)                   # normalizer 20
+    pred = gt.copy()
+    pred[0:17, :2] += [6.0, 8.0]           # the jaw off by 10 px, the rest exact
+    pred[30, :2] += [0.0, 4.0]             # one nose point (of 9) off by 4
+    g = M.nme_by_group(pred, gt)
+    assert g == pytest.approx({"jaw": 50.0, "brows": 0.0, "nose": 4 / 9 / 20 * 100, "eyes": 0.0, "mouth": 0.0})
+    sizes = {k: b - a for k, (a, b) in M.GROUPS.items()}
+    assert sum(sizes.values()) == 68 and sum(g[k] * sizes[k] for k in g) / 68 == pytest.approx(M.nme(pred, gt))
+    gb = M.nme_by_group(np.stack([pred, gt]), np.stack([gt, gt]))
+    assert gb["jaw"].tolist() == pytest.approx([50.0, 0.0])
+    with pytest.raises(ValueError, match="68-point"):
+        M.nme_by_group(pred[:60], gt[:60])
+
+
 def test_nme_batched():
     gt = np.stack([_grid68(40, 10), _grid68(20, 20)])   # sqrt(wh) = 20 and 20
     pred = gt + np.array([[[3.0, 4.0, 0.0]], [[6.0, 8.0, 0.0]]])

@@ -1,4 +1,5 @@
-"""Landmark metrics (pure numpy): NME, yaw buckets, CED / AUC, and the AFLW2000-3D ground-truth loader.
+"""Landmark metrics (pure numpy): NME (all points and by landmark group), yaw buckets, CED / AUC, and the
+AFLW2000-3D ground-truth loader.
 
 Protocol (3DDFA benchmark, see ``notes/prn.md``): NME = mean over the 68 points of the L2 error divided by the
 sqrt(w*h) of the GT 68-point 2D box, in percent; buckets by |yaw| [0,30], (30,60], (60,90].
@@ -16,18 +17,15 @@ N_AFLW2000 = 2000
 _trapz = getattr(np, "trapezoid", None) or np.trapz
 
 
-def nme(pred, gt, norm: str = "box", dims: int = 2):
-    """Normalized mean error in percent.
+# iBUG-68 landmark groups: index ranges [start, stop)
+GROUPS = {"jaw": (0, 17), "brows": (17, 27), "nose": (27, 36), "eyes": (36, 48), "mouth": (48, 68)}
 
-    pred, gt: (68, 2|3) or batched (B, 68, 2|3) landmarks in pixels. The error is the L2 distance over x,y
-    (``dims=2``) or x,y,z (``dims=3``), averaged over the points and divided by sqrt(w*h) of the GT 2D landmark
-    box (``norm="box"``) or the outer inter-ocular distance ||gt[36] - gt[45]|| (``norm="iod"``, over the same
-    ``dims`` coordinates). Returns a float for a single sample, a (B,) array for a batch.
-    """
+
+def _point_errors(pred, gt, norm: str, dims: int) -> np.ndarray:
+    """(B,68) L2 error of each point in percent of the normalizer (see nme)."""
     p = np.asarray(pred, np.float64)
     g = np.asarray(gt, np.float64)
-    single = g.ndim == 2
-    if single:
+    if g.ndim == 2:
         p, g = p[None], g[None]
     if p.shape[:2] != g.shape[:2]:
         raise ValueError(f"pred {p.shape} and gt {g.shape} differ")
@@ -35,7 +33,7 @@ def nme(pred, gt, norm: str = "box", dims: int = 2):
         raise ValueError(f"dims must be 2 or 3, got {dims}")
     if p.shape[-1] < dims or g.shape[-1] < dims:
         raise ValueError(f"dims={dims} needs {dims} coordinates: pred {p.shape}, gt {g.shape}")
-    err = np.linalg.norm(p[..., :dims] - g[..., :dims], axis=-1).mean(axis=-1)
+    err = np.linalg.norm(p[..., :dims] - g[..., :dims], axis=-1)
     if norm == "box":
         wh = g[..., :2].max(axis=1) - g[..., :2].min(axis=1)
         d = np.sqrt(wh[:, 0] * wh[:, 1])
@@ -45,8 +43,30 @@ def nme(pred, gt, norm: str = "box", dims: int = 2):
         d = np.linalg.norm(g[:, 36, :dims] - g[:, 45, :dims], axis=-1)
     else:
         raise ValueError(f"unknown norm {norm!r} (use 'box' or 'iod')")
-    out = err / d * 100.0
-    return float(out[0]) if single else out
+    return err / d[:, None] * 100.0
+
+
+def nme(pred, gt, norm: str = "box", dims: int = 2):
+    """Normalized mean error in percent.
+
+    pred, gt: (68, 2|3) or batched (B, 68, 2|3) landmarks in pixels. The error is the L2 distance over x,y
+    (``dims=2``) or x,y,z (``dims=3``), averaged over the points and divided by sqrt(w*h) of the GT 2D landmark
+    box (``norm="box"``) or the outer inter-ocular distance ||gt[36] - gt[45]|| (``norm="iod"``, over the same
+    ``dims`` coordinates). Returns a float for a single sample, a (B,) array for a batch.
+    """
+    out = _point_errors(pred, gt, norm, dims).mean(axis=-1)
+    return float(out[0]) if np.ndim(gt) == 2 else out
+
+
+def nme_by_group(pred, gt, norm: str = "box", dims: int = 2) -> dict:
+    """NME in percent of each landmark group of ``GROUPS`` (68-point input as for nme): the mean error over the
+    group's points, divided by the whole face's normalizer, so the 68-point NME is the point-count-weighted mean
+    of the groups. Returns {group: float} for a single sample, {group: (B,) array} for a batch."""
+    e = _point_errors(pred, gt, norm, dims)
+    if e.shape[1] != 68:
+        raise ValueError(f"landmark groups need the 68-point layout, got {e.shape[1]} points")
+    out = {k: e[:, a:b].mean(axis=1) for k, (a, b) in GROUPS.items()}
+    return {k: float(v[0]) for k, v in out.items()} if np.ndim(gt) == 2 else out
 
 
 def yaw_buckets(values, yaws) -> dict:

@@ -165,12 +165,15 @@ def evaluate_landmarks(a, models) -> dict:
         ok = np.array([preds[n] is not None for n in names])
         e2 = np.full(len(names), np.nan)
         e3 = np.full(len(names), np.nan)
+        groups = {k: np.full(len(names), np.nan) for k in M.GROUPS}
         pyaw = np.full(len(names), np.nan)
         for i, n in enumerate(names):
             if ok[i]:
                 p, g = preds[n][0].astype(np.float64), gts[i].astype(np.float64)
                 pyaw[i] = preds[n][1]
                 e2[i] = M.nme(p[:, :2], g[:, :2], norm=a.norm, dims=2)
+                for k, v in M.nme_by_group(p[:, :2], g[:, :2], norm=a.norm, dims=2).items():
+                    groups[k][i] = v
                 pz, gz = p.copy(), g.copy()
                 pz[:, 2] -= pz[:, 2].mean()
                 gz[:, 2] -= gz[:, 2].mean()
@@ -181,7 +184,8 @@ def evaluate_landmarks(a, models) -> dict:
                "per_image": {n: (None if not ok[i] else round(float(e2[i]), 4)) for i, n in enumerate(names)},
                "ms_per_image": float(sum(np.mean(v_) for v_ in m.stage_ms.values())) if m.stage_ms else None,
                "ms_by_stage": {k: round(float(np.mean(v_)), 3) for k, v_ in m.stage_ms.items()},
-               "failures": int((~ok).sum()), "auc_0_7": M.auc(e2[v], 7.0)}
+               "failures": int((~ok).sum()), "auc_0_7": M.auc(e2[v], 7.0),
+               "nme2d_groups": {k: float(np.mean(x[v])) if v.any() else float("nan") for k, x in groups.items()}}
         if pose_known:
             # head yaw error (degrees), and how much of |yaw| is missed (> 0: the head is predicted less turned)
             rec["yaw_abs_err"] = M.yaw_buckets(np.abs(pyaw[v] - yaws[v]), yaws[v])
@@ -256,6 +260,11 @@ def write_report(res: dict, out: Path) -> None:
                 f = lambda b: "-" if np.isnan(e[b]) else f"{e[b]:.1f} / {u[b]:+.1f}"  # noqa: E731
                 lines.append(f"| {k} | {f('0-30')} | {f('30-60')} | {f('60-90')} | {f('all')} |")
             lines.append("")
+        lines += ["## NME2D by landmark group (%, each group's mean error over the face's normalizer)", "",
+                  "| model | " + " | ".join(M.GROUPS) + " |", "|---|" + "---|" * len(M.GROUPS)]
+        for k, m in res["models"].items():
+            lines.append(f"| {k} | " + " | ".join(f"{m['nme2d_groups'][g]:.2f}" for g in M.GROUPS) + " |")
+        lines.append("")
         for k, m in res["models"].items():
             if "nme_dense" in m:
                 lines.append(f"{k}: dense NME {m['nme_dense']:.2f} %, ICP-aligned reconstruction NME "
