@@ -391,6 +391,10 @@ def test_without_is_recorded_and_checked(tmp_path):
     assert meta["generator"] == f"{GENERATOR_VERSION} without restyle+sh"
     assert meta["preset_history"] == f"paper ({GENERATOR_VERSION} without restyle+sh) from step 0"
     assert data.without_of(meta["generator"]) == ["restyle", "sh"] and data.without_of(GENERATOR_VERSION) == []
+    # BatchNorm recalibration (train.ship) draws the run's own scenes
+    s = data.run_stream({**meta, "yaw_uniform": 0.8}, 2, 0)
+    assert s.without == {"restyle", "sh"} and s.yaw_uniform == 0.8
+    assert data.run_stream({"generator": GENERATOR_VERSION}, 2, 0).without == set()
     p = subprocess.run(_train_cmd(tmp_path / "x", "--without", "hair"), check=False, cwd=REPO, capture_output=True,
                        text=True, timeout=600)
     assert p.returncode != 0 and "--without: unknown scene features ['hair']" in p.stderr
@@ -421,7 +425,7 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     """tools/gpu_train.sh is the one prepared call for a time-boxed GPU lease: its glue (widen, time-boxed
     training, averaging of the second half's snapshots, BN recalibration, parts of at most 15 MB) runs here on the
     CPU, and the parts reassemble into the averaged width-16 candidate."""
-    env = {**os.environ, "DEVICE": "cpu", "BATCH": "2", "TRAIN_S": "3", "KEEP": "1", "BENCH": "0",
+    env = {**os.environ, "DEVICE": "cpu", "BATCH": "2", "TRAIN_S": "8", "KEEP": "1", "BENCH": "0",
            "BN_BATCHES": "1", "EVAL_N": "2", "PY": sys.executable, "OUT": str(tmp_path / "out"),
            "PRN_BLENDER_SHARED": str(shared)}
     subprocess.run(["bash", os.path.join(REPO, "tools/gpu_train.sh")], check=True, env=env, cwd=REPO,

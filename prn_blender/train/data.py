@@ -85,3 +85,11 @@ class SyntheticStream:
         img, pos = augment(b.image, b.pos, g, layer=layer, background=background)
         img = occlude(black_border(img, g), g)
         return degrade(img if "restyle" in off else restyle(img, g), g), pos
+
+
+def run_stream(meta: dict, batch: int, seed: int, **kw) -> SyntheticStream:
+    """A stream of the scenes a run trained on, from its weights' metadata: its scene features and yaw prior (for
+    BatchNorm recalibration: the statistics are those of the run's own data)."""
+    return SyntheticStream(batch, seed=seed, without=without_of(meta.get("generator", "")),
+                           yaw_uniform=float(meta.get("yaw_uniform", YAW_UNIFORM)), **kw)
+

@@ -16,7 +16,7 @@ import torch
 
 from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, load_model, read_metadata, save_weights, sha256
-from .data import without_of
+from .data import run_stream, without_of
 from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
 
 
@@ -149,8 +149,7 @@ def main(argv=None) -> int:
                             f"(every {'/'.join(map(str, every))})")
         meta["steps"], meta["average_from"], meta["average_every"] = steps[-1], steps[0], every[0]
     if a.bn_batches and not a.card_only:
-        from .data import SyntheticStream
-        stream = SyntheticStream(16, seed=424242, shared=a.shared, device=a.device)
+        stream = run_stream(meta, 16, 424242, shared=a.shared, device=a.device)
         recalibrate_bn(model.to(a.device), (next(stream)[0] for _ in range(a.bn_batches)))
         model.cpu().eval()
         meta["bn_recalibrated_batches"] = a.bn_batches
