@@ -92,4 +92,3 @@ def run_stream(meta: dict, batch: int, seed: int, **kw) -> SyntheticStream:
     BatchNorm recalibration: the statistics are those of the run's own data)."""
     return SyntheticStream(batch, seed=seed, without=without_of(meta.get("generator", "")),
                            yaw_uniform=float(meta.get("yaw_uniform", YAW_UNIFORM)), **kw)
-
