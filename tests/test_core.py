@@ -99,6 +99,18 @@ def test_widen_command_on_the_shipped_weights(tmp_path):
     parent = {"file": out.name, "sha256": "0" * 64, "steps": 5, "images_seen": 40, "wall_time_s": 36.0,
               "preset_history": "paper (ictsynth-10) from step 0", "widened": md["meta"]["widened"]}
     assert _lineage(parent).endswith(f"then widened: {md['meta']['widened']}")
+    # train.py takes its width from --init (here 12) and refuses a contradicting --width before writing anything
+    from prn_blender.train.loop import main as train_main
+    from prn_blender.train.loop import resolve_width
+    assert resolve_width(None, str(out), None) == 12 and resolve_width(None, None, None) == 16
+    with pytest.raises(SystemExit, match="--width 16: --init w12.safetensors has width 12; .*widen it first"):
+        train_main(["--out", str(tmp_path / "run"), "--init", str(out), "--width", "16"])
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit, match="--width 8: --init w12.safetensors has width 12; leave --width out to keep "
+                                         "it$"):
+        resolve_width(8, str(out), None)
+    with pytest.raises(SystemExit, match="--init: weights file not found"):
+        resolve_width(None, str(tmp_path / "missing.safetensors"), None)
 
 
 def test_tf_name_map_covers_official_tensors(shared):

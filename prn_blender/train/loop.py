@@ -87,7 +87,9 @@ def describe_hardware(dev: torch.device, world: int = 1) -> str:
 def build_argparser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output folder (checkpoint, log, weights)")
-    ap.add_argument("--width", type=int, default=16, help="base channels: 16 = full PRN, 8 = half, 4 = quarter")
+    ap.add_argument("--width", type=int, default=None,
+                    help="base channels: 16 = full PRN, 8 = half, 4 = quarter (default: the --init weights' or "
+                         "the resumed run's width, else 16)")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--max-time", type=float, default=0,
                     help="also stop once this run's training has taken this many seconds (this invocation, "
@@ -127,8 +129,29 @@ def build_argparser() -> argparse.ArgumentParser:
     return ap
 
 
+def resolve_width(asked: int | None, init: str | None, checkpoint: Path | None) -> int:
+    """The run's network width: the resumed checkpoint's, else the --init weights', else 16; a --width that
+    contradicts either is refused (SystemExit) before anything is written."""
+    if checkpoint is not None and checkpoint.exists():
+        have, what = torch.load(checkpoint, map_location="cpu", weights_only=False)["args"]["width"], "this run"
+    elif init:
+        from ..core.weights import WeightsError, read_metadata
+        try:
+            have, what = int(read_metadata(init)["width"]), f"--init {Path(init).name}"
+        except WeightsError as e:
+            raise SystemExit(f"--init: {e}") from None
+    else:
+        return asked or 16
+    if asked not in (None, have):
+        hint = ("; widen it first (python -m prn_blender.train.widen)" if "init" in what and asked > have else "")
+        raise SystemExit(f"--width {asked}: {what} has width {have}; leave --width out to keep it{hint}")
+    return have
+
+
 def main(argv=None) -> int:
     a = build_argparser().parse_args(argv)
+    out = Path(a.out)
+    a.width = resolve_width(a.width, a.init, out / "checkpoint.pt" if a.resume else None)
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     dev = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
                        else "cpu")
@@ -145,7 +168,6 @@ def main(argv=None) -> int:
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True       # fixed input shapes: pick the fastest convolution kernels
     torch.manual_seed(a.seed)
-    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.keep_every:
         if a.keep_every % a.save_every:
