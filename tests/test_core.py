@@ -113,6 +113,15 @@ def test_widen_command_on_the_shipped_weights(tmp_path):
         resolve_width(None, str(tmp_path / "missing.safetensors"), None)
 
 
+
+def test_train_step_limit_defaults():
+    """train.py stops at step 1000 by default, and has no step limit when only --max-time bounds the run."""
+    from prn_blender.train.loop import parse_args
+    assert parse_args(["--out", "r"]).steps == 1000
+    assert parse_args(["--out", "r", "--max-time", "60"]).steps is None
+    assert parse_args(["--out", "r", "--max-time", "60", "--steps", "5"]).steps == 5
+
+
 def test_tf_name_map_covers_official_tensors(shared):
     names = {}
     for line in (shared / "prnet/256_256_resfcn256_weight.index.tensors.tsv").read_text().splitlines():

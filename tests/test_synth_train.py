@@ -334,15 +334,19 @@ def test_training_deterministic_and_resumable(tmp_path):
 
 
 def test_max_time_stops_and_saves(tmp_path):
-    """--max-time: the run stops at the first step that ends past the limit, well before --steps, with the
-    checkpoint, the weights and a snapshot of that step written (a time-boxed GPU lease keeps what it trained)."""
-    log = _train(tmp_path / "t", "--steps", "1000", "--max-time", "0.001", "--keep-every", "1000",
-                 "--save-every", "500")
+    """--max-time without --steps: the time box alone bounds the run, which stops at the first step that ends past
+    the limit with the checkpoint, the weights and a snapshot of that step written (a time-boxed GPU lease keeps
+    what it trained)."""
+    cmd = _train_cmd(tmp_path / "t", "--max-time", "0.001", "--keep-every", "1000", "--save-every", "500")
+    i = cmd.index("--steps")
+    subprocess.run(cmd[:i] + cmd[i + 2:], check=True, cwd=REPO, capture_output=True, timeout=600)   # no --steps
+    log = [json.loads(x) for x in (tmp_path / "t/log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1]
     from prn_blender.core.weights import load_model
     assert load_model(tmp_path / "t/weights.safetensors")[2]["meta"]["steps"] == 1
     assert [p.name for p in (tmp_path / "t/snapshots").iterdir()] == ["weights_000001.safetensors"]
-    assert torch.load(tmp_path / "t/checkpoint.pt", weights_only=False)["step"] == 1
+    state = torch.load(tmp_path / "t/checkpoint.pt", weights_only=False)
+    assert state["step"] == 1 and state["args"]["steps"] is None                   # the time box alone bounds it
 
 
 def test_warmup_ramps_the_learning_rate(tmp_path):

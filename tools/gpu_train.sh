@@ -48,8 +48,7 @@ torch.cuda.is_available() and torch.cuda.get_device_name())"
     --out "$W/init.safetensors"
   $PY train.py --device "$DEVICE" --out "$W/run" --width "$WIDTH" --batch "$BATCH" --init "$W/init.safetensors" \
     --preset paper-neck --lr "$LR" --loss "$LOSS" --without "$WITHOUT" --warmup 300 --halve-every 1e9 \
-    --steps 100000000 --max-time "$TRAIN_S" --reuse "$REUSE" --amp bf16 --save-every "$KEEP" --keep-every "$KEEP" \
-    --seed 17 --no-progress
+    --max-time "$TRAIN_S" --reuse "$REUSE" --amp bf16 --save-every "$KEEP" --keep-every "$KEEP" --seed 17 --no-progress
   local last from
   last=$(ls "$W/run/snapshots" | sed 's/[^0-9]//g' | sort -n | tail -1)
   from=$(( (10#$last / 2 + KEEP - 1) / KEEP * KEEP ))

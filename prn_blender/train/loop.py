@@ -90,7 +90,8 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--width", type=int, default=None,
                     help="base channels: 16 = full PRN, 8 = half, 4 = quarter (default: the --init weights' or "
                          "the resumed run's width, else 16)")
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="stop at this step (default 1000; no step limit when --max-time is given)")
     ap.add_argument("--max-time", type=float, default=0,
                     help="also stop once this run's training has taken this many seconds (this invocation, "
                          "setup excluded), saving the weights and a snapshot of that step; for time-boxed machines. "
@@ -129,9 +130,18 @@ def build_argparser() -> argparse.ArgumentParser:
     return ap
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """train.py's arguments; ``steps`` None = no step limit (a --max-time run without --steps)."""
+    a = build_argparser().parse_args(argv)
+    if a.steps is None and not a.max_time:
+        a.steps = 1000
+    return a
+
+
 def resolve_width(asked: int | None, init: str | None, checkpoint: Path | None) -> int:
     """The run's network width: the resumed checkpoint's, else the --init weights', else 16; a --width that
     contradicts either is refused (SystemExit) before anything is written."""
+    hint = ""
     if checkpoint is not None and checkpoint.exists():
         have, what = torch.load(checkpoint, map_location="cpu", weights_only=False)["args"]["width"], "this run"
     elif init:
@@ -140,16 +150,17 @@ def resolve_width(asked: int | None, init: str | None, checkpoint: Path | None) 
             have, what = int(read_metadata(init)["width"]), f"--init {Path(init).name}"
         except WeightsError as e:
             raise SystemExit(f"--init: {e}") from None
+        if asked is not None and asked > have:
+            hint = "; widen it first (python -m prn_blender.train.widen)"
     else:
         return asked or 16
     if asked not in (None, have):
-        hint = ("; widen it first (python -m prn_blender.train.widen)" if "init" in what and asked > have else "")
         raise SystemExit(f"--width {asked}: {what} has width {have}; leave --width out to keep it{hint}")
     return have
 
 
 def main(argv=None) -> int:
-    a = build_argparser().parse_args(argv)
+    a = parse_args(argv)
     out = Path(a.out)
     a.width = resolve_width(a.width, a.init, out / "checkpoint.pt" if a.resume else None)
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -236,7 +247,7 @@ def main(argv=None) -> int:
     t_data = t_net = 0.0
     hardware = describe_hardware(dev, world)
     t_run = time.time()
-    while step < a.steps:
+    while a.steps is None or step < a.steps:
         t0 = time.time()
         img, pos = next(data)
         img = img.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
