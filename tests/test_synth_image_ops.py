@@ -1,4 +1,4 @@
-"""Image-space parts of the data engine that need no face model: black border, hair blur, exposure, restyle,
+"""Image-space parts of the data engine that need no face model: black border, hair blur, exposure,
 the paper's augmentation, the yaw prior."""
 from __future__ import annotations
 
@@ -63,21 +63,6 @@ def test_expose_meters_the_face_and_clips_at_full_exposure():
     half[:, :3] = 0.2
     out = expose(half, pos[:2], g, target=(0.9, 0.9))
     assert float((out[:, :3] - out[:, 3:]).max()) <= 1e-6 and float(out[:, :3].max()) == 0.5
-
-
-def test_restyle_keeps_shape_range_and_is_the_identity_when_off():
-    from prn_blender.synth.sampler import restyle
-    img = torch.rand(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    off = restyle(img, torch.Generator().manual_seed(1), p_sat=0.0, p_sharp=0.0, p_conv=0.0)
-    assert torch.allclose(off, img, atol=1e-6)
-    a = restyle(img, torch.Generator().manual_seed(1), p_sat=1.0, p_sharp=1.0, p_conv=1.0)
-    b = restyle(img, torch.Generator().manual_seed(1), p_sat=1.0, p_sharp=1.0, p_conv=1.0)
-    assert torch.equal(a, b) and a.shape == img.shape and float(a.min()) >= 0 and float(a.max()) <= 1
-    assert float((a - img).abs().mean()) > 0.01
-    # the random convolution alone keeps each channel's mean (up to clipping at 0 / 1)
-    flat = torch.full((8, 3, 64, 64), 0.5) + 0.1 * torch.randn(8, 3, 64, 64, generator=torch.Generator())
-    c = restyle(flat, torch.Generator().manual_seed(3), p_sat=0.0, p_sharp=0.0, p_conv=1.0)
-    assert torch.allclose(c.mean((2, 3)), flat.mean((2, 3)), atol=0.01)
 
 
 def test_augment_composites_the_head_layer_over_the_background():

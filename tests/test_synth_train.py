@@ -237,8 +237,7 @@ def test_scene_features_switch_off_one_at_a_time(shared, monkeypatch):
     that one; the generator name records what was off."""
     from prn_blender.synth.render import GENERATOR_VERSION
     from prn_blender.train import data
-    step_of = {"exposure": "expose", "sh": "sample_lighting", "restyle": "restyle", "distract": "distract",
-               "yaw-aware": "yaw_aware"}
+    step_of = {"exposure": "expose", "sh": "sample_lighting", "distract": "distract", "yaw-aware": "yaw_aware"}
     assert set(step_of) == set(data.SCENE_FEATURES)
     calls = []
 
@@ -246,7 +245,7 @@ def test_scene_features_switch_off_one_at_a_time(shared, monkeypatch):
         fn = getattr(data, name)
         return lambda *a, **k: (calls.append(name), fn(*a, **k))[1]
 
-    for name in ("expose", "sample_lighting", "restyle", "distract"):
+    for name in ("expose", "sample_lighting", "distract"):
         monkeypatch.setattr(data, name, spy(name))
     s = data.SyntheticStream(2, seed=1, density=20)
     render = s.renderer.render
@@ -263,7 +262,7 @@ def test_scene_features_switch_off_one_at_a_time(shared, monkeypatch):
         assert img.shape == pos.shape == (2, 3, 256, 256)
         assert set(calls) == set(step_of.values()) - {step_of[f] for f in off}, off
     assert data.generator_name() == GENERATOR_VERSION
-    assert data.generator_name(["sh", "restyle"]) == f"{GENERATOR_VERSION} without restyle+sh"
+    assert data.generator_name(["sh", "exposure"]) == f"{GENERATOR_VERSION} without exposure+sh"
     with pytest.raises(ValueError, match="unknown scene features"):
         data.generator_name(["hair"])
 
@@ -392,17 +391,18 @@ def test_euclid_loss_trains_and_is_recorded(tmp_path):
 
 
 def test_without_is_recorded_and_checked(tmp_path):
-    _train(tmp_path / "w", "--without", "restyle,sh")
+    _train(tmp_path / "w", "--without", "exposure,sh")
     from prn_blender.core.weights import load_model
     from prn_blender.synth.render import GENERATOR_VERSION
     from prn_blender.train import data
     meta = load_model(tmp_path / "w/weights.safetensors")[2]["meta"]
-    assert meta["generator"] == f"{GENERATOR_VERSION} without restyle+sh"
-    assert meta["preset_history"] == f"paper ({GENERATOR_VERSION} without restyle+sh) from step 0"
-    assert data.without_of(meta["generator"]) == ["restyle", "sh"] and data.without_of(GENERATOR_VERSION) == []
+    assert meta["generator"] == f"{GENERATOR_VERSION} without exposure+sh"
+    assert meta["preset_history"] == f"paper ({GENERATOR_VERSION} without exposure+sh) from step 0"
+    assert data.without_of(meta["generator"]) == ["exposure", "sh"] and data.without_of(GENERATOR_VERSION) == []
+    assert data.without_of("ictsynth-10 without restyle+sh") == ["sh"]      # restyle is gone from the generator
     # BatchNorm recalibration (train.ship) draws the run's own scenes
     s = data.run_stream({**meta, "yaw_uniform": 0.8}, 2, 0)
-    assert s.without == {"restyle", "sh"} and s.yaw_uniform == 0.8
+    assert s.without == {"exposure", "sh"} and s.yaw_uniform == 0.8
     assert data.run_stream({"generator": GENERATOR_VERSION}, 2, 0).without == set()
     p = subprocess.run(_train_cmd(tmp_path / "x", "--without", "hair"), check=False, cwd=REPO, capture_output=True,
                        text=True, timeout=600)

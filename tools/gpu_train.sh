@@ -24,7 +24,7 @@ WIDTH=${WIDTH:-16}
 BATCH=${BATCH:-64}
 LR=${LR:-1e-4}
 LOSS=${LOSS:-mse}            # train.py --loss: mse or euclid
-WITHOUT=${WITHOUT:-}         # train.py --without: training-scene features switched off (e.g. restyle)
+WITHOUT=${WITHOUT:-}         # train.py --without: training-scene features switched off (e.g. distract)
 TRAIN_S=${TRAIN_S:-300}      # training s; with setup, benchmark (<= 120 s) and evaluation (<= 90 s): < 9.5 min
 KEEP=${KEEP:-100}            # snapshot every KEEP steps
 REUSE=${REUSE:-1}            # each rendered batch is served 1 + REUSE times, re-augmented

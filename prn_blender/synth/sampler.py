@@ -236,48 +236,6 @@ def expose(layer: torch.Tensor, pos: torch.Tensor, g: torch.Generator, target=(0
     return torch.cat([torch.minimum(layer[:, :3] * gain, layer[:, 3:]), layer[:, 3:]], 1)
 
 
-def restyle(img: torch.Tensor, g: torch.Generator, p_sat: float = 0.5, p_sharp: float = 0.2,
-            p_conv: float = 0.25) -> torch.Tensor:
-    """Training-only appearance randomization on (B,3,H,W) images in [0,1], beyond the paper's colour scaling:
-    saturation x U(0.3, 1.5) (probability ``p_sat``), unsharp masking of strength U(0, 1.5) (``p_sharp``), and a
-    random convolution (RandConv, Xu et al. 2021; ``p_conv``): one random 3->3 channel kernel of side 1, 3 or 5
-    per batch, drawn per sample, its output matched to the input's per-channel mean and sd, mixed in with weight
-    U(0, 1). Shape cues stay, colour and texture statistics do not: the network must not rely on the renderer's."""
-    B, _, n, _ = img.shape
-    dev = img.device
-
-    def U(lo, hi, p):          # (B,) U(lo, hi) with probability p, and the indices of the samples it is on for
-        on = _rand(g, B) < p
-        return _rand(g, B) * (hi - lo) + lo, on.nonzero()[:, 0].to(dev)
-
-    def where(x, idx, fn):     # fn on the samples idx of x only: on the others it would be identity work
-        return x.index_copy(0, idx, fn(x[idx], idx)) if len(idx) else x
-
-    sat, i_sat = U(0.3, 1.5, p_sat)
-    amt, i_sharp = U(0.0, 1.5, p_sharp)
-    alpha, i_conv = U(0.0, 1.0, p_conv)
-    k = int(_randint(g, 3, (1,))) * 2 + 1
-    w = (_randn(g, B, 3, 3, k, k) / math.sqrt(3 * k * k)).to(dev)
-    sat, amt, alpha = (v.to(dev)[:, None, None, None] for v in (sat, amt, alpha))
-
-    def randconv(x, idx):
-        m = len(idx)
-        y = F.conv2d(F.pad(x, (k // 2,) * 4, mode="replicate").reshape(1, m * 3, n + k - 1, n + k - 1),
-                     w[idx].reshape(m * 3, 3, k, k), groups=m).view(m, 3, n, n)
-        mu, sd = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
-        y = (y - y.mean((2, 3), keepdim=True)) / y.std((2, 3), keepdim=True).clamp_min(1e-6) * sd + mu
-        return alpha[idx] * y + (1 - alpha[idx]) * x
-
-    def saturate(x, idx):
-        gray = x.mean(1, keepdim=True)
-        return gray + (x - gray) * sat[idx]
-
-    out = where(img, i_sat, saturate)
-    out = where(out, i_sharp, lambda x, i: x + amt[i] * (x - F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)))
-    out = where(out, i_conv, randconv)
-    return out.clamp(0, 1)
-
-
 def degrade(img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Camera-like degradations: down/up-sampling blur, noise, gamma, contrast, colour cast, grayscale."""
     B, _, n, _ = img.shape

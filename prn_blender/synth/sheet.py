@@ -1,5 +1,5 @@
 """Contact sheet of training samples exactly as the trainer sees them (``train.data.SyntheticStream``: render ->
-exposure -> augment over the background -> border, occlusion, restyle, degradation), with the ground-truth 68
+exposure -> augment over the background -> border, occlusion, degradation), with the ground-truth 68
 landmarks drawn:
 ``python -m prn_blender.synth.sheet --out sheet.png [--n 32 --seed 0]``."""
 from __future__ import annotations

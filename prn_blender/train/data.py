@@ -1,5 +1,5 @@
 """On-the-fly synthetic training batches (render -> face-metered exposure -> another person's head in the background
--> paper augmentation of the head layer over the background -> black crop border -> occlude -> restyle -> degrade);
+-> paper augmentation of the head layer over the background -> black crop border -> occlude -> degrade);
 scenes get environment lighting (sampler.sample_lighting) and the yaw-aware hair locks and glasses of
 accessories.draw.
 
@@ -13,22 +13,23 @@ import torch
 
 from ..synth.ict import load_ict
 from ..synth.render import GENERATOR_VERSION, FaceRenderer
-from ..synth.sampler import (YAW_UNIFORM, augment, black_border, degrade, distract, expose, occlude, restyle,
-                             sample_lighting, sample_params)
+from ..synth.sampler import (YAW_UNIFORM, augment, black_border, degrade, distract, expose, occlude, sample_lighting,
+                             sample_params)
 
 # What generators 7-10 added to the training scenes, by name: ``train.py --without NAME`` switches one off to measure
-# what it does to the model, and the run records the generator as ``generator_name(without)``.
+# what it does to the model, and the run records the generator as ``generator_name(without)``. Features removed
+# from the generator since are always off: RETIRED_FEATURES.
 SCENE_FEATURES = {
     "exposure": "face-metered auto exposure (ictsynth-7)",
     "sh": "spherical-harmonic environment lighting (ictsynth-7)",
-    "restyle": "saturation, unsharp masking and random convolution (ictsynth-7)",
     "yaw-aware": "glasses beyond 50 deg yaw and no hair lock over the hidden jaw (ictsynth-8, -9)",
     "distract": "another person's head behind the subject (ictsynth-10)",
 }
+RETIRED_FEATURES = {"restyle": "saturation, unsharp masking and random convolution (ictsynth-7 to -10)"}
 
 
 def generator_name(without=()) -> str:
-    """The training data's generator: GENERATOR_VERSION, or e.g. "ictsynth-10 without restyle+sh"."""
+    """The training data's generator: GENERATOR_VERSION, or e.g. "ictsynth-11 without distract+sh"."""
     unknown = set(without) - set(SCENE_FEATURES)
     if unknown:
         raise ValueError(f"unknown scene features {sorted(unknown)}; known: {', '.join(SCENE_FEATURES)}")
@@ -36,8 +37,10 @@ def generator_name(without=()) -> str:
 
 
 def without_of(generator: str) -> list[str]:
-    """The scene features a generator name says were off (the inverse of generator_name)."""
-    return generator.partition(" without ")[2].split("+") if " without " in generator else []
+    """The scene features a generator name says were off (the inverse of generator_name), less the retired ones
+    (the generator no longer has them: off anyway)."""
+    named = generator.partition(" without ")[2].split("+") if " without " in generator else []
+    return [f for f in named if f not in RETIRED_FEATURES]
 
 
 class SyntheticStream:
@@ -84,7 +87,7 @@ class SyntheticStream:
         background = b.background if "distract" in off else distract(b.background, layer, g)
         img, pos = augment(b.image, b.pos, g, layer=layer, background=background)
         img = occlude(black_border(img, g), g)
-        return degrade(img if "restyle" in off else restyle(img, g), g), pos
+        return degrade(img, g), pos
 
 
 def run_stream(meta: dict, batch: int, seed: int, **kw) -> SyntheticStream:
