@@ -103,6 +103,7 @@ def test_widen_command_on_the_shipped_weights(tmp_path):
     from prn_blender.train.loop import main as train_main
     from prn_blender.train.loop import resolve_width
     assert resolve_width(None, str(out), None) == 12 and resolve_width(None, None, None) == 16
+    assert resolve_width(None, str(out), 2) == 2                  # a resumed run keeps its own width
     with pytest.raises(SystemExit, match="--width 16: --init w12.safetensors has width 12; .*widen it first"):
         train_main(["--out", str(tmp_path / "run"), "--init", str(out), "--width", "16"])
     assert not (tmp_path / "run").exists()

@@ -325,11 +325,13 @@ def test_training_deterministic_and_resumable(tmp_path):
     line = _lineage(parent)
     assert line.startswith(f"`avg.safetensors` sha256 `{sha256(out)[:12]}...`: 3 steps, 6 images") and "paper" in line
     assert any(not torch.equal(v, avg.state_dict()[k]) for k, v in ft.state_dict().items())   # it trained
-    # a resumed run keeps its width: none given is its own, another one is refused
-    from prn_blender.train.loop import resolve_width
-    assert resolve_width(None, None, tmp_path / "f/checkpoint.pt") == 2
-    with pytest.raises(SystemExit, match="--width 4: this run has width 2; leave --width out to keep it$"):
-        resolve_width(4, None, tmp_path / "f/checkpoint.pt")
+    # a resumed run keeps its width: none given is its own (resumed above), another one is refused
+    cmd = _train_cmd(tmp_path / "f", "--steps", "3", "--resume")
+    i = cmd.index("--width")
+    p = subprocess.run(cmd[:i + 1] + ["4"] + cmd[i + 2:], check=False, cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode != 0 and "--width 4: this run has width 2; leave --width out to keep it\n" in p.stderr
+    assert len((tmp_path / "f/log.jsonl").read_text().splitlines()) == 2                       # nothing trained
 
 
 def test_max_time_stops_and_saves(tmp_path):

@@ -138,12 +138,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def resolve_width(asked: int | None, init: str | None, checkpoint: Path | None) -> int:
-    """The run's network width: the resumed checkpoint's, else the --init weights', else 16; a --width that
-    contradicts either is refused (SystemExit) before anything is written."""
+def resolve_width(asked: int | None, init: str | None, resumed: int | None) -> int:
+    """The run's network width: ``resumed`` (the width of the run being resumed, None for a new run), else the
+    --init weights', else 16; a --width that contradicts either is refused (SystemExit) before anything is
+    written."""
     hint = ""
-    if checkpoint is not None and checkpoint.exists():
-        have, what = torch.load(checkpoint, map_location="cpu", weights_only=False)["args"]["width"], "this run"
+    if resumed is not None:
+        have, what = resumed, "this run"
     elif init:
         from ..core.weights import WeightsError, read_metadata
         try:
@@ -162,7 +163,10 @@ def resolve_width(asked: int | None, init: str | None, checkpoint: Path | None) 
 def main(argv=None) -> int:
     a = parse_args(argv)
     out = Path(a.out)
-    a.width = resolve_width(a.width, a.init, out / "checkpoint.pt" if a.resume else None)
+    ck = out / "checkpoint.pt"
+    # read once: its arguments fix the width before the model is built, its tensors are loaded below
+    state = torch.load(ck, map_location="cpu", weights_only=False) if a.resume and ck.exists() else None
+    a.width = resolve_width(a.width, a.init, state["args"]["width"] if state else None)
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     dev = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
                        else "cpu")
@@ -210,9 +214,7 @@ def main(argv=None) -> int:
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     step, t_start, samples = 0, time.time(), 0
     history = [[0, a.preset, generator]]   # [first step, preset, generator]: a resumed run may switch
-    ck = out / "checkpoint.pt"
-    if a.resume and ck.exists():
-        state = torch.load(ck, map_location=dev, weights_only=False)
+    if state is not None:
         trained = state["args"].get("loss", DEFAULT_LOSS)
         if trained != a.loss:                          # the weights record one loss for the whole run
             raise SystemExit(f"--loss {a.loss}: this run trained with --loss {trained}; "
