@@ -114,6 +114,18 @@ def test_widen_command_on_the_shipped_weights(tmp_path):
         resolve_width(None, str(tmp_path / "missing.safetensors"), None)
 
 
+def test_card_lines_for_a_lineage_and_a_schedule():
+    """The model card's totals add up every generation of a fine-tuning chain (a GPU continuation of a widened
+    CPU model has two), and its lr line names a cosine schedule once instead of one phase per step."""
+    from prn_blender.train.ship import _chain_totals, _lr_text
+    grand = {"steps": 46000, "images_seen": 368000, "wall_time_s": 3600.0, "parent": None}
+    parent = {"steps": 4102, "images_seen": 262528, "wall_time_s": 360.0, "parent": grand}
+    assert _chain_totals(parent) == (50102, 630528, 3960.0) and _chain_totals(None) == (0, 0, 0.0)
+    assert _lr_text({"schedule": "cosine", "lr": 1e-4}, [(1, 1e-6), (2, 2e-6)], 300, 4102) == \
+        "linear warm-up over the first 300 steps, then cosine from 0.0001 to 0 over 4102 steps"
+    assert _lr_text({"lr": 1e-4}, [(1, 1e-4), (9, 5e-5)], 0, 10) == "0.0001 from step 1, 5e-05 from step 9"
+
+
 
 def test_train_step_limit_defaults():
     """train.py stops at step 1000 by default, and has no step limit when only --max-time bounds the run."""

@@ -344,7 +344,8 @@ def test_max_time_stops_and_saves(tmp_path):
     log = [json.loads(x) for x in (tmp_path / "t/log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1]
     from prn_blender.core.weights import load_model
-    assert load_model(tmp_path / "t/weights.safetensors")[2]["meta"]["steps"] == 1
+    meta = load_model(tmp_path / "t/weights.safetensors")[2]["meta"]
+    assert meta["steps"] == 1 and meta["max_time"] == 0.001                    # recorded for the card
     assert [p.name for p in (tmp_path / "t/snapshots").iterdir()] == ["weights_000001.safetensors"]
     state = torch.load(tmp_path / "t/checkpoint.pt", weights_only=False)
     assert state["step"] == 1 and state["args"]["steps"] is None                   # the time box alone bounds it
@@ -357,6 +358,26 @@ def test_warmup_ramps_the_learning_rate(tmp_path):
     from prn_blender.core.weights import load_model
     meta = load_model(tmp_path / "w/weights.safetensors")[2]["meta"]
     assert meta["warmup"] == 3 and "loss" not in meta          # the default loss (mse) is not recorded
+
+
+def test_learning_rate_schedules(tmp_path):
+    """--schedule halve: lr halves every --halve-every epochs; cosine: lr (1 + cos(pi p)) / 2 for the share p of
+    the run done, by steps or by --max-time, whichever is further; both under the warm-up. A cosine run records its
+    schedule in the weights, and its last step trains at lr (1 + cos(pi (steps-1)/steps)) / 2."""
+    from prn_blender.train.loop import learning_rate, parse_args
+    a = parse_args(["--out", "x", "--lr", "1", "--epoch-size", "10", "--halve-every", "2"])
+    assert [learning_rate(a, 0, n, 0.0) for n in (0, 19, 20, 45)] == [1, 1, 0.5, 0.25]
+    c = parse_args(["--out", "x", "--lr", "1", "--schedule", "cosine", "--steps", "100", "--warmup", "10"])
+    assert learning_rate(c, 0, 0, 0.0) == pytest.approx(0.1 * (1 + math.cos(0)) / 2)        # warm-up x cosine
+    assert [learning_rate(c, s, 0, 0.0) for s in (50, 100, 150)] == pytest.approx([0.5, 0, 0])
+    t = parse_args(["--out", "x", "--lr", "1", "--schedule", "cosine", "--max-time", "60"])
+    assert t.steps is None and learning_rate(t, 5, 0, 15.0) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
+    t.steps = 10                                          # both bound it: the one further along counts
+    assert learning_rate(t, 5, 0, 15.0) == pytest.approx(0.5)
+    log = _train(tmp_path / "c", "--steps", "4", "--lr", "0.001", "--schedule", "cosine")
+    assert [r["lr"] for r in log] == pytest.approx([1e-3 * (1 + math.cos(math.pi * s / 4)) / 2 for s in range(4)])
+    from prn_blender.core.weights import load_model
+    assert load_model(tmp_path / "c/weights.safetensors")[2]["meta"]["schedule"] == "cosine"
 
 
 def test_weighted_losses():

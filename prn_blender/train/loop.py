@@ -103,6 +103,9 @@ def build_argparser() -> argparse.ArgumentParser:
                     help="per-pixel error under the region weights: squared (mse) or Euclidean distance (euclid)")
     ap.add_argument("--epoch-size", type=int, default=20000, help="samples per (virtual) epoch")
     ap.add_argument("--halve-every", type=float, default=5, help="halve lr every this many epochs")
+    ap.add_argument("--schedule", choices=SCHEDULES, default="halve",
+                    help="lr after the warm-up: halve (every --halve-every epochs) or cosine (from lr down to 0 "
+                         "over the run: --steps, or --max-time for a time-boxed one, whichever ends it first)")
     ap.add_argument("--warmup", type=int, default=0,
                     help="ramp the lr linearly from lr/N to lr over the run's first N steps: a fresh Adam state's "
                          "first steps are full lr-sized moves of every weight, which pulls a fine-tuned (--init) "
@@ -136,6 +139,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.steps is None and not a.max_time:
         a.steps = 1000
     return a
+
+
+SCHEDULES = ("halve", "cosine")
+
+
+def learning_rate(a: argparse.Namespace, step: int, samples: int, elapsed: float) -> float:
+    """The lr of training step ``step`` (0-based) under train.py's arguments ``a``, ``samples`` images seen
+    before it and ``elapsed`` s of this invocation's training: ``--schedule halve``: lr x 0.5^floor(epoch /
+    halve_every); ``cosine``: lr x (1 + cos(pi p)) / 2, p the share of the run done: step / steps or elapsed /
+    max_time, whichever is larger (a time-boxed run anneals to 0 at its deadline, whatever the machine's speed).
+    Times the linear warm-up over the first ``warmup`` steps."""
+    lr = a.lr
+    if a.schedule == "cosine":
+        p = max(step / a.steps if a.steps else 0.0, elapsed / a.max_time if a.max_time else 0.0)
+        lr *= 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+    else:
+        lr *= 0.5 ** math.floor(samples / a.epoch_size / a.halve_every)
+    if step < a.warmup:
+        lr *= (step + 1) / a.warmup
+    return lr
 
 
 def resolve_width(asked: int | None, init: str | None, resumed: int | None) -> int:
@@ -195,7 +218,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--without: {e}") from None
     layout = load_layout(LAYOUT_NAME)
     regions, lr = PRESETS[a.preset]
-    lr = a.lr or lr
+    a.lr = lr = a.lr or lr
     weight = torch.from_numpy(layout.weight_mask(regions)).to(dev)
     # channels_last: x1.24 faster training steps than NCHW on this 2-core CPU (width 8 and 16, batch 8, bf16;
     # benchmarks/bench_core.py)
@@ -255,10 +278,7 @@ def main(argv=None) -> int:
         img = img.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
         target = pos.to(dev).contiguous() / POS_SCALE
         t1 = time.time()
-        epoch = samples / a.epoch_size
-        cur_lr = lr * 0.5 ** math.floor(epoch / a.halve_every)
-        if step < a.warmup:
-            cur_lr *= (step + 1) / a.warmup
+        cur_lr = learning_rate(a, step, samples, t0 - t_run)
         for gparam in opt.param_groups:
             gparam["lr"] = cur_lr
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -300,7 +320,9 @@ def main(argv=None) -> int:
                         "width": a.width, "steps": step, "images_seen": samples, "batch": a.batch * world,
                         "preset": a.preset,
                         "preset_history": ", ".join(f"{n} ({gen}) from step {s0}" for s0, n, gen in history),
-                        "lr": lr, **({"warmup": a.warmup} if a.warmup else {}), "device": str(dev), "amp": amp,
+                        "lr": lr, **({"warmup": a.warmup} if a.warmup else {}),
+                        **({"schedule": a.schedule} if a.schedule != "halve" else {}),
+                        **({"max_time": a.max_time} if a.max_time else {}), "device": str(dev), "amp": amp,
                         "hardware": hardware, "reuse": a.reuse, "epoch_size": a.epoch_size,
                         **({"yaw_uniform": a.yaw_uniform} if a.yaw_uniform != YAW_UNIFORM else {}),
                         **({"loss": a.loss} if a.loss != DEFAULT_LOSS else {}),

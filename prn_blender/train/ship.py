@@ -84,6 +84,25 @@ def _lineage(parent: dict) -> str:
     return out + (f"; itself fine-tuned from {_lineage(parent['parent'])}" if parent.get("parent") else "")
 
 
+def _chain_totals(parent: dict | None) -> tuple[int, int, float]:
+    """(steps, images seen, training wall time s) of a fine-tuning run's ancestors (train.py --init), all
+    generations."""
+    if not parent:
+        return 0, 0, 0.0
+    s, n, t = _chain_totals(parent.get("parent"))
+    return s + parent["steps"], n + parent["images_seen"], t + parent["wall_time_s"]
+
+
+def _lr_text(meta: dict, lr_steps: list, warmup: int, steps: int) -> str:
+    """The card's learning-rate schedule: the linear warm-up, then cosine annealing (train.py --schedule cosine)
+    or the halving schedule's phases (``lr_steps``: (first step, lr) where the lr changed)."""
+    text = f"linear warm-up over the first {warmup} steps, " if warmup else ""
+    if meta.get("schedule") == "cosine":
+        return text + f"then cosine from {float(meta['lr']):g} to 0 over {steps} steps"
+    phases = [(s0, lr) for s0, lr in lr_steps if s0 >= warmup] or lr_steps[-1:]
+    return text + ", ".join(f"{lr:g} from step {s0}" for s0, lr in phases)
+
+
 def _metrics_table(dirs: list | None, title: str) -> list[str]:
     """Markdown table of the models in one or more eval.py output folders of the same dataset and crop."""
     found = [json.loads((Path(d) / "metrics.json").read_text()) for d in dirs or []
@@ -171,9 +190,12 @@ def main(argv=None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     parent = meta.get("parent")
     warmup = int(meta.get("warmup") or args.get("warmup") or 0)
-    lr_phases = [(s0, lr) for s0, lr in curve["lr_steps"] if s0 >= warmup] or curve["lr_steps"][-1:]
-    lr_text = (f"linear warm-up over the first {warmup} steps, " if warmup else "") + ", ".join(
-        f"{lr:g} from step {s0}" for s0, lr in lr_phases)
+    lr_text = _lr_text(meta, curve["lr_steps"], warmup, curve["steps"])
+    cosine = meta.get("schedule") == "cosine"
+    before = _chain_totals(parent)
+    phases = (meta.get("preset_history") or "").count(" from step ")
+    first_lr = float(meta["lr"]) if cosine else \
+        ([lr for s0, lr in curve["lr_steps"] if s0 >= warmup] or [curve["lr_steps"][-1][1]])[0]
     card = [
         "# Model card: prn-ict-default", "",
         "PRN (ResFCN256 position-map regression) trained only on synthetic faces rendered from the MIT-licensed",
@@ -195,27 +217,33 @@ def main(argv=None) -> int:
         + ("loss W x ||P - P~|| (train.py --loss euclid), " if loss == "euclid" else "")
         + f"Adam lr {lr_text}, autocast {meta.get('amp')} |",
         *([f"| fine-tuned from | {_lineage(parent)} |",
-           f"| in all | {parent['steps'] + curve['steps']} steps, {parent['images_seen'] + curve['samples']:,} images "
-           f"seen, {(parent['wall_time_s'] + curve['elapsed_s']) / 3600:.2f} h of training |"] if parent else []),
+           f"| in all | {before[0] + curve['steps']} steps, {before[1] + curve['samples']:,} images "
+           f"seen, {(before[2] + curve['elapsed_s']) / 3600:.2f} h of training |"] if parent else []),
         f"| hardware | {hardware}; wall time {curve['elapsed_s'] / 3600:.2f} h"
         + (" (this run)" if parent else "") + " |",
         f"| final training loss | {curve['final_loss_mean']:.5f} (running mean, {LOSSES[loss]}) |",
-        *([f"| weight averaging | {meta['averaged']} (stochastic weight averaging of the constant-lr tail) |"]
+        *([f"| weight averaging | {meta['averaged']} (stochastic weight averaging of the "
+           f"{'annealed' if cosine else 'constant-lr'} tail) |"]
           if meta.get("averaged") else []),
         f"| BatchNorm statistics | recalibrated on {meta.get('bn_recalibrated_batches', 0)} fresh synthetic batches "
         f"of 16 after training |",
         "| license | weights: GPL-3.0-or-later with the add-on; inputs: ICT-FaceKit (MIT) |", "",
         "## How it was made", "",
         "```", "python -m prn_blender.synth.uvmap            # layout asset: ICT-FaceKit UVs, landmarks from prnet-bfm",
+        *([(f"# on a GPU: tools/gpu_train.sh ran{' the widening (train.widen),' if parent.get('widened') else ''} "
+            "this command and the snapshot averaging (train.ship) in one device call")]
+          if parent and meta.get("device", "").startswith("cuda") else []),
         f"python train.py --out runs/{run.name} --width {model.width} --batch {batch} --reuse {reuse} "
-        f"--lr {lr_phases[0][1]:g}" + (f" --warmup {warmup}" if warmup else "")
+        + (f"--preset {meta['preset']} " if cosine else "") + f"--lr {first_lr:g}"
+        + (f" --warmup {warmup}" if warmup else "")
         + (f" --loss {loss}" if loss != DEFAULT_LOSS else "")
         + (f" --without {','.join(without)}" if (without := without_of(meta.get("generator", ""))) else "")
-        + f" --epoch-size {epoch_size} --seed {meta.get('seed')} --steps N"
+        + (f" --schedule cosine --max-time {float(meta.get('max_time', 0)):g} --amp {meta.get('amp')}" if cosine
+           else f" --epoch-size {epoch_size}") + f" --seed {meta.get('seed')}" + ("" if cosine else " --steps N")
         + (f" --keep-every {meta.get('average_every') or args.get('keep_every') or 'K'}" if meta.get("averaged")
            else "") + (f" --init {parent['file']}   # the model above" if parent else ""),
-        "# ... resumed with --resume and the --preset / --lr of each phase above; "
-        f"stopped after {curve['steps']} steps",
+        *([(f"# ... resumed with --resume and the --preset / --lr of each phase above; stopped after "
+            f"{curve['steps']} steps")] if phases > 1 or not cosine else []),
         "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --out out/eval_aflw",
         ("python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --scales 1 --no-peer "
          "--out out/eval_aflw_one_scale"),
@@ -232,7 +260,7 @@ def main(argv=None) -> int:
         *(["The curve shows this fine-tuning run; the parent model's curve is in the git history of this file.", ""]
           if parent else []),
         "## Limits", "",
-        (f"- Trained on {(parent or {}).get('images_seen', 0) + curve['samples']:,} synthetic images in all, far "
+        (f"- Trained on {before[1] + curve['samples']:,} synthetic images in all, far "
          "fewer than PRN's 300W-LP schedule; expect"),
         "  larger errors than the paper on real photos, especially at large yaw (see the table).",
         "- Synthetic appearance is a domain gap: procedural skin, no beards beyond stubble; hair volume, fringes,",
