@@ -126,6 +126,23 @@ def test_card_lines_for_a_lineage_and_a_schedule():
     assert _lr_text({"lr": 1e-4}, [(1, 1e-4), (9, 5e-5)], 0, 10) == "0.0001 from step 1, 5e-05 from step 9"
 
 
+def test_training_curve_with_ancestor_runs(tmp_path):
+    """ship's training curve draws the runs a model was fine-tuned from before its own run; the summary is the
+    run's own (a resumed run's re-logged steps count once)."""
+    import json
+
+    from prn_blender.train.ship import plot_curve
+    for name, n in (("a", 5), ("b", 3)):
+        (tmp_path / name).mkdir()
+        recs = [{"step": s, "loss": 1.0 / s, "lr": 1e-4, "samples": 8 * s, "elapsed": float(s)}
+                for s in range(1, n + 1)]
+        (tmp_path / name / "log.jsonl").write_text("\n".join(json.dumps(r) for r in recs + recs[-1:]) + "\n")
+    out = tmp_path / "curve.png"
+    c = plot_curve(tmp_path / "b/log.jsonl", out, 8, ancestors=[tmp_path / "a/log.jsonl"])
+    assert out.stat().st_size > 0 and (c["steps"], c["samples"], c["elapsed_s"]) == (3, 24, 3.0)
+    assert c["final_loss_mean"] == pytest.approx(1 / 3)
+
+
 
 def test_train_step_limit_defaults():
     """train.py stops at step 1000 by default, and has no step limit when only --max-time bounds the run."""

@@ -455,7 +455,7 @@ def test_ddp_two_cpu_processes(tmp_path):
 @pytest.mark.slow
 def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     """tools/gpu_train.sh is the one prepared call for a time-boxed GPU lease: its glue (widen, time-boxed
-    training, averaging of the second half's snapshots, BN recalibration, parts of at most 15 MB) runs here on the
+    training, averaging of the last quarter's snapshots, BN recalibration, parts of at most 15 MB) runs here on the
     CPU, and the parts reassemble into the averaged width-16 candidate."""
     env = {**os.environ, "DEVICE": "cpu", "BATCH": "2", "TRAIN_S": "8", "KEEP": "1", "BENCH": "0",
            "BN_BATCHES": "1", "EVAL_N": "2", "PY": sys.executable, "OUT": str(tmp_path / "out"),

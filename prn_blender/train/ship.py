@@ -20,26 +20,42 @@ from .data import run_stream, without_of
 from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
 
 
-def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None,
-               loss_kind: str = DEFAULT_LOSS) -> dict:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _read_log(log: Path, upto: int | None = None) -> list[dict]:
+    """A run's log.jsonl records in step order; a resumed run re-logs the steps after its last checkpoint: the
+    last record of each step is kept; ``upto``: only the steps the weights have seen."""
     by_step = {}
-    # a resumed run re-logs the steps after its last checkpoint: keep the last record of each step
     for line in log.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            if upto is None or r["step"] <= upto:   # only the steps the weights have seen
+            if upto is None or r["step"] <= upto:
                 by_step[r["step"]] = r
-    recs = [by_step[k] for k in sorted(by_step)]
-    steps = np.array([r["step"] for r in recs])
-    loss = np.array([r["loss"] for r in recs])
-    k = max(1, len(loss) // 100)
-    smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None,
+               loss_kind: str = DEFAULT_LOSS, ancestors: list | None = None) -> dict:
+    """Plot the run's loss per step to ``out`` and summarize the run. ``ancestors``: the logs of the runs it was
+    fine-tuned from (train.py --init), oldest first, drawn before it on one step axis with a line at each
+    hand-over; the summary is the run's own."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, loss, alpha=0.25, lw=0.6, label="loss")
-    ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"running mean ({k})")
+    offset = 0
+    segments = [(Path(a), None) for a in ancestors or []] + [(log, upto)]
+    for i, (path, limit) in enumerate(segments):
+        recs = _read_log(path, limit)
+        steps = np.array([r["step"] for r in recs]) + offset
+        loss = np.array([r["loss"] for r in recs])
+        k = max(1, len(loss) // 100)
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        own = i == len(segments) - 1
+        name = "" if len(segments) == 1 else f" ({path.parent.name})"
+        ax.plot(steps, loss, alpha=0.25, lw=0.6, color="C0", label="loss" if own else None)
+        ax.plot(steps[k - 1:], smooth, lw=1.5, color=f"C{i + 1}", label=f"running mean ({k}){name}")
+        if offset:
+            ax.axvline(offset, color="gray", lw=0.8, ls=":")
+        offset = int(steps[-1])
     ax.set_yscale("log")
     ax.set_xlabel(f"step (batch {batch})")
     ax.set_ylabel(LOSSES[loss_kind])
@@ -49,7 +65,7 @@ def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None,
     fig.savefig(out, dpi=110)
     plt.close(fig)
     lr_steps = [(r["step"], r["lr"]) for i, r in enumerate(recs) if i == 0 or r["lr"] != recs[i - 1]["lr"]]
-    return {"steps": int(steps[-1]), "final_loss_mean": float(smooth[-1]), "elapsed_s": recs[-1]["elapsed"],
+    return {"steps": int(recs[-1]["step"]), "final_loss_mean": float(smooth[-1]), "elapsed_s": recs[-1]["elapsed"],
             "samples": recs[-1]["samples"], "lr_steps": lr_steps}
 
 
@@ -149,6 +165,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out-weights", help="write here instead of the shipped default (for trying a checkpoint)")
     ap.add_argument("--card-only", action="store_true",
                     help="keep the shipped weights as they are (the ones just evaluated); rewrite card and curve")
+    ap.add_argument("--ancestor-logs", nargs="+", default=[],
+                    help="log.jsonl of the runs this one was fine-tuned from, oldest first: the training curve "
+                         "shows them before it")
     ap.add_argument("--hardware", help="what the run trained on (default: as train.py recorded it, else this "
                                        "machine)")
     a = ap.parse_args(argv)
@@ -183,7 +202,8 @@ def main(argv=None) -> int:
     reuse = int(meta.get("reuse", args.get("reuse", 0)))           # the weights' record, else the checkpoint's
     epoch_size = int(meta.get("epoch_size", args.get("epoch_size", 5000)))
     loss = meta.get("loss", DEFAULT_LOSS)
-    curve = plot_curve(run / "log.jsonl", WEIGHTS_DIR / "training_curve.png", batch, meta.get("steps"), loss)
+    curve = plot_curve(run / "log.jsonl", WEIGHTS_DIR / "training_curve.png", batch, meta.get("steps"), loss,
+                       a.ancestor_logs)
     if not a.card_only:
         save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=torch.float16)
     digest = sha256(DEFAULT_WEIGHTS)
@@ -257,8 +277,9 @@ def main(argv=None) -> int:
         *_metrics_table(a.eval_aflw, "Real photos: the 16 AFLW2000-3D images in ../shared"),
         *_metrics_table(a.eval_synth, "Held-out synthetic set"),
         "## Training curve", "", "![training curve](training_curve.png)", "",
-        *(["The curve shows this fine-tuning run; the parent model's curve is in the git history of this file.", ""]
-          if parent else []),
+        *([("The curve shows this fine-tuning run"
+             + (f" after {', '.join(Path(x).parent.name for x in a.ancestor_logs)}" if a.ancestor_logs else "")
+             + "; the earlier models' curves are in the git history of this file."), ""] if parent else []),
         "## Limits", "",
         (f"- Trained on {before[1] + curve['samples']:,} synthetic images in all, far "
          "fewer than PRN's 300W-LP schedule; expect"),
