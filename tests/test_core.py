@@ -116,8 +116,12 @@ def test_widen_command_on_the_shipped_weights(tmp_path):
 
 def test_card_lines_for_a_lineage_and_a_schedule():
     """The model card's totals add up every generation of a fine-tuning chain (a GPU continuation of a widened
-    CPU model has two), and its lr line names a cosine schedule once instead of one phase per step."""
-    from prn_blender.train.ship import _chain_totals, _lr_text
+    CPU model has two), its lr line names a cosine schedule once instead of one phase per step, and a snapshot
+    average names its spacing."""
+    from prn_blender.train.ship import _chain_totals, _lr_text, averaged_text
+    assert averaged_text([2300, 2400, 2500, 2543]) == ("mean of 4 snapshots, steps 2300-2543 (every 100 and the "
+                                                       "last step)", 100)     # a --max-time run ends off the grid
+    assert averaged_text([500, 1000, 1500]) == ("mean of 3 snapshots, steps 500-1500 (every 500)", 500)
     grand = {"steps": 46000, "images_seen": 368000, "wall_time_s": 3600.0, "parent": None}
     parent = {"steps": 4102, "images_seen": 262528, "wall_time_s": 360.0, "parent": grand}
     assert _chain_totals(parent) == (50102, 630528, 3960.0) and _chain_totals(None) == (0, 0, 0.0)

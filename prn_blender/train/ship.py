@@ -91,6 +91,15 @@ def average_snapshots(run: Path, first: int, last: int | None = None) -> tuple[d
     return {k: (v / len(snaps)).float() for k, v in acc.items()}, [s for s, _ in snaps]
 
 
+def averaged_text(steps: list[int]) -> tuple[str, int]:
+    """The weights' record of a snapshot average over ``steps`` (ascending) and the snapshot spacing
+    (train.py --keep-every): its most common gap; a run that stopped off the grid (--max-time) adds its last step."""
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    every = max(set(gaps), key=lambda g: (gaps.count(g), g))
+    last = " and the last step" if len(gaps) > 1 and gaps[-1] != every else ""
+    return f"mean of {len(steps)} snapshots, steps {steps[0]}-{steps[-1]} (every {every}{last})", every
+
+
 def _lineage(parent: dict) -> str:
     """One card line for the weights a fine-tuning run started from (train.py --init), recursively."""
     out = (f"`{parent['file']}` sha256 `{parent['sha256'][:12]}...`: {parent['steps']} steps, "
@@ -168,6 +177,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ancestor-logs", nargs="+", default=[],
                     help="log.jsonl of the runs this one was fine-tuned from, oldest first: the training curve "
                          "shows them before it")
+    ap.add_argument("--recipe", nargs="+", default=[], metavar="LINE",
+                    help="lines for the card's How-it-was-made block before the run's own command (e.g. the "
+                         "tools/gpu_train.sh calls of the models it was fine-tuned from)")
     ap.add_argument("--hardware", help="what the run trained on (default: as train.py recorded it, else this "
                                        "machine)")
     a = ap.parse_args(argv)
@@ -182,10 +194,8 @@ def main(argv=None) -> int:
             raise SystemExit("--average-from needs BatchNorm recalibration (--bn-batches > 0)")
         sd, steps = average_snapshots(run, a.average_from, int(meta["steps"]))
         model.load_state_dict(sd, strict=False)
-        every = sorted({b - a_ for a_, b in zip(steps, steps[1:])})
-        meta["averaged"] = (f"mean of {len(steps)} snapshots, steps {steps[0]}-{steps[-1]} "
-                            f"(every {'/'.join(map(str, every))})")
-        meta["steps"], meta["average_from"], meta["average_every"] = steps[-1], steps[0], every[0]
+        meta["averaged"], every = averaged_text(steps)
+        meta["steps"], meta["average_from"], meta["average_every"] = steps[-1], steps[0], every
     if a.bn_batches and not a.card_only:
         stream = run_stream(meta, 16, 424242, shared=a.shared, device=a.device)
         recalibrate_bn(model.to(a.device), (next(stream)[0] for _ in range(a.bn_batches)))
@@ -250,6 +260,7 @@ def main(argv=None) -> int:
         "| license | weights: GPL-3.0-or-later with the add-on; inputs: ICT-FaceKit (MIT) |", "",
         "## How it was made", "",
         "```", "python -m prn_blender.synth.uvmap            # layout asset: ICT-FaceKit UVs, landmarks from prnet-bfm",
+        *a.recipe,
         *([(f"# on a GPU: tools/gpu_train.sh ran{' the widening (train.widen),' if parent.get('widened') else ''} "
             "this command and the snapshot averaging (train.ship) in one device call")]
           if parent and meta.get("device", "").startswith("cuda") else []),
