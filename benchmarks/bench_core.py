@@ -2,12 +2,13 @@
 
 * network: full-size ResFCN256 (random weights: speed does not depend on values), batch 1 latency and batch 8
   throughput, optimized path (bf16 autocast + channels_last on CPU / fp16 on CUDA, inference_mode) vs naive eager
-  fp32 NCHW of the same weights; plus the shipped model's width. Training step (batch 8, autocast, Adam):
+  fp32 NCHW of the same weights; plus width 8 and the shipped model's width. Training step (batch 8, autocast, Adam):
   channels_last, as train.py runs it, vs NCHW.
-* end-to-end image -> FaceResult with the shipped weights, split by stage.
+* end-to-end image -> FaceResult with the shipped weights, split by stage, and video frames per second; with
+  ``--weights A B``, those of each model, and B's times against A's (e.g. a wider model against the last one).
 * synthetic data engine throughput (samples/s) when ../shared is present.
 Run: ``.venv/bin/python benchmarks/bench_core.py [--device cpu|cuda] [--reps N] [--only net,e2e,data,video]
-[--data-batch 16,256]``.
+[--data-batch 16,256] [--weights BASELINE.safetensors OTHER.safetensors]``.
 """
 from __future__ import annotations
 
@@ -93,13 +94,16 @@ def main():
     ap.add_argument("--image", help="photo for the end-to-end split (default: scikit-image astronaut)")
     ap.add_argument("--only", default="net,e2e,data,video", help="comma-separated sections to run")
     ap.add_argument("--data-batch", default="16", help="comma-separated batch sizes for the training data path")
+    ap.add_argument("--weights", nargs="+", default=[],
+                    help="weights for the end-to-end and video sections (default: the shipped ones); with several, "
+                         "each one's times against the first's")
     a = ap.parse_args()
     only = set(a.only.split(","))
     dev = torch.device(a.device)
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     from prn_blender.core.weights import DEFAULT_WEIGHTS, read_metadata
     shipped_w = int(read_metadata(DEFAULT_WEIGHTS)["width"]) if DEFAULT_WEIGHTS.exists() else 8
-    for width in sorted({16, shipped_w}, reverse=True) if "net" in only else ():
+    for width in sorted({16, 8, shipped_w}, reverse=True) if "net" in only else ():
         print(f"\nResFCN256 width {width}: ms/image (naive fp32 NCHW eager | optimized) and speed-up")
         for b, tn, to, r in bench_net(width, dev, a.reps):
             print(f"  batch {b}: naive {tn:7.1f} ms/img ({1e3 / tn:6.1f} img/s) | optimized {to:7.1f} ms/img "
@@ -107,7 +111,10 @@ def main():
         tn, tc = bench_train_step(width, dev, a.reps)
         print(f"  training step, batch 8: NCHW {tn:7.1f} ms | channels_last (train.py) {tc:7.1f} ms "
               f"({8e3 / tc:5.1f} img/s) | x{tn / tc:.2f}")
-    if DEFAULT_WEIGHTS.exists() and "e2e" in only:
+    weights = [Path(w) for w in a.weights] or ([DEFAULT_WEIGHTS] if DEFAULT_WEIGHTS.exists() else [])
+    names = [f"{w.name} (width {read_metadata(w)['width']})" for w in weights]
+    e2e = {}                                            # (weights, label) -> ms; video: fps
+    if "e2e" in only:
         from prn_blender.core.constants import MULTI_SCALE, VIDEO_SCALES
         from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
         if a.image:
@@ -115,20 +122,21 @@ def main():
         else:
             from skimage import data
             img = data.astronaut()
-        totals = {}
-        for label, scales in (("one scale", VIDEO_SCALES), ("multi-scale, the default for photos", MULTI_SCALE)):
-            rec = FaceReconstructor(device=a.device, options=InferenceOptions(scales=scales))
-            rec(img)
-            acc = {}
-            for _ in range(a.reps):
-                for k, v in rec(img)[0].timings.items():
-                    acc.setdefault(k, []).append(v)
-            totals[label] = tot = sum(np.median(v) for v in acc.values())
-            print(f"\nend-to-end image -> FaceResult (shipped weights, mirror averaging, {label} {scales}), "
-                  "median ms by stage:")
-            print("  " + ", ".join(f"{k} {np.median(v):.1f}" for k, v in acc.items()) + f"; total {tot:.1f} ms")
-        one, multi = totals.values()
-        print(f"  multi-scale / one scale: x{multi / one:.2f} time")
+        for w, name in zip(weights, names):
+            totals = {}
+            for label, scales in (("one scale", VIDEO_SCALES), ("multi-scale, the default for photos", MULTI_SCALE)):
+                rec = FaceReconstructor(w, device=a.device, options=InferenceOptions(scales=scales))
+                rec(img)
+                acc = {}
+                for _ in range(a.reps):
+                    for k, v in rec(img)[0].timings.items():
+                        acc.setdefault(k, []).append(v)
+                totals[label] = e2e[name, label] = tot = sum(np.median(v) for v in acc.values())
+                print(f"\nend-to-end image -> FaceResult ({name}, mirror averaging, {label} {scales}), "
+                      "median ms by stage:")
+                print("  " + ", ".join(f"{k} {np.median(v):.1f}" for k, v in acc.items()) + f"; total {tot:.1f} ms")
+            one, multi = totals.values()
+            print(f"  multi-scale / one scale: x{multi / one:.2f} time")
     from prn_blender.core.paths import shared_dir
     if shared_dir(required=False) and "data" in only:
         from prn_blender.synth.ict import load_ict
@@ -151,23 +159,27 @@ def main():
             t = timeit(lambda s=stream: (next(s), sync()), 3)
             print(f"training data path (SyntheticStream, every batch freshly rendered), batch {B}: "
                   f"{B / t:.1f} samples/s")
-    if shared_dir(required=False) and "video" in only and DEFAULT_WEIGHTS.exists():
+    if shared_dir(required=False) and "video" in only:
         import tempfile
         from prn_blender.core.constants import VIDEO_SCALES
         from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
         from prn_blender.core.smoothing import OneEuroSettings
         from prn_blender.core.video import iter_video
         from prn_blender.synth.clip import make_synthetic_clip
-        rec = FaceReconstructor(device=a.device, options=InferenceOptions(scales=VIDEO_SCALES))
         with tempfile.TemporaryDirectory() as d:
             path, gt = make_synthetic_clip(Path(d) / "clip.avi", n_frames=24, seed=0)
-            for label, sm in (("raw", None), ("one-euro", OneEuroSettings())):
-                t = time.perf_counter()
-                n = sum(1 for _ in iter_video(path, rec, smoothing=sm))
-                dt = time.perf_counter() - t
-                print(f"video end-to-end ({label}, tracking, textures): {n / dt:.2f} fps "
-                      f"({dt * 1e3 / n:.0f} ms/frame, {n} frames 256x256)")
-
+            for w, name in zip(weights, names):
+                rec = FaceReconstructor(w, device=a.device, options=InferenceOptions(scales=VIDEO_SCALES))
+                for label, sm in (("raw", None), ("one-euro", OneEuroSettings())):
+                    t = time.perf_counter()
+                    n = sum(1 for _ in iter_video(path, rec, smoothing=sm))
+                    dt = time.perf_counter() - t
+                    e2e[name, f"video {label}"] = dt * 1e3 / n
+                    print(f"video end-to-end ({name}, {label}, tracking, textures): {n / dt:.2f} fps "
+                          f"({dt * 1e3 / n:.0f} ms/frame, {n} frames 256x256)")
+    for name in names[1:]:                   # each further model's time against the first's, same run
+        print(f"\n{name} vs {names[0]}: " + ", ".join(
+            f"{label} x{ms / e2e[names[0], label]:.2f} time" for (n, label), ms in e2e.items() if n == name))
 
 if __name__ == "__main__":
     main()

@@ -88,26 +88,28 @@ def test_widen_command_on_the_shipped_weights(tmp_path):
     from prn_blender.core.weights import DEFAULT_WEIGHTS, load_model
     from prn_blender.train.ship import _lineage
     from prn_blender.train.widen import main
-    out = tmp_path / "w12.safetensors"
-    assert main(["--init", str(DEFAULT_WEIGHTS), "--width", "12", "--out", str(out)]) == 0
-    (m, _, md0), (w, lay, md) = load_model(DEFAULT_WEIGHTS), load_model(out)
-    assert w.width == 12 and lay.name == md0["layout"] and md["meta"]["steps"] == md0["meta"]["steps"]
-    assert md["meta"]["widened"] == f"width {m.width} -> 12 (Net2WiderNet, seed 0) from {DEFAULT_WEIGHTS.name}"
+    m, _, md0 = load_model(DEFAULT_WEIGHTS)
+    W = m.width + 4
+    out = tmp_path / f"w{W}.safetensors"
+    assert main(["--init", str(DEFAULT_WEIGHTS), "--width", str(W), "--out", str(out)]) == 0
+    w, lay, md = load_model(out)
+    assert w.width == W and lay.name == md0["layout"] and md["meta"]["steps"] == md0["meta"]["steps"]
+    assert md["meta"]["widened"] == f"width {m.width} -> {W} (Net2WiderNet, seed 0) from {DEFAULT_WEIGHTS.name}"
     x = torch.rand(1, 3, 256, 256)
     with torch.no_grad():
         torch.testing.assert_close(w(x), m(x), atol=1e-4, rtol=0)
     parent = {"file": out.name, "sha256": "0" * 64, "steps": 5, "images_seen": 40, "wall_time_s": 36.0,
               "preset_history": "paper (ictsynth-10) from step 0", "widened": md["meta"]["widened"]}
     assert _lineage(parent).endswith(f"then widened: {md['meta']['widened']}")
-    # train.py takes its width from --init (here 12) and refuses a contradicting --width before writing anything
+    # train.py takes its width from --init and refuses a contradicting --width before writing anything
     from prn_blender.train.loop import main as train_main
     from prn_blender.train.loop import resolve_width
-    assert resolve_width(None, str(out), None) == 12 and resolve_width(None, None, None) == 16
+    assert resolve_width(None, str(out), None) == W and resolve_width(None, None, None) == 16
     assert resolve_width(None, str(out), 2) == 2                  # a resumed run keeps its own width
-    with pytest.raises(SystemExit, match="--width 16: --init w12.safetensors has width 12; .*widen it first"):
-        train_main(["--out", str(tmp_path / "run"), "--init", str(out), "--width", "16"])
+    with pytest.raises(SystemExit, match=f"--width {W + 4}: --init {out.name} has width {W}; .*widen it first"):
+        train_main(["--out", str(tmp_path / "run"), "--init", str(out), "--width", str(W + 4)])
     assert not (tmp_path / "run").exists()
-    with pytest.raises(SystemExit, match="--width 8: --init w12.safetensors has width 12; leave --width out to keep "
+    with pytest.raises(SystemExit, match=f"--width 8: --init {out.name} has width {W}; leave --width out to keep "
                                          "it$"):
         resolve_width(8, str(out), None)
     with pytest.raises(SystemExit, match="--init: weights file not found"):

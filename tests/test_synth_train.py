@@ -454,22 +454,36 @@ def test_ddp_two_cpu_processes(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
-    """tools/gpu_train.sh is the one prepared call for a time-boxed GPU lease: its glue (widen, time-boxed
-    training, averaging of the last quarter's snapshots, BN recalibration, parts of at most 15 MB) runs here on the
-    CPU, and the parts reassemble into the averaged width-16 candidate."""
-    env = {**os.environ, "DEVICE": "cpu", "BATCH": "2", "TRAIN_S": "8", "KEEP": "1", "BENCH": "0",
-           "BN_BATCHES": "1", "EVAL_N": "2", "PY": sys.executable, "OUT": str(tmp_path / "out"),
-           "PRN_BLENDER_SHARED": str(shared)}
-    subprocess.run(["bash", os.path.join(REPO, "tools/gpu_train.sh")], check=True, env=env, cwd=REPO,
-                   capture_output=True, timeout=900)
-    parts = sorted((tmp_path / "out").glob("cand.part-*"))
-    assert len(parts) >= 2 and all(p.stat().st_size <= 15 * 2 ** 20 for p in parts)
-    (tmp_path / "cand.safetensors").write_bytes(b"".join(p.read_bytes() for p in parts))
-    from prn_blender.core.weights import load_model
-    model, _, md = load_model(tmp_path / "cand.safetensors")
+    """tools/gpu_train.sh is the one prepared call for a time-boxed GPU lease: its glue (time-boxed training of the
+    shipped model, averaging of the last quarter's snapshots, BN recalibration, parts of at most 15 MB) runs here
+    on the CPU, and the parts reassemble into the averaged candidate; a narrower INIT is widened first."""
+    from prn_blender.core.weights import DEFAULT_WEIGHTS, load_model, read_metadata, save_weights, sha256
+
+    def run(out, **kw):
+        env = {**os.environ, "DEVICE": "cpu", "BATCH": "2", "TRAIN_S": "8", "KEEP": "1", "BENCH": "0",
+               "BN_BATCHES": "1", "EVAL_N": "2", "PY": sys.executable, "OUT": str(out),
+               "PRN_BLENDER_SHARED": str(shared), **kw}
+        subprocess.run(["bash", os.path.join(REPO, "tools/gpu_train.sh")], check=True, env=env, cwd=REPO,
+                       capture_output=True, timeout=900)
+        parts = sorted(out.glob("cand.part-*"))
+        assert parts and all(p.stat().st_size <= 15 * 2 ** 20 for p in parts)
+        (out / "cand.safetensors").write_bytes(b"".join(p.read_bytes() for p in parts))
+        return (*load_model(out / "cand.safetensors"), parts)
+
+    W = int(read_metadata(DEFAULT_WEIGHTS)["width"])
+    model, _, md, parts = run(tmp_path / "out", WIDTH=str(W))        # a continuation of the shipped model
+    assert len(parts) >= 2 or W < 16                                 # a full-width model comes back in parts
     steps = [json.loads(x)["step"] for x in (tmp_path / "out/train_log.jsonl").read_text().splitlines()]
-    assert model.width == 16 and md["meta"]["steps"] == steps[-1] >= 2
-    assert md["meta"]["averaged"].startswith("mean of") and md["meta"]["parent"]["widened"]
+    assert model.width == W and md["meta"]["steps"] == steps[-1] >= 2
+    parent = md["meta"]["parent"]
+    assert parent["sha256"] == sha256(DEFAULT_WEIGHTS) and not parent["widened"]
+    assert md["meta"]["averaged"].startswith("mean of") and md["meta"]["schedule"] == "cosine"
     assert md["meta"]["reuse"] == 1 and md["meta"]["hardware"].endswith("CPU threads")   # for the card
     log = (tmp_path / "out/session.log").read_text()
     assert "averaging the snapshots" in log and "synthetic (n=2" in log          # and its first evaluation
+    # a narrower INIT is widened to WIDTH first (function preserved, train.widen)
+    from prn_blender.core.network import ResFCN256
+    save_weights(ResFCN256(2), tmp_path / "w2.safetensors", "ict-face-v2", {"steps": 0})
+    model, _, md, _ = run(tmp_path / "out2", INIT=str(tmp_path / "w2.safetensors"), WIDTH="4", TRAIN_S="2",
+                          EVAL_N="0")
+    assert model.width == 4 and md["meta"]["parent"]["widened"].startswith("width 2 -> 4")

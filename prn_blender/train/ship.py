@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.constants import MULTI_SCALE
 from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, load_model, read_metadata, save_weights, sha256
 from .data import run_stream, without_of
@@ -285,6 +286,9 @@ def main(argv=None) -> int:
         + (f"--average-from {meta['average_from']} " if meta.get("averaged") else "")
         + "--eval-aflw out/eval_aflw out/eval_aflw_one_scale out/eval_aflw_single --eval-synth out/eval_synth",
         "```", "", "## Metrics (68-point NME %, normalized by sqrt(w*h) of the GT box)", "",
+        (f"Default inference (`ours`): mirror averaging and {len(MULTI_SCALE)} crop scales, "
+         + ", ".join(f"{x:g}x" for x in MULTI_SCALE) + " (`core.constants.MULTI_SCALE`). `ours_one_scale` is mirror"),
+        "averaging only, which is what video runs; `ours_single_pass` is neither.", "",
         *_metrics_table(a.eval_aflw, "Real photos: the 16 AFLW2000-3D images in ../shared"),
         *_metrics_table(a.eval_synth, "Held-out synthetic set"),
         "## Training curve", "", "![training curve](training_curve.png)", "",
