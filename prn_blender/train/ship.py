@@ -119,14 +119,19 @@ def _chain_totals(parent: dict | None) -> tuple[int, int, float]:
     return s + parent["steps"], n + parent["images_seen"], t + parent["wall_time_s"]
 
 
+def _lr_phases(lr_steps: list, warmup: int) -> list:
+    """The halving schedule's phases after the warm-up: (first step, lr) of each, from ``lr_steps`` (where the
+    logged lr changed)."""
+    return [(s0, lr) for s0, lr in lr_steps if s0 >= warmup] or lr_steps[-1:]
+
+
 def _lr_text(meta: dict, lr_steps: list, warmup: int, steps: int) -> str:
     """The card's learning-rate schedule: the linear warm-up, then cosine annealing (train.py --schedule cosine)
-    or the halving schedule's phases (``lr_steps``: (first step, lr) where the lr changed)."""
+    or the halving schedule's phases."""
     text = f"linear warm-up over the first {warmup} steps, " if warmup else ""
     if meta.get("schedule") == "cosine":
         return text + f"then cosine from {float(meta['lr']):g} to 0 over {steps} steps"
-    phases = [(s0, lr) for s0, lr in lr_steps if s0 >= warmup] or lr_steps[-1:]
-    return text + ", ".join(f"{lr:g} from step {s0}" for s0, lr in phases)
+    return text + ", ".join(f"{lr:g} from step {s0}" for s0, lr in _lr_phases(lr_steps, warmup))
 
 
 def _metrics_table(dirs: list | None, title: str) -> list[str]:
@@ -225,8 +230,7 @@ def main(argv=None) -> int:
     cosine = meta.get("schedule") == "cosine"
     before = _chain_totals(parent)
     phases = (meta.get("preset_history") or "").count(" from step ")
-    first_lr = float(meta["lr"]) if cosine else \
-        ([lr for s0, lr in curve["lr_steps"] if s0 >= warmup] or [curve["lr_steps"][-1][1]])[0]
+    first_lr = float(meta["lr"]) if cosine else _lr_phases(curve["lr_steps"], warmup)[0][1]
     card = [
         "# Model card: prn-ict-default", "",
         "PRN (ResFCN256 position-map regression) trained only on synthetic faces rendered from the MIT-licensed",
