@@ -430,7 +430,11 @@ def test_without_is_recorded_and_checked(tmp_path):
     p = subprocess.run(_train_cmd(tmp_path / "x", "--without", "hair"), check=False, cwd=REPO, capture_output=True,
                        text=True, timeout=600)
     assert p.returncode != 0 and "--without: unknown scene features ['hair']" in p.stderr
-    assert not (tmp_path / "x/log.jsonl").exists()
+    assert not (tmp_path / "x").exists()                                  # refused before anything is written
+    p = subprocess.run(_train_cmd(tmp_path / "k", "--keep-every", "3", "--save-every", "2"), check=False, cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode != 0 and "--keep-every 3 is not a multiple of --save-every 2" in p.stderr
+    assert not (tmp_path / "k").exists()
 
 
 @pytest.mark.slow

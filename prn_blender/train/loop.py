@@ -185,6 +185,14 @@ def resolve_width(asked: int | None, init: str | None, resumed: int | None) -> i
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    # arguments are checked before anything is written
+    without = sorted({f for f in a.without.split(",") if f})
+    try:
+        generator = generator_name(without)
+    except ValueError as e:
+        raise SystemExit(f"--without: {e}") from None
+    if a.keep_every and a.keep_every % a.save_every:
+        raise SystemExit(f"--keep-every {a.keep_every} is not a multiple of --save-every {a.save_every}")
     out = Path(a.out)
     ck = out / "checkpoint.pt"
     # read once: its arguments fix the width before the model is built, its tensors are loaded below
@@ -208,14 +216,7 @@ def main(argv=None) -> int:
     torch.manual_seed(a.seed)
     out.mkdir(parents=True, exist_ok=True)
     if a.keep_every:
-        if a.keep_every % a.save_every:
-            raise SystemExit(f"--keep-every {a.keep_every} is not a multiple of --save-every {a.save_every}")
         (out / "snapshots").mkdir(exist_ok=True)
-    without = sorted({f for f in a.without.split(",") if f})
-    try:
-        generator = generator_name(without)
-    except ValueError as e:
-        raise SystemExit(f"--without: {e}") from None
     layout = load_layout(LAYOUT_NAME)
     regions, lr = PRESETS[a.preset]
     a.lr = lr = a.lr or lr
