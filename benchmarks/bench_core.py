@@ -113,7 +113,7 @@ def main():
               f"({8e3 / tc:5.1f} img/s) | x{tn / tc:.2f}")
     weights = [Path(w) for w in a.weights] or ([DEFAULT_WEIGHTS] if DEFAULT_WEIGHTS.exists() else [])
     names = [f"{w.name} (width {read_metadata(w)['width']})" for w in weights]
-    e2e = {}                                            # (weights, label) -> ms; video: fps
+    e2e = {}                                  # (weights, label) -> ms per image, or per frame for video
     if "e2e" in only:
         from prn_blender.core.constants import MULTI_SCALE, VIDEO_SCALES
         from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions

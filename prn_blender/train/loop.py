@@ -134,10 +134,13 @@ def build_argparser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    """train.py's arguments; ``steps`` None = no step limit (a --max-time run without --steps)."""
+    """train.py's arguments; ``steps`` None = no step limit (a --max-time run without --steps); ``lr`` the
+    preset's unless given."""
     a = build_argparser().parse_args(argv)
     if a.steps is None and not a.max_time:
         a.steps = 1000
+    if not a.lr:
+        a.lr = PRESETS[a.preset][1]
     return a
 
 
@@ -218,8 +221,7 @@ def main(argv=None) -> int:
     if a.keep_every:
         (out / "snapshots").mkdir(exist_ok=True)
     layout = load_layout(LAYOUT_NAME)
-    regions, lr = PRESETS[a.preset]
-    a.lr = lr = a.lr or lr
+    regions, lr = PRESETS[a.preset][0], a.lr
     weight = torch.from_numpy(layout.weight_mask(regions)).to(dev)
     # channels_last: x1.24 faster training steps than NCHW on this 2-core CPU (width 8 and 16, batch 8, bf16;
     # benchmarks/bench_core.py)
