@@ -34,6 +34,8 @@ TRAIN_S=${TRAIN_S:-400}      # training s; with setup, benchmark (<= 45 s) and a
 KEEP=${KEEP:-100}            # snapshot every KEEP steps
 AVG_FROM=${AVG_FROM:-75}     # average the snapshots from this percentage of the run's steps on
 REUSE=${REUSE:-1}            # each rendered batch is served 1 + REUSE times, re-augmented
+SEED=${SEED:-17}             # train.py --seed: the synthetic stream; give a continuation a new one, or it re-sees
+#                              its parent's first images (gpu1 and gpu2 of stop 21 both used 17)
 BN_BATCHES=${BN_BATCHES:-24}
 BENCH=${BENCH:-1}
 EVAL_N=${EVAL_N:-0}          # > 0: a first look at the candidate on the held-out synthetic set, at most 90 s (the
@@ -56,7 +58,7 @@ torch.cuda.is_available() and torch.cuda.get_device_name())"
   fi
   $PY train.py --device "$DEVICE" --out "$W/run" --width "$WIDTH" --batch "$BATCH" --init "$W/init.safetensors" \
     --preset paper-neck --lr "$LR" --loss "$LOSS" --without "$WITHOUT" --warmup "$WARMUP" --schedule cosine \
-    --max-time "$TRAIN_S" --reuse "$REUSE" --amp bf16 --save-every "$KEEP" --keep-every "$KEEP" --seed 17 \
+    --max-time "$TRAIN_S" --reuse "$REUSE" --amp bf16 --save-every "$KEEP" --keep-every "$KEEP" --seed "$SEED" \
     --no-progress || { echo "[gpu_train] training failed: returning what it saved"; touch "$W/failed"; }
   local last from
   last=$(ls "$W/run/snapshots" 2>/dev/null | sed 's/[^0-9]//g' | sort -n | tail -1)
