@@ -7,8 +7,10 @@
 * end-to-end image -> FaceResult with the shipped weights, split by stage, and video frames per second; with
   ``--weights A B``, those of each model, and B's times against A's (e.g. a wider model against the last one).
 * synthetic data engine throughput (samples/s) when ../shared is present.
-Run: ``.venv/bin/python benchmarks/bench_core.py [--device cpu|cuda] [--reps N] [--only net,e2e,data,video]
-[--data-batch 16,256] [--weights BASELINE.safetensors OTHER.safetensors]``.
+* ``loop`` (only when asked for, with ../shared): train.py itself, steady-state training samples/s with the data made
+  inline (``--prefetch 0``, the baseline) and ahead in a thread (``--prefetch 2``, the CUDA default), same run.
+Run: ``.venv/bin/python benchmarks/bench_core.py [--device cpu|cuda] [--reps N] [--only net,e2e,data,video,loop]
+[--data-batch 16,256] [--loop WIDTH,BATCH,STEPS] [--weights BASELINE.safetensors OTHER.safetensors]``.
 """
 from __future__ import annotations
 
@@ -87,6 +89,22 @@ def bench_train_step(width, dev, reps, batch=8):
     return out[torch.contiguous_format], out[torch.channels_last]
 
 
+def bench_loop(dev, width, batch, steps, prefetch):
+    """Steady-state training samples/s of train.py (a fresh width ``width`` model, batch ``batch``, ``steps``
+    steps, reuse 1 as the GPU runs train) over its last two thirds, from the run's own log."""
+    import json
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "train.py"), "--out", d,
+                        "--device", dev.type, "--width", str(width), "--batch", str(batch), "--steps", str(steps),
+                        "--reuse", "1", "--save-every", str(steps), "--prefetch", str(prefetch), "--no-progress"],
+                       check=True, capture_output=True, timeout=900)
+        log = [json.loads(x) for x in (Path(d) / "log.jsonl").read_text().splitlines()]
+    a, b = log[steps // 3], log[-1]
+    return (b["samples"] - a["samples"]) / (b["elapsed"] - a["elapsed"])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -94,6 +112,8 @@ def main():
     ap.add_argument("--image", help="photo for the end-to-end split (default: scikit-image astronaut)")
     ap.add_argument("--only", default="net,e2e,data,video", help="comma-separated sections to run")
     ap.add_argument("--data-batch", default="16", help="comma-separated batch sizes for the training data path")
+    ap.add_argument("--loop", help="WIDTH,BATCH,STEPS of the loop section (default 16,64,60 on CUDA, 8,4,12 on "
+                                   "the CPU)")
     ap.add_argument("--weights", nargs="+", default=[],
                     help="weights for the end-to-end and video sections (default: the shipped ones); with several, "
                          "each one's times against the first's")
@@ -177,6 +197,12 @@ def main():
                     e2e[name, f"video {label}"] = dt * 1e3 / n
                     print(f"video end-to-end ({name}, {label}, tracking, textures): {n / dt:.2f} fps "
                           f"({dt * 1e3 / n:.0f} ms/frame, {n} frames 256x256)")
+    if shared_dir(required=False) and "loop" in only:
+        width, batch, steps = map(int, (a.loop or ("16,64,60" if dev.type == "cuda" else "8,4,12")).split(","))
+        inline, ahead = (bench_loop(dev, width, batch, steps, p) for p in (0, 2))
+        print(f"\ntraining loop (train.py, width {width}, batch {batch}, reuse 1, steps {steps // 3}-{steps}): "
+              f"data inline {inline:.1f} samples/s | made ahead in a thread {ahead:.1f} samples/s | "
+              f"x{ahead / inline:.2f}")
     for name in names[1:]:                   # each further model's time against the first's, same run
         print(f"\n{name} vs {names[0]}: " + ", ".join(
             f"{label} x{ms / e2e[names[0], label]:.2f} time" for (n, label), ms in e2e.items() if n == name))

@@ -267,6 +267,45 @@ def test_scene_features_switch_off_one_at_a_time(shared, monkeypatch):
         data.generator_name(["hair"])
 
 
+def test_prefetcher_serves_the_streams_batches_in_order(shared):
+    """train.py's data thread: the batches a Prefetcher serves are exactly the stream's own, in its order (the
+    thread is the only user of the stream's generators), and closing it stops the thread."""
+    from prn_blender.train.data import Prefetcher, SyntheticStream
+    direct = SyntheticStream(2, seed=5, reuse=1, density=20)
+    want = [next(direct) for _ in range(3)]
+    with Prefetcher(SyntheticStream(2, seed=5, reuse=1, density=20), depth=2) as p:
+        got = [next(p) for _ in range(3)]
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(want, got))
+    assert not p._thread.is_alive()
+
+
+def test_prefetcher_raises_the_threads_error_and_stops():
+    """An error in the data thread is raised by the next() that would have returned its batch, naming the cause;
+    the thread is then stopped and the prefetcher is exhausted."""
+    from prn_blender.train.data import Prefetcher
+
+    class Failing:
+        device = "cpu"
+        n = 0
+
+        def __next__(self):
+            self.n += 1
+            if self.n == 2:
+                raise ValueError("no faces today")
+            return torch.zeros(1), torch.ones(1)
+
+    p = Prefetcher(Failing(), depth=1)
+    img, pos = next(p)
+    assert img.item() == 0 and pos.item() == 1
+    with pytest.raises(RuntimeError, match="no faces today"):
+        next(p)
+    assert not p._thread.is_alive()
+    with pytest.raises(StopIteration):
+        next(p)
+    with pytest.raises(ValueError, match="depth"):
+        Prefetcher(Failing(), depth=0)
+
+
 def _train_cmd(out, *extra):
     return [sys.executable, os.path.join(REPO, "train.py"), "--out", str(out), "--width", "2", "--batch", "2",
             "--steps", "2", "--save-every", "1", "--threads", "1", "--no-progress", *extra]
@@ -279,7 +318,7 @@ def _train(out, *extra):
 
 def test_training_deterministic_and_resumable(tmp_path):
     a = _train(tmp_path / "a", "--keep-every", "1")
-    b = _train(tmp_path / "b")
+    b = _train(tmp_path / "b", "--prefetch", "2")                 # the data made ahead in a thread: the same run
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert (tmp_path / "a/weights.safetensors").exists() and (tmp_path / "a/checkpoint.pt").exists()
     c = _train(tmp_path / "a", "--steps", "3", "--resume", "--keep-every", "1")
@@ -446,14 +485,16 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert log[-1]["samples"] == 8          # 2 steps x batch 2 x world 2
-    # --max-time: the ranks agree on the step to stop at (else one would wait forever in the next all-reduce)
+    # --max-time: the ranks agree on the step to stop at (else one would wait forever in the next all-reduce),
+    # at the first agreement (every LOG_EVERY steps) past the deadline
     cmd = [*cmd[:6], "29632", os.path.join(REPO, "train.py"), "--out", str(tmp_path / "t"), "--width", "2",
            "--batch", "2", "--steps", "50", "--max-time", "0.001", "--save-every", "10", "--threads", "1",
            "--no-progress"]                   # another port: the first run's may not be free yet
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     log = [json.loads(x) for x in (tmp_path / "t/log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1] and log[-1]["samples"] == 4
+    from prn_blender.train.loop import LOG_EVERY
+    assert [r["step"] for r in log] == list(range(1, LOG_EVERY + 1)) and log[-1]["samples"] == 4 * LOG_EVERY
 
 
 @pytest.mark.slow
@@ -488,6 +529,9 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     # a narrower INIT is widened to WIDTH first (function preserved, train.widen)
     from prn_blender.core.network import ResFCN256
     save_weights(ResFCN256(2), tmp_path / "w2.safetensors", "ict-face-v2", {"steps": 0})
+    # (and a run with the data thread that fails before its first snapshot trains again inline: PREFETCH=-1 is
+    # refused by train.py, as an unforeseen failure of the thread on a GPU would stop it)
     model, _, md, _ = run(tmp_path / "out2", INIT=str(tmp_path / "w2.safetensors"), WIDTH="4", TRAIN_S="2",
-                          EVAL_N="0")
+                          EVAL_N="0", PREFETCH="-1")
     assert model.width == 4 and md["meta"]["parent"]["widened"].startswith("width 2 -> 4")
+    assert "failed before a snapshot: again with --prefetch 0" in (tmp_path / "out2/session.log").read_text()

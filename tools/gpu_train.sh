@@ -36,6 +36,8 @@ AVG_FROM=${AVG_FROM:-75}     # average the snapshots from this percentage of the
 REUSE=${REUSE:-1}            # each rendered batch is served 1 + REUSE times, re-augmented
 SEED=${SEED:-17}             # train.py --seed: the synthetic stream; give a continuation a new one, or it re-sees
 #                              its parent's first images (gpu1 and gpu2 of stop 21 both used 17)
+PREFETCH=${PREFETCH:-2}      # train.py --prefetch: batches made ahead in a thread; if a run with it fails before its
+#                              first snapshot, the rest of TRAIN_S trains again without (--prefetch 0)
 BN_BATCHES=${BN_BATCHES:-24}
 BENCH=${BENCH:-1}
 EVAL_N=${EVAL_N:-0}          # > 0: a first look at the candidate on the held-out synthetic set, at most 90 s (the
@@ -56,10 +58,24 @@ torch.cuda.is_available() and torch.cuda.get_device_name())"
   then cp "$INIT" "$W/init.safetensors"                         # a continuation: already this wide
   else $PY -m prn_blender.train.widen --init "$INIT" --width "$WIDTH" --out "$W/init.safetensors" || return
   fi
-  $PY train.py --device "$DEVICE" --out "$W/run" --width "$WIDTH" --batch "$BATCH" --init "$W/init.safetensors" \
-    --preset paper-neck --lr "$LR" --loss "$LOSS" --without "$WITHOUT" --warmup "$WARMUP" --schedule cosine \
-    --max-time "$TRAIN_S" --reuse "$REUSE" --amp bf16 --save-every "$KEEP" --keep-every "$KEEP" --seed "$SEED" \
-    --no-progress || { echo "[gpu_train] training failed: returning what it saved"; touch "$W/failed"; }
+  train() {   # $1 = --prefetch, $2 = --max-time
+    $PY train.py --device "$DEVICE" --out "$W/run" --width "$WIDTH" --batch "$BATCH" --init "$W/init.safetensors" \
+      --preset paper-neck --lr "$LR" --loss "$LOSS" --without "$WITHOUT" --warmup "$WARMUP" --schedule cosine \
+      --max-time "$2" --reuse "$REUSE" --amp bf16 --save-every "$KEEP" --keep-every "$KEEP" --seed "$SEED" \
+      --prefetch "$1" --no-progress
+  }
+  local t0=$SECONDS
+  if ! train "$PREFETCH" "$TRAIN_S"; then
+    if [ "$PREFETCH" != 0 ] && ! ls "$W/run/snapshots" 2>/dev/null | grep -q .; then
+      echo "[gpu_train] training with --prefetch $PREFETCH failed before a snapshot: again with --prefetch 0"
+      rm -rf "$W/run"
+      local left=$((TRAIN_S - (SECONDS - t0)))
+      train 0 $((left > 1 ? left : 1)) \
+        || { echo "[gpu_train] training failed: returning what it saved"; touch "$W/failed"; }
+    else
+      echo "[gpu_train] training failed: returning what it saved"; touch "$W/failed"
+    fi
+  fi
   local last from
   last=$(ls "$W/run/snapshots" 2>/dev/null | sed 's/[^0-9]//g' | sort -n | tail -1)
   [ -n "$last" ] || return

@@ -6,8 +6,15 @@ accessories.draw.
 ``SyntheticStream`` renders fresh batches and keeps a small replay pool: with ``reuse`` > 0 a rendered batch is
 served ``1 + reuse`` times, each time with new occlusion/degradation/augmentation (cheap), which keeps a slow CPU
 busy training instead of rendering. Deterministic for a given seed and rank.
+
+``Prefetcher`` makes a stream's batches ahead in a background thread (on CUDA, on a stream of its own), so the data
+engine runs while the network trains: the same batches in the same order as the stream gives them directly.
 """
 from __future__ import annotations
+
+import contextlib
+import queue
+import threading
 
 import torch
 
@@ -88,6 +95,91 @@ class SyntheticStream:
         img, pos = augment(b.image, b.pos, g, layer=layer, background=background)
         img = occlude(black_border(img, g), g)
         return degrade(img, g), pos
+
+
+class Prefetcher:
+    """Iterates ``stream``'s batches, made up to ``depth`` ahead by a daemon thread: the training loop's step and
+    the next batch's rendering overlap (on a GPU, where both mostly wait on kernel launches, the thread's Python and
+    the loop's run while the other's kernels execute; torch releases the GIL in its ops).
+
+    On CUDA the thread works on its own CUDA stream; each batch carries an event that the consumer's stream waits
+    on, and its tensors are recorded on that stream so the caching allocator does not hand their memory back to
+    the producer before the step that reads them has run. The stream's generators are used by the thread alone,
+    so the batches and their order are exactly those of ``next(stream)``. An error in the thread is raised by the
+    ``next`` that would have returned its batch. ``close()`` (or the ``with`` block's end) stops the thread.
+    """
+
+    def __init__(self, stream, depth: int = 2):
+        if depth < 1:
+            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+        self.stream = stream
+        dev = torch.device(stream.device)
+        self._device = dev if dev.type == "cuda" else None
+        self._cuda = torch.cuda.Stream(dev) if self._device is not None else None
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="prn-data-prefetch", daemon=True)
+        self._thread.start()
+
+    def _work(self):
+        try:
+            if self._device is not None:
+                torch.cuda.set_device(self._device)              # the current device is per thread
+            with torch.cuda.stream(self._cuda) if self._cuda is not None else contextlib.nullcontext():
+                while not self._stop.is_set():
+                    img, pos = next(self.stream)
+                    done = None
+                    if self._cuda is not None:
+                        done = torch.cuda.Event()
+                        done.record(self._cuda)
+                    self._put((img, pos, done))
+        except BaseException as e:   # noqa: BLE001 - handed to the consumer, which raises it
+            self._put(e)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        while True:
+            if self._stop.is_set():
+                raise StopIteration
+            try:
+                item = self._q.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive():
+                    raise RuntimeError("the data prefetch thread stopped without a batch or an error") from None
+        if isinstance(item, BaseException):
+            self.close()
+            raise RuntimeError(f"the synthetic data engine failed in the prefetch thread: {item!r}") from item
+        img, pos, done = item
+        if done is not None:
+            current = torch.cuda.current_stream(self._device)
+            current.wait_event(done)
+            img.record_stream(current)
+            pos.record_stream(current)
+        return img, pos
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._q.get_nowait()                             # unblocks a put waiting on a full queue
+        self._thread.join(timeout=30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def run_stream(meta: dict, batch: int, seed: int, **kw) -> SyntheticStream:

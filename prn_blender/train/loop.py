@@ -3,7 +3,9 @@
 Loss: mean over pixels of the layout weight mask x squared error of position maps normalized by POS_SCALE
 (``--loss mse``), or x their Euclidean distance (``--loss euclid``: the paper's sum of W * ||P - P~||).
 Adam, lr halved every ``--halve-every`` epochs (an epoch = ``--epoch-size`` samples). Checkpoints every
-``--save-every`` steps to ``OUT/checkpoint.pt`` (resumable with ``--resume``), JSON log lines in ``OUT/log.jsonl``,
+``--save-every`` steps to ``OUT/checkpoint.pt`` (resumable with ``--resume``), JSON log lines in ``OUT/log.jsonl``
+(per step: loss, lr, samples, elapsed s, data_s = how long the step waited for its batch, net_s = how long its
+forward/backward/Adam took to run, on the CPU, or to queue, on a GPU; written every LOG_EVERY steps),
 final weights exported to ``OUT/weights.safetensors`` (and every ``--keep-every`` steps to ``OUT/snapshots/`` for
 weight averaging, see train.ship). Multi-process: ``torchrun --nproc-per-node N train.py ...``
 (DDP, gloo on CPU / nccl on CUDA).
@@ -28,7 +30,7 @@ from ..core.network import ResFCN256, count_parameters
 from ..core.weights import save_weights
 from ..synth.sampler import YAW_UNIFORM
 from ..synth.uvmap import LAYOUT_NAME
-from .data import SCENE_FEATURES, SyntheticStream, generator_name
+from .data import SCENE_FEATURES, Prefetcher, SyntheticStream, generator_name
 
 PRESETS = {  # name -> (region weights, lr)
     "paper": ("paper", 1e-4), "paper-neck": ("paper-neck", 1e-4), "uniform": ("uniform", 1e-4),
@@ -40,6 +42,8 @@ PRESETS = {  # name -> (region weights, lr)
 LOSSES = {"mse": "weighted position-map MSE", "euclid": "weighted position-map distance"}   # --loss: what it is
 DEFAULT_LOSS = "mse"     # runs and weights from before --loss existed trained with it; weights record only others
 EUCLID_EPS = 1e-8    # added under the square root: a finite gradient at zero error (1e-4 = 0.03 crop pixels)
+LOG_EVERY = 25       # steps per host sync: the log's losses are read then (and at saves and the last step), and a
+#                      multi-process --max-time run agrees on the deadline; in between the loop never waits on a GPU
 
 
 def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
@@ -130,13 +134,19 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--init", help="initialize from a weights file (fine-tuning)")
     ap.add_argument("--shared", help="development data folder (default $PRN_BLENDER_SHARED or ../shared)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--prefetch", type=int, default=None, metavar="N",
+                    help="make the data N batches ahead in a background thread while the network trains "
+                         "(default: 2 on CUDA, 0 = inline on the CPU, where both share the same cores)")
     return ap
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """train.py's arguments; ``steps`` None = no step limit (a --max-time run without --steps); ``lr`` the
     preset's unless given."""
-    a = build_argparser().parse_args(argv)
+    ap = build_argparser()
+    a = ap.parse_args(argv)
+    if a.prefetch is not None and a.prefetch < 0:
+        ap.error(f"--prefetch {a.prefetch}: give a number of batches >= 0")
     if a.steps is None and not a.max_time:
         a.steps = 1000
     if not a.lr:
@@ -263,6 +273,9 @@ def main(argv=None) -> int:
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and dev.type == "cuda" else None
     data = SyntheticStream(a.batch, seed=a.seed + 7919 * step, rank=rank, device=dev, reuse=a.reuse,
                            max_yaw=a.max_yaw, shared=a.shared, yaw_uniform=a.yaw_uniform, without=without)
+    prefetch = a.prefetch if a.prefetch is not None else (2 if dev.type == "cuda" else 0)
+    if prefetch:
+        data = Prefetcher(data, prefetch)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = None
     if rank == 0 and not a.no_progress:
@@ -274,6 +287,7 @@ def main(argv=None) -> int:
     model.train()
     t_data = t_net = 0.0
     hardware = describe_hardware(dev, world)
+    pending = []    # log records whose loss is still a device tensor: read in one host sync per LOG_EVERY steps
     t_run = time.time()
     while a.steps is None or step < a.steps:
         t0 = time.time()
@@ -300,18 +314,27 @@ def main(argv=None) -> int:
         t2 = time.time()
         t_data += t1 - t0
         t_net += t2 - t1
-        last = step == a.steps or bool(a.max_time and time.time() - t_run >= a.max_time)
-        if ddp and a.max_time:        # every rank stops at the same step
-            flag = torch.tensor([float(last)], device=dev)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            last = bool(flag.item())
+        timeup = bool(a.max_time) and time.time() - t_run >= a.max_time
+        if ddp and a.max_time:        # every rank stops at the same step: the deadline is agreed every LOG_EVERY
+            if step % LOG_EVERY:
+                timeup = False
+            else:
+                flag = torch.tensor([float(timeup)], device=dev)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                timeup = bool(flag.item())
+        last = step == a.steps or timeup
         if rank == 0:
-            rec = {"step": step, "loss": loss.item(), "lr": cur_lr, "samples": samples,
-                   "elapsed": round(time.time() - t_start, 2), "data_s": round(t1 - t0, 4), "net_s": round(t2 - t1, 4)}
-            log.write(json.dumps(rec) + "\n")
+            pending.append(({"step": step, "lr": cur_lr, "samples": samples,
+                             "elapsed": round(time.time() - t_start, 2), "data_s": round(t1 - t0, 4),
+                             "net_s": round(t2 - t1, 4)}, loss.detach()))
             if bar:
-                bar.set_postfix(loss=f"{rec['loss']:.5f}", lr=f"{cur_lr:.1e}")
                 bar.update(1)
+            if step % LOG_EVERY == 0 or step % a.save_every == 0 or last:
+                for (rec, _), value in zip(pending, torch.stack([v for _, v in pending]).tolist()):
+                    log.write(json.dumps({"step": rec["step"], "loss": value, **rec}) + "\n")
+                if bar:
+                    bar.set_postfix(loss=f"{value:.5f}", lr=f"{cur_lr:.1e}")
+                pending.clear()
             if step % a.save_every == 0 or last:
                 log.flush()
                 tmp = ck.with_suffix(".tmp")
@@ -335,6 +358,8 @@ def main(argv=None) -> int:
                     shutil.copyfile(out / "weights.safetensors", out / "snapshots" / f"weights_{step:06d}.safetensors")
         if last:
             break
+    if prefetch:
+        data.close()
     if bar:
         bar.close()
     if rank == 0:
