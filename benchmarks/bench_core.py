@@ -91,14 +91,14 @@ def bench_train_step(width, dev, reps, batch=8):
 
 def bench_loop(dev, width, batch, steps, prefetch):
     """Steady-state training samples/s of train.py (a fresh width ``width`` model, batch ``batch``, ``steps``
-    steps, reuse 1 as the GPU runs train) over its last two thirds, from the run's own log."""
+    steps, reuse 1 and bf16 autocast as tools/gpu_train.sh trains) over its last two thirds, from the run's own log."""
     import json
     import subprocess
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "train.py"), "--out", d,
                         "--device", dev.type, "--width", str(width), "--batch", str(batch), "--steps", str(steps),
-                        "--reuse", "1", "--save-every", str(steps), "--prefetch", str(prefetch), "--no-progress"],
+                        "--reuse", "1", "--amp", "bf16", "--save-every", str(steps), "--prefetch", str(prefetch), "--no-progress"],
                        check=True, capture_output=True, timeout=900)
         log = [json.loads(x) for x in (Path(d) / "log.jsonl").read_text().splitlines()]
     a, b = log[steps // 3], log[-1]

@@ -7,7 +7,8 @@
 # recalibrated on the GPU (train.ship). Everything lands in $OUT: the log, the benchmark, the training log, and the
 # candidate in parts of at most 15 MB (the device returns files of at most 16 MB); whatever fails, the logs and the
 # last weights trained come back. Evaluate the candidate here on the CPU afterwards, with the model card's eval.py
-# commands. Measured on an H200 (stop 21): 380 s of training = 4,102 steps of batch 64, about 440 s in all.
+# commands. Measured on an H200: 380 s of training = 4,102 steps of batch 64, about 440 s in all (stop 21);
+# BENCH=0 TRAIN_S=500: 5,424 steps, 534 s in all (stop 22, before --prefetch).
 #
 # Prepare here, once (the device gets the checkout, not ../shared):
 #   mkdir -p .carry/shared/face-model/ict-facekit
@@ -30,7 +31,7 @@ LR=${LR:-1e-4}               # peak lr, after a WARMUP-step ramp; cosine down to
 WARMUP=${WARMUP:-300}
 LOSS=${LOSS:-mse}            # train.py --loss: mse or euclid
 WITHOUT=${WITHOUT:-}         # train.py --without: training-scene features switched off (e.g. distract)
-TRAIN_S=${TRAIN_S:-400}      # training s; with setup, benchmark (<= 45 s) and averaging: < 9.5 min
+TRAIN_S=${TRAIN_S:-400}      # training s; with setup, benchmark (<= 90 s) and averaging: < 9.5 min
 KEEP=${KEEP:-100}            # snapshot every KEEP steps
 AVG_FROM=${AVG_FROM:-75}     # average the snapshots from this percentage of the run's steps on
 REUSE=${REUSE:-1}            # each rendered batch is served 1 + REUSE times, re-augmented
@@ -39,7 +40,8 @@ SEED=${SEED:-17}             # train.py --seed: the synthetic stream; give a con
 PREFETCH=${PREFETCH:-2}      # train.py --prefetch: batches made ahead in a thread; if a run with it fails before its
 #                              first snapshot, the rest of TRAIN_S trains again without (--prefetch 0)
 BN_BATCHES=${BN_BATCHES:-24}
-BENCH=${BENCH:-1}
+BENCH=${BENCH:-net,data,loop}  # bench_core sections first (at most 90 s; 0 = none): loop = train.py's samples/s with the
+#                              data inline and made ahead, same run
 EVAL_N=${EVAL_N:-0}          # > 0: a first look at the candidate on the held-out synthetic set, at most 90 s (the
 #                              ship decision is made here on the CPU, with the model card's commands)
 OUT=${OUT:-out/gpu}
@@ -50,8 +52,8 @@ W=$(mktemp -d)
 session() {
   $PY -c "import torch, numpy; print('torch', torch.__version__, '| numpy', numpy.__version__, '| cuda',
 torch.cuda.is_available() and torch.cuda.get_device_name())"
-  if [ "$BENCH" = 1 ]; then
-    timeout 45 $PY benchmarks/bench_core.py --device "$DEVICE" --reps 3 --only net,data --data-batch 16,256 \
+  if [ "$BENCH" != 0 ]; then
+    timeout 90 $PY benchmarks/bench_core.py --device "$DEVICE" --reps 3 --only "$BENCH" --data-batch 16,256 \
       || echo "[gpu_train] benchmark failed or timed out; training goes on"
   fi
   if [ "$($PY -c "from prn_blender.core.weights import read_metadata as r; print(r('$INIT')['width'])")" = "$WIDTH" ]
