@@ -98,7 +98,8 @@ def bench_loop(dev, width, batch, steps, prefetch):
     with tempfile.TemporaryDirectory() as d:
         subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "train.py"), "--out", d,
                         "--device", dev.type, "--width", str(width), "--batch", str(batch), "--steps", str(steps),
-                        "--reuse", "1", "--amp", "bf16", "--save-every", str(steps), "--prefetch", str(prefetch), "--no-progress"],
+                        "--reuse", "1", "--amp", "bf16", "--save-every", str(steps), "--prefetch", str(prefetch),
+                        "--no-progress"],
                        check=True, capture_output=True, timeout=900)
         log = [json.loads(x) for x in (Path(d) / "log.jsonl").read_text().splitlines()]
     a, b = log[steps // 3], log[-1]
