@@ -40,8 +40,8 @@ SEED=${SEED:-17}             # train.py --seed: the synthetic stream; give a con
 PREFETCH=${PREFETCH:-2}      # train.py --prefetch: batches made ahead in a thread; if a run with it fails before its
 #                              first snapshot, the rest of TRAIN_S trains again without (--prefetch 0)
 BN_BATCHES=${BN_BATCHES:-24}
-BENCH=${BENCH:-net,data,loop}  # bench_core sections first (at most 90 s; 0 = none): loop = train.py's samples/s with the
-#                              data inline and made ahead, same run
+BENCH=${BENCH:-net,data,loop}  # bench_core sections run first (at most 90 s; 0 = none); loop = train.py's samples/s
+#                              with the data inline and made ahead, same run
 EVAL_N=${EVAL_N:-0}          # > 0: a first look at the candidate on the held-out synthetic set, at most 90 s (the
 #                              ship decision is made here on the CPU, with the model card's commands)
 OUT=${OUT:-out/gpu}
