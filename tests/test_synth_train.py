@@ -522,6 +522,7 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     assert model.width == W and md["meta"]["steps"] == steps[-1] >= 2
     parent = md["meta"]["parent"]
     assert parent["sha256"] == sha256(DEFAULT_WEIGHTS) and not parent["widened"]
+    assert md["meta"]["seed"] == read_metadata(DEFAULT_WEIGHTS)["meta"]["seed"] + 1   # a new synthetic stream
     assert md["meta"]["averaged"].startswith("mean of") and md["meta"]["schedule"] == "cosine"
     assert md["meta"]["reuse"] == 1 and md["meta"]["hardware"].endswith("CPU threads")   # for the card
     log = (tmp_path / "out/session.log").read_text()
@@ -534,4 +535,5 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     model, _, md, _ = run(tmp_path / "out2", INIT=str(tmp_path / "w2.safetensors"), WIDTH="4", TRAIN_S="2",
                           EVAL_N="0", PREFETCH="-1")
     assert model.width == 4 and md["meta"]["parent"]["widened"].startswith("width 2 -> 4")
+    assert md["meta"]["seed"] == 17                                   # INIT records no seed
     assert "failed before a snapshot: again with --prefetch 0" in (tmp_path / "out2/session.log").read_text()

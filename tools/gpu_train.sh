@@ -35,8 +35,9 @@ TRAIN_S=${TRAIN_S:-400}      # training s; with setup, benchmark (<= 90 s) and a
 KEEP=${KEEP:-100}            # snapshot every KEEP steps
 AVG_FROM=${AVG_FROM:-75}     # average the snapshots from this percentage of the run's steps on
 REUSE=${REUSE:-1}            # each rendered batch is served 1 + REUSE times, re-augmented
-SEED=${SEED:-17}             # train.py --seed: the synthetic stream; give a continuation a new one, or it re-sees
-#                              its parent's first images (gpu1 and gpu2 of stop 21 both used 17)
+SEED=${SEED:-}               # train.py --seed, the synthetic stream; default: INIT's seed + 1 (17 for a model without
+#                              one), so a continuation never re-sees its parent's first images (stop 21's gpu1 and gpu2
+#                              both used 17)
 PREFETCH=${PREFETCH:-2}      # train.py --prefetch: batches made ahead in a thread; if a run with it fails before its
 #                              first snapshot, the rest of TRAIN_S trains again without (--prefetch 0)
 BN_BATCHES=${BN_BATCHES:-24}
@@ -56,6 +57,9 @@ torch.cuda.is_available() and torch.cuda.get_device_name())"
     timeout 90 $PY benchmarks/bench_core.py --device "$DEVICE" --reps 3 --only "$BENCH" --data-batch 16,256 \
       || echo "[gpu_train] benchmark failed or timed out; training goes on"
   fi
+  [ -n "$SEED" ] || SEED=$($PY -c "from prn_blender.core.weights import read_metadata as r
+s = r('$INIT')['meta'].get('seed'); print(17 if s is None else int(s) + 1)") || return
+  echo "[gpu_train] synthetic stream seed $SEED"
   if [ "$($PY -c "from prn_blender.core.weights import read_metadata as r; print(r('$INIT')['width'])")" = "$WIDTH" ]
   then cp "$INIT" "$W/init.safetensors"                         # a continuation: already this wide
   else $PY -m prn_blender.train.widen --init "$INIT" --width "$WIDTH" --out "$W/init.safetensors" || return
