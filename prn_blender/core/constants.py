@@ -18,9 +18,9 @@ KPT_CROP_SCALE = 1.6
 #: 128 faces, 1.1 and up are worse; kept at 1.0, the training conventions as they are.
 INFERENCE_ZOOM = 1.0
 #: Multi-scale averaging for still images: each crop is also run at these multiples of its side and the un-cropped
-#: position maps are averaged (3x the network time). Chosen on the held-out synthetic set (n=200, seed 777, shipped
-#: model, mirror averaging on): NME 4.22 % single scale, 4.12 % with (0.95, 1, 1.05), 4.11 % with five scales
-#: 0.9-1.1. On the 16 AFLW2000-3D images (roi crops): 6.01 -> 5.89 % (model card).
+#: position maps are averaged (3x the network time). Chosen on the held-out synthetic set (n=200, seed 777, the
+#: width-8 model shipped then, mirror averaging on): NME 4.22 % single scale, 4.12 % with (0.95, 1, 1.05), 4.11 %
+#: with five scales 0.9-1.1. For the shipped model: the model card's ours vs ours_one_scale rows.
 MULTI_SCALE = (0.95, 1.0, 1.05)
 #: Video tracking runs one scale: the crop follows the previous frame's landmarks and the One Euro filter averages
 #: over time, and footage needs the frame rate.

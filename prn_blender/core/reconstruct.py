@@ -48,9 +48,8 @@ class InferenceOptions:
     amp: bool = True              # bf16 autocast on CPU, fp16 on CUDA
     channels_last: bool = True
     batch_size: int = 8
-    flip: bool = True             # test-time mirror averaging: 2x network cost; on the 16 AFLW2000-3D images
-                                  # it takes the shipped model's NME from 6.56 % to 6.01 % at one scale and
-                                  # to 5.89 % with multi-scale averaging (model card)
+    flip: bool = True             # test-time mirror averaging: 2x network cost; what it does to the shipped
+                                  # model's error: the model card's ours_single_pass vs ours_one_scale rows
     zoom: float = INFERENCE_ZOOM  # every crop's side is divided by this (see constants.INFERENCE_ZOOM)
     scales: tuple[float, ...] = MULTI_SCALE   # each crop also runs at these multiples of its side and the un-cropped
                                               # position maps are averaged; (1.0,) = one pass (constants.VIDEO_SCALES)
