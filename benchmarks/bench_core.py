@@ -10,7 +10,7 @@
 * ``loop`` (only when asked for, with ../shared): train.py itself, steady-state training samples/s with the data made
   inline (``--prefetch 0``, the baseline) and ahead in a thread (``--prefetch 2``, the CUDA default), same run.
 Run: ``.venv/bin/python benchmarks/bench_core.py [--device cpu|cuda] [--reps N] [--only net,e2e,data,video,loop]
-[--data-batch 16,256] [--loop WIDTH,BATCH,STEPS] [--weights BASELINE.safetensors OTHER.safetensors]``.
+[--data-batch 16,256] [--profile] [--loop WIDTH,BATCH,STEPS] [--weights BASELINE.safetensors OTHER.safetensors]``.
 """
 from __future__ import annotations
 
@@ -113,6 +113,9 @@ def main():
     ap.add_argument("--image", help="photo for the end-to-end split (default: scikit-image astronaut)")
     ap.add_argument("--only", default="net,e2e,data,video", help="comma-separated sections to run")
     ap.add_argument("--data-batch", default="16", help="comma-separated batch sizes for the training data path")
+    ap.add_argument("--profile", action="store_true",
+                    help="data section: also the data path's top operators by self time (device time on CUDA), "
+                         "at the largest --data-batch")
     ap.add_argument("--loop", help="WIDTH,BATCH,STEPS of the loop section (default 16,64,60 on CUDA, 8,4,12 on "
                                    "the CPU)")
     ap.add_argument("--weights", nargs="+", default=[],
@@ -180,6 +183,15 @@ def main():
             t = timeit(lambda s=stream: (next(s), sync()), 3)
             print(f"training data path (SyntheticStream, every batch freshly rendered), batch {B}: "
                   f"{B / t:.1f} samples/s")
+        if a.profile:                                 # where the data path's time goes, at the largest batch
+            from torch.profiler import ProfilerActivity, profile
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+            with profile(activities=acts) as prof:
+                next(stream)
+                sync()
+            key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+            print(f"\ndata path operators, batch {B}, one batch, by {key}:")
+            print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=40))
     if shared_dir(required=False) and "video" in only:
         import tempfile
         from prn_blender.core.constants import VIDEO_SCALES

@@ -298,10 +298,11 @@ class FaceRenderer:
         z = pts[:, 2].repeat(4)
         zbuf = torch.full((trash + 1,), -math.inf, device=pts.device)
         zbuf.scatter_reduce_(0, idx, z, reduce="amax")
-        # points within 0.35 px of depth of the nearest one are averaged
-        colw = torch.cat([col, torch.ones_like(col[:, :1])], -1).repeat(4, 1)     # rgb, weight
+        # taps within 0.35 px of depth of the nearest one are averaged; only those are summed (in tap order)
+        colw = torch.cat([col, torch.ones_like(col[:, :1])], -1)                   # rgb, weight
+        won = (z >= zbuf[idx] - 0.35).nonzero()[:, 0]
         acc = torch.zeros(trash + 1, 4, device=pts.device)
-        acc.index_add_(0, torch.where(z >= zbuf[idx] - 0.35, idx, trash), colw)
+        acc.index_add_(0, idx[won], colw[won % len(colw)])
         acc, zb = acc[:trash].view(B, n, n, 4).permute(0, 3, 1, 2).contiguous(), zbuf[:trash].view(B, 1, n, n)
         img = acc[:, :3] / acc[:, 3:].clamp_min(1)
         # holes are filled within the drawn pixels' bounding box (all samples) and a margin the fill cannot
@@ -338,10 +339,11 @@ def _fill_holes(img: torch.Tensor, zb: torch.Tensor) -> tuple[torch.Tensor, torc
     where a far surface leaks through a gap of a nearer one (much deeper than the nearest surface around them).
     Each of three passes fills them with the mean colour and depth of their valid 3x3 neighbours (3 or more).
     Reaches 3 pixels beyond the drawn ones."""
-    valid = torch.isfinite(zb) & (zb > _window(zb, 2, torch.maximum, -math.inf) - 6.0)
+    near = F.max_pool2d(F.max_pool2d(zb, (5, 1), 1, (2, 0)), (1, 5), 1, (0, 2))   # nearest depth within 2 px
+    valid = torch.isfinite(zb) & (zb > near - 6.0)
     for _ in range(3):
         v = valid.to(img.dtype)
-        s = _window(torch.cat([img * v, v, torch.where(valid, zb, torch.zeros_like(zb))], 1), 1, torch.add, 0.0)
+        s = _box_sum(torch.cat([img * v, v, torch.where(valid, zb, torch.zeros_like(zb))], 1))
         cnt = s[:, 3:4]
         fill = (~valid) & (cnt >= 3)
         mean = torch.cat([s[:, :3], s[:, 4:]], 1) / cnt.clamp_min(1)
@@ -351,17 +353,15 @@ def _fill_holes(img: torch.Tensor, zb: torch.Tensor) -> tuple[torch.Tensor, torc
     return img, zb
 
 
-def _window(x: torch.Tensor, r: int, op, pad: float) -> torch.Tensor:
-    """Reduce ``op`` (torch.add / torch.maximum) over the (2r+1)^2 window around each pixel of a (B,C,H,W) tensor,
-    ``pad`` outside; separable shifted slices."""
+def _box_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the 3x3 window around each pixel of a (B,C,H,W) tensor, zeros outside; separable shifted slices,
+    added in place (fresh large buffers cost more than the arithmetic)."""
     H, W = x.shape[2], x.shape[3]
-    p = F.pad(x, (r, r, r, r), value=pad)
-    rows = p[:, :, :H].clone()
-    for k in range(1, 2 * r + 1):          # in place: fresh large buffers cost more than the arithmetic
-        op(rows, p[:, :, k:k + H], out=rows)
-    out = rows[..., :W].clone()
-    for k in range(1, 2 * r + 1):
-        op(out, rows[..., k:k + W], out=out)
+    p = F.pad(x, (1, 1, 1, 1))
+    rows = torch.add(p[:, :, :H], p[:, :, 1:H + 1])
+    rows += p[:, :, 2:H + 2]
+    out = torch.add(rows[..., :W], rows[..., 1:W + 1])
+    out += rows[..., 2:W + 2]
     return out
 
 
