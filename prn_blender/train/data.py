@@ -116,6 +116,8 @@ class Prefetcher:
         dev = torch.device(stream.device)
         self._device = dev if dev.type == "cuda" else None
         self._cuda = torch.cuda.Stream(dev) if self._device is not None else None
+        if self._cuda is not None:              # the stream's GPU buffers were made on this thread's stream
+            self._cuda.wait_stream(torch.cuda.current_stream(dev))
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="prn-data-prefetch", daemon=True)
