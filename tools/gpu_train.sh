@@ -41,8 +41,9 @@ SEED=${SEED:-}               # train.py --seed, the synthetic stream; default: I
 PREFETCH=${PREFETCH:-2}      # train.py --prefetch: batches made ahead in a thread; if a run with it fails before its
 #                              first snapshot, the rest of TRAIN_S trains again without (--prefetch 0)
 BN_BATCHES=${BN_BATCHES:-24}
-BENCH=${BENCH:-net,data,loop}  # bench_core sections run first (at most 90 s; 0 = none); loop = train.py's samples/s
-#                              with the data inline and made ahead, same run
+BENCH=${BENCH:-data,loop}    # bench_core sections run first (at most 90 s; 0 = none): data = the data engine's
+#                              samples/s and top operators (--profile); loop = train.py's samples/s with the data
+#                              inline and made ahead, same run; net = the network's (measured in stop 21)
 EVAL_N=${EVAL_N:-0}          # > 0: a first look at the candidate on the held-out synthetic set, at most 90 s (the
 #                              ship decision is made here on the CPU, with the model card's commands)
 OUT=${OUT:-out/gpu}
@@ -54,7 +55,7 @@ session() {
   $PY -c "import torch, numpy; print('torch', torch.__version__, '| numpy', numpy.__version__, '| cuda',
 torch.cuda.is_available() and torch.cuda.get_device_name())"
   if [ "$BENCH" != 0 ]; then
-    timeout 90 $PY benchmarks/bench_core.py --device "$DEVICE" --reps 3 --only "$BENCH" --data-batch 16,256 \
+    timeout 90 $PY benchmarks/bench_core.py --device "$DEVICE" --reps 3 --only "$BENCH" --data-batch 16,256 --profile \
       || echo "[gpu_train] benchmark failed or timed out; training goes on"
   fi
   [ -n "$SEED" ] || SEED=$($PY -c "from prn_blender.core.weights import read_metadata as r
