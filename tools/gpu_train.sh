@@ -18,6 +18,13 @@
 #             cp FILES_AT/train_log.jsonl runs/gpu/log.jsonl
 #             evaluate (eval.py, as on the model card), then, if it is to ship:
 #             python -m prn_blender.train.ship --run runs/gpu --bn-batches 0 --eval-aflw ... --eval-synth ...
+# A 15-minute lease in two calls (stop 22, each gain measured against the model it continued):
+#   1. TRAIN_S=500 BENCH=0 bash tools/gpu_train.sh                      (lr 1e-4; about 535 s)
+#   2. at once, while the machine is warm (its .carry stays there; carry only the new run, < 64 MiB in all):
+#      reassemble call 1's parts into runs/gpu3/weights.safetensors here, then
+#      TRAIN_S=190 BENCH=0 LR=5e-5 WARMUP=100 INIT=runs/gpu3/weights.safetensors bash tools/gpu_train.sh,
+#      carry ["runs/gpu3"]                                              (about 220 s), then give the machine back
+#   Choose between the two on the validation set (eval.py --dataset synthetic --seed 4242), test the winner.
 # CPU dry run of the same glue (no GPU; tests/test_synth_train.py runs it):
 #   DEVICE=cpu BATCH=2 TRAIN_S=4 KEEP=1 BENCH=0 BN_BATCHES=1 EVAL_N=2 PY=.venv/bin/python bash tools/gpu_train.sh
 set -uo pipefail
