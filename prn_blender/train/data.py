@@ -99,8 +99,8 @@ class SyntheticStream:
 
 class Prefetcher:
     """Iterates ``stream``'s batches, made up to ``depth`` ahead by a daemon thread: the training loop's step and
-    the next batch's rendering overlap (on a GPU, where both mostly wait on kernel launches, the thread's Python and
-    the loop's run while the other's kernels execute; torch releases the GIL in its ops).
+    the next batch's rendering overlap (on a GPU, one thread's Python launches kernels while the other's execute;
+    torch releases the GIL in its ops).
 
     On CUDA the thread works on its own CUDA stream; each batch carries an event that the consumer's stream waits
     on, and its tensors are recorded on that stream so the caching allocator does not hand their memory back to
