@@ -65,10 +65,12 @@ torch.cuda.is_available() and torch.cuda.get_device_name())"
     timeout 90 $PY benchmarks/bench_core.py --device "$DEVICE" --reps 3 --only "$BENCH" --data-batch 16,256 --profile \
       || echo "[gpu_train] benchmark failed or timed out; training goes on"
   fi
-  [ -n "$SEED" ] || SEED=$($PY -c "from prn_blender.core.weights import read_metadata as r
-s = r('$INIT')['meta'].get('seed'); print(17 if s is None else int(s) + 1)") || return
+  local init_width init_seed                                    # INIT's width and the seed after its own
+  read -r init_width init_seed < <($PY -c "from prn_blender.core.weights import read_metadata as r
+m = r('$INIT'); s = m['meta'].get('seed'); print(m['width'], 17 if s is None else int(s) + 1)") || return
+  SEED=${SEED:-$init_seed}
   echo "[gpu_train] synthetic stream seed $SEED"
-  if [ "$($PY -c "from prn_blender.core.weights import read_metadata as r; print(r('$INIT')['width'])")" = "$WIDTH" ]
+  if [ "$init_width" = "$WIDTH" ]
   then cp "$INIT" "$W/init.safetensors"                         # a continuation: already this wide
   else $PY -m prn_blender.train.widen --init "$INIT" --width "$WIDTH" --out "$W/init.safetensors" || return
   fi

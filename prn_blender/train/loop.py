@@ -324,14 +324,15 @@ def main(argv=None) -> int:
                 timeup = bool(flag.item())
         last = step == a.steps or timeup
         if rank == 0:
-            pending.append(({"step": step, "lr": cur_lr, "samples": samples,
-                             "elapsed": round(time.time() - t_start, 2), "data_s": round(t1 - t0, 4),
-                             "net_s": round(t2 - t1, 4)}, loss.detach()))
+            pending.append({"step": step, "loss": loss.detach(), "lr": cur_lr, "samples": samples,
+                            "elapsed": round(time.time() - t_start, 2), "data_s": round(t1 - t0, 4),
+                            "net_s": round(t2 - t1, 4)})
             if bar:
                 bar.update(1)
             if step % LOG_EVERY == 0 or step % a.save_every == 0 or last:
-                for (rec, _), value in zip(pending, torch.stack([v for _, v in pending]).tolist()):
-                    log.write(json.dumps({"step": rec["step"], "loss": value, **rec}) + "\n")
+                for rec, value in zip(pending, torch.stack([r["loss"] for r in pending]).tolist()):
+                    rec["loss"] = value
+                    log.write(json.dumps(rec) + "\n")
                 if bar:
                     bar.set_postfix(loss=f"{value:.5f}", lr=f"{cur_lr:.1e}")
                 pending.clear()
