@@ -1,10 +1,11 @@
-"""Image-space parts of the data engine that need no face model: black border, hair blur, exposure,
-the paper's augmentation, the yaw prior."""
+"""Image-space parts of the data engine that need no face model: black border, occluders, the splat's hole
+fill, hair blur, exposure, the paper's augmentation, the yaw prior."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 
 def test_black_border_zeroes_a_band_on_each_of_the_four_sides():
@@ -22,6 +23,64 @@ def test_black_border_zeroes_a_band_on_each_of_the_four_sides():
     assert int(zero.sum((1, 2)).max()) <= int(0.35 * n) * n
     assert torch.equal(out[~banded], img[~banded]) and torch.equal(out[~zero[:, None].expand_as(out)],
                                                                    img[~zero[:, None].expand_as(img)])
+
+
+def test_occluders_keep_the_other_samples_and_the_random_stream():
+    """Samples without an occluder come back untouched, and the generator advances by the same draws whichever
+    samples are occluded (later draws of a seed do not depend on it)."""
+    from prn_blender.synth.sampler import occlude
+    img = torch.rand(64, 3, 48, 48) * 0.8 + 0.1
+    after = {}
+    for prob in (0.0, 0.4, 1.0):
+        g = torch.Generator().manual_seed(3)
+        out = occlude(img, g, prob=prob)
+        after[prob] = torch.rand(4, generator=g)
+        changed = (out != img).flatten(1).any(1)
+        if prob == 0.0:
+            assert torch.equal(out, img)
+        elif prob == 1.0:
+            assert bool(changed.all())
+        else:
+            assert 10 < int(changed.sum()) < 54, int(changed.sum())
+            assert torch.equal(out[~changed], img[~changed])
+    assert torch.equal(after[0.0], after[0.4]) and torch.equal(after[0.0], after[1.0])
+
+
+def test_hole_fill_matches_the_dense_three_pass_definition():
+    """The splat's hole fill, which sums only at the pixels it fills, against the definition computed densely:
+    three passes, each giving every invalid pixel with 3 or more valid 3x3 neighbours their mean colour and depth;
+    invalid = empty (-inf) or more than 6 deeper than the nearest depth within 2 pixels (a leak)."""
+    from prn_blender.synth.render import _fill_holes_
+    g = torch.Generator().manual_seed(0)
+    B, H, W = 3, 40, 50
+    zb = torch.rand(B, 1, H, W, generator=g) * 4
+    zb[:, :, 10:25, 12:30] += 20                                    # a near surface ...
+    leak = (torch.rand(B, 1, H, W, generator=g) < 0.1) & (zb > 20)
+    zb[leak] -= 15                                                  # ... with far pixels leaking through
+    zb[torch.rand(B, 1, H, W, generator=g) < 0.3] = -torch.inf      # holes
+    zb[:, :, :, :8] = -torch.inf                                    # and an empty band the fill grows into
+    img = torch.rand(B, 3, H, W, generator=g) * torch.isfinite(zb)
+
+    ones = torch.ones(1, 1, 3, 3, dtype=torch.float64)
+    box = lambda x: F.conv2d(x.reshape(-1, 1, H, W), ones, padding=1).view_as(x)  # noqa: E731
+    near = F.max_pool2d(zb, 5, 1, 2)
+    valid = torch.isfinite(zb) & (zb > near - 6)
+    ref_img, ref_z = img.double(), zb.double()
+    for _ in range(3):
+        v = valid.double()
+        cnt = box(v)
+        fill = ~valid & (cnt >= 3)
+        ref_img = torch.where(fill, box(ref_img * v) / cnt.clamp_min(1), ref_img)
+        ref_z = torch.where(fill, box(torch.where(valid, ref_z, 0.0)) / cnt.clamp_min(1), ref_z)
+        valid = valid | fill
+    out_img, out_z = img.clone(), zb.clone()
+    _fill_holes_(out_img, out_z)
+    assert torch.equal(torch.isfinite(out_z), torch.isfinite(ref_z))
+    assert int((torch.isfinite(out_z) & ~torch.isfinite(zb)).sum()) > 500     # holes and the band's edge filled
+    fin = torch.isfinite(ref_z)
+    assert torch.allclose(out_z[fin].double(), ref_z[fin], atol=1e-5)
+    assert torch.allclose(out_img.double(), ref_img, atol=1e-6)
+    assert not torch.equal(out_z[leak], zb[leak])                   # the leaks were painted over
 
 
 def test_hair_volume_blur_is_a_zero_padded_box_filter():

@@ -39,14 +39,20 @@ def sample_accessories(B: int, g: torch.Generator) -> dict:
     )
 
 
-def _lookup(noise: torch.Tensor, u: torch.Tensor, span: float = 1.5) -> torch.Tensor:
-    """Linear interpolation of per-sample 1D noise (B,K) at face coordinate u (B,H,W) over [-span, span]."""
-    K = noise.shape[1]
+def _cell(u: torch.Tensor, K: int, span: float = 1.5) -> tuple:
+    """Where face coordinate u (B,H,W) falls among K noise knots over [-span, span]: the knot indices either side
+    (B,H*W) and their linear weights (B,H,W), for any number of _lookup calls with the same u and K."""
     x = ((u + span) / (2 * span) * (K - 1)).clamp(0, K - 1)
     i0 = x.floor().long().clamp(max=K - 2)
     w = x - i0
-    flat = lambda i: noise.gather(1, i.view(len(noise), -1)).view_as(u)  # noqa: E731
-    return flat(i0) * (1 - w) + flat(i0 + 1) * w
+    i0 = i0.view(len(u), -1)
+    return i0, i0 + 1, 1 - w, w
+
+
+def _lookup(noise: torch.Tensor, cell: tuple) -> torch.Tensor:
+    """Linear interpolation of per-sample 1D noise (B,K) at a face coordinate's ``_cell`` (of the same K)."""
+    i0, i1, w0, w1 = cell
+    return noise.gather(1, i0).view_as(w0) * w0 + noise.gather(1, i1).view_as(w1) * w1
 
 
 def _box(a: torch.Tensor, r: int, dim: int) -> torch.Tensor:
@@ -102,8 +108,9 @@ def draw(layer: torch.Tensor, k: torch.Tensor, p: dict) -> torch.Tensor:
     v = _dot(g, centre, up) / unit[:, None, None]                                   # face units, up
     brow = ((k[:, 17:27].mean(1) - centre) * up).sum(-1) / unit                      # (B,)
     P = lambda name: p[name].to(dev)[:, None, None]  # noqa: E731
-    strand = _lookup(p["strands"].to(dev), u)                                        # vertical strands
-    jag = [0.05 * _lookup(p["jag"][:, i].to(dev), c) for i, c in enumerate((u, u, v))]
+    strand = _lookup(p["strands"].to(dev), _cell(u, STRANDS))                        # vertical strands
+    cu, cv = _cell(u, JAG), _cell(v, JAG)
+    jag = [0.05 * _lookup(p["jag"][:, i].to(dev), c) for i, c in enumerate((cu, cu, cv))]
     hair_rgb = p["hair"].to(dev)[:, :, None, None] * (0.55 + 0.6 * strand)[:, None]
     alpha = layer[:, 3:]
     yaw = p["yaw"].to(dev).abs()

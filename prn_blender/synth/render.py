@@ -119,7 +119,7 @@ class FaceRenderer:
         r1, r2 = rng.random(len(tri_id)), rng.random(len(tri_id))
         s1 = np.sqrt(r1)
         bary = np.stack([1 - s1, s1 * (1 - r2), s1 * r2], 1).astype(np.float32)
-        self.render_tris = torch.from_numpy(tris.astype(np.int64)).to(dev)
+        self.render_tris = torch.from_numpy(np.ascontiguousarray(tris, dtype=np.int64)).to(dev)
         s_tri = tris[tri_id]
         self.s_tri = torch.from_numpy(tri_id.astype(np.int64)).to(dev)
         self.s_part = torch.from_numpy(parts[tri_id]).to(dev)
@@ -175,7 +175,8 @@ class FaceRenderer:
         self.n_noise = K
         self.hair_masks = torch.from_numpy(np.stack(hair, 1).astype(np.float32)).to(dev)       # (M,H)
         self.basis = torch.from_numpy(np.stack(basis, 1)).to(dev)                             # (M,J)
-        self.inner = torch.from_numpy((parts[tri_id] >= P_MOUTH) & (parts[tri_id] <= P_TEETH)).to(dev)
+        inner = (parts[tri_id] >= P_MOUTH) & (parts[tri_id] <= P_TEETH)                     # mouth inside: darker
+        self.inner_gain = torch.from_numpy(np.where(inner, 0.55, 1.0).astype(np.float32)[:, None]).to(dev)
         # cavity term of the neutral head, per point (eye sockets, lid margins, nostrils, lip line, ear folds)
         ao = cavity(v, tris)
         self.cavity = torch.from_numpy((ao[s_tri] * bary).sum(1, keepdims=True).astype(np.float32)).to(dev)
@@ -217,46 +218,51 @@ class FaceRenderer:
         """Draw the batch of scene parameters ``p`` (see sampler.sample_params), ``chunk`` samples at a time on
         the CPU: the canvas-sized buffers of a few samples stay in cache (x1.4 over one batch of 16, bench_core)."""
         B = p["identity"].shape[0]
+        verts = self.shapes(p["identity"], p["expression"])     # one pass over the modes for the whole batch
         if self.device.type == "cpu" and B > chunk:
-            parts = [self._render({k: v[i:i + chunk] for k, v in p.items()}) for i in range(0, B, chunk)]
+            parts = [self._render({k: v[i:i + chunk] for k, v in p.items()}, verts[i:i + chunk])
+                     for i in range(0, B, chunk)]
             return Batch(**{f: torch.cat([getattr(b, f) for b in parts]) for f in Batch.__dataclass_fields__})
-        return self._render(p)
+        return self._render(p, verts)
 
-    def _render(self, p: dict) -> Batch:
+    def _render(self, p: dict, verts: torch.Tensor) -> Batch:
+        """Draw the scenes ``p`` whose model-space vertices (B,V,3) are ``verts``."""
         dev = self.device
         B = p["identity"].shape[0]
-        verts = self.shapes(p["identity"], p["expression"])
         img_v, R = self.project(verts, p["yaw"], p["pitch"], p["roll"], p["persp_dist"])
         # position map (face pixels), z shifted to min 0
         face = self._interp(self.G, img_v)                                                    # (B,N,3)
         zf = face[..., 2].clone()
         face[..., 2] -= face[..., 2].min(1, keepdim=True).values
         pos = torch.zeros(B, RESOLUTION * RESOLUTION, 3, device=dev)
-        pos[:, self.face_ind] = face
+        pos.index_copy_(1, self.face_ind, face)
         kpt = face[:, self.kpt_vertex]
 
-        # flat triangle normals in camera space (x right, y up, z to camera) -> gathered per point
+        # flat triangle normals in camera space (x right, y up, z to camera); what depends on the normal alone
+        # (diffuse and specular terms, environment light, facing) is evaluated per triangle, then gathered per point
         t = self.render_tris
-        v0, v1, v2 = verts[:, t[:, 0]], verts[:, t[:, 1]], verts[:, t[:, 2]]
-        fn = F.normalize(torch.cross(v1 - v0, v2 - v0, dim=-1) @ R.transpose(1, 2), dim=-1)
-        sn = fn[:, self.s_tri]                                                                # (B,M,3)
+        v0, v1, v2 = verts.index_select(1, t.view(-1)).view(B, -1, 3, 3).unbind(2)
+        fn = F.normalize(torch.cross(v1 - v0, v2 - v0, dim=-1) @ R.transpose(1, 2), dim=-1)   # (B,T,3)
         sp = self._interp(self.S, img_v)                                                      # (B,M,3)
         albedo = self.albedo(p)                                                               # (B,M,3)
         L = F.normalize(p["light_dir"], dim=-1)
-        lam = (sn @ L[..., None]).clamp_min(0)                                                # (B,M,1)
         h = F.normalize(L + torch.tensor([0.0, 0.0, 1.0], device=dev), dim=-1)
-        spec = (sn @ h[..., None]).clamp_min(0) ** p["shininess"][:, None, None] * p["specular"][:, None, None]
-        occ = 1 - p["occlusion"][:, None, None] * self.cavity                                 # (B,M,1)
-        amb = p["ambient"][:, None]                                                          # (B,1,3)
+        terms = [(fn @ L[..., None]).clamp_min(0),
+                 (fn @ h[..., None]).clamp_min(0) ** p["shininess"][:, None, None] * p["specular"][:, None, None],
+                 fn[..., 2:]]
         if "sh" in p:                                                                         # see sample_lighting
-            x, y, z = sn.unbind(-1)
+            x, y, z = fn.unbind(-1)
             Y = torch.stack([x, y, z - 1, x * y, y * z, x * z, x * x - y * y, 3 * z * z - 3], -1)
-            amb = amb * (1 + Y @ p["sh"]).clamp_min(0)                                        # (B,M,3)
+            terms.append(p["ambient"][:, None] * (1 + Y @ p["sh"]).clamp_min(0))
+        per = torch.cat(terms, -1).index_select(1, self.s_tri)                                # (B,M,3|6)
+        lam, spec = per[..., 0:1], per[..., 1:2]
+        amb = per[..., 3:] if "sh" in p else p["ambient"][:, None]                           # (B,M|1,3)
+        occ = 1 - p["occlusion"][:, None, None] * self.cavity                                 # (B,M,1)
         col = albedo * occ * (amb + lam * p["light_col"][:, None] * (0.5 + 0.5 * occ)) \
             + spec * occ * p["light_col"][:, None]
-        col = torch.where(self.inner[None, :, None], col * 0.55, col)
+        col = col * self.inner_gain                                                           # mouth inside
         # back-facing points never win the z-test (their surface's front side is in front of them)
-        front = sn[..., 2] > -0.05
+        front = per[..., 2] > -0.05
 
         m, n = CANVAS_MARGIN, RESOLUTION
         shift = sp.new_tensor([m, m, 0.0])
@@ -285,25 +291,26 @@ class FaceRenderer:
         n = RESOLUTION + 2 * CANVAS_MARGIN
         trash = B * n * n                       # out-of-image points go to this extra slot
         sel = keep.reshape(-1).nonzero()[:, 0]  # culled points never change a pixel: drop them up front
-        pts, col = pts.reshape(-1, 3)[sel], col.reshape(-1, 3)[sel]
+        pts, col = pts.reshape(-1, 3).index_select(0, sel), col.reshape(-1, 3).index_select(0, sel)
         x0 = pts[:, 0].floor().long()           # pixel centres at integers: the 2x2 pixels around the point
         y0 = pts[:, 1].floor().long()
-        base = sel // keep.shape[1] * (n * n)   # sample of each point -> its canvas
-        idxs = []
-        for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
-            x, y = x0 + dx, y0 + dy
-            ok = (x >= 0) & (x < n) & (y >= 0) & (y < n)
-            idxs.append(torch.where(ok, base + y * n + x, torch.full_like(x, trash)))
-        idx = torch.cat(idxs)                   # the four taps of every point, tap by tap
+        # the four taps of every point, tap by tap: (0,0), (1,0), (0,1), (1,1); (4,P) flat canvas indices
+        inx = torch.stack([(x0 >= 0) & (x0 < n), (x0 >= -1) & (x0 < n - 1)])
+        iny = torch.stack([(y0 >= 0) & (y0 < n), (y0 >= -1) & (y0 < n - 1)])
+        tap = torch.tensor([0, 1, n, n + 1], device=pts.device)[:, None]
+        at = (sel // keep.shape[1] * (n * n) + y0 * n + x0)[None] + tap
+        idx = torch.where(inx[[0, 1, 0, 1]] & iny[[0, 0, 1, 1]], at, trash).view(-1)
         z = pts[:, 2].repeat(4)
         zbuf = torch.full((trash + 1,), -math.inf, device=pts.device)
         zbuf.scatter_reduce_(0, idx, z, reduce="amax")
-        # taps within 0.35 px of depth of the nearest one are averaged; only those are summed (in tap order)
-        colw = torch.cat([col, torch.ones_like(col[:, :1])], -1)                   # rgb, weight
-        won = (z >= zbuf[idx] - 0.35).nonzero()[:, 0]
-        acc = torch.zeros(trash + 1, 4, device=pts.device)
-        acc.index_add_(0, idx[won], colw[won % len(colw)])
-        acc, zb = acc[:trash].view(B, n, n, 4).permute(0, 3, 1, 2).contiguous(), zbuf[:trash].view(B, 1, n, n)
+        # taps within 0.35 px of depth of the nearest one are averaged; only those are summed (in tap order),
+        # channel-major: (rgb, weight) rows of the whole canvas batch
+        won = (z >= zbuf.index_select(0, idx) - 0.35).nonzero()[:, 0]
+        colw = torch.cat([col, torch.ones_like(col[:, :1])], -1).T                 # (4,P) rgb, weight
+        hit = idx.index_select(0, won)
+        acc = torch.zeros(4, trash + 1, device=pts.device)
+        acc.scatter_add_(1, hit[None].expand(4, -1), colw.index_select(1, won % colw.shape[1]))
+        acc, zb = acc[:, :trash].view(4, B, n, n).transpose(0, 1), zbuf[:trash].view(B, 1, n, n)
         img = acc[:, :3] / acc[:, 3:].clamp_min(1)
         # holes are filled within the drawn pixels' bounding box (all samples) and a margin the fill cannot
         # cross: beyond it the canvas is empty and stays so
@@ -312,8 +319,7 @@ class FaceRenderer:
         if len(rows):
             r0, r1 = max(int(rows[0]) - 6, 0), min(int(rows[-1]) + 7, n)
             c0, c1 = max(int(cols[0]) - 6, 0), min(int(cols[-1]) + 7, n)
-            img[..., r0:r1, c0:c1], zb[..., r0:r1, c0:c1] = _fill_holes(img[..., r0:r1, c0:c1],
-                                                                        zb[..., r0:r1, c0:c1])
+            _fill_holes_(img[..., r0:r1, c0:c1], zb[..., r0:r1, c0:c1])
         return img, zb[:, 0]
 
     def albedo(self, p) -> torch.Tensor:
@@ -334,35 +340,49 @@ class FaceRenderer:
         return torch.where(hm > 0, p["hair"][:, None], out).clamp(0, 1)
 
 
-def _fill_holes(img: torch.Tensor, zb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Holes of a splatted (B,3,H,W) image with its (B,1,H,W) depth (-inf where empty): empty pixels, and pixels
-    where a far surface leaks through a gap of a nearer one (much deeper than the nearest surface around them).
-    Each of three passes fills them with the mean colour and depth of their valid 3x3 neighbours (3 or more).
-    Reaches 3 pixels beyond the drawn ones."""
-    near = F.max_pool2d(F.max_pool2d(zb, (5, 1), 1, (2, 0)), (1, 5), 1, (0, 2))   # nearest depth within 2 px
+def _fill_holes_(img: torch.Tensor, zb: torch.Tensor) -> None:
+    """Fill, in place, the holes of a splatted (B,3,H,W) image with its (B,1,H,W) depth (-inf where empty): empty
+    pixels, and pixels where a far surface leaks through a gap of a nearer one (much deeper than the nearest
+    surface around them). Each of three passes fills them with the mean colour and depth of their valid 3x3
+    neighbours (3 or more). Reaches 3 pixels beyond the drawn ones.
+
+    The holes are few: each pass counts valid neighbours densely (one channel) and sums colour and depth only at
+    the pixels it fills, in the order of a separable 3x3 box sum (rows, then columns)."""
+    B, _, H, W = img.shape
+    ninf = F.pad(zb, (2, 2, 2, 2), value=-math.inf)
+    rowmax = torch.maximum(torch.maximum(ninf[:, :, 0:H], ninf[:, :, 1:H + 1]), ninf[:, :, 2:H + 2])
+    rowmax = torch.maximum(torch.maximum(rowmax, ninf[:, :, 3:H + 3]), ninf[:, :, 4:H + 4])
+    near = torch.maximum(torch.maximum(rowmax[..., 0:W], rowmax[..., 1:W + 1]), rowmax[..., 2:W + 2])
+    near = torch.maximum(torch.maximum(near, rowmax[..., 3:W + 3]), rowmax[..., 4:W + 4])  # nearest within 2 px
     valid = torch.isfinite(zb) & (zb > near - 6.0)
+    # zero-padded working planes: colour x valid, valid, depth where valid (B,5,H+2,W+2)
+    v = valid.to(img.dtype)
+    work = F.pad(torch.cat([img * v, v, torch.where(valid, zb, torch.zeros_like(zb))], 1), (1, 1, 1, 1))
+    Hp, Wp = H + 2, W + 2
+    flat = work.view(-1)
+    chan = torch.tensor([0, 1, 2, 4], device=img.device)[:, None] * (Hp * Wp)    # rgb, depth planes
+    d = torch.arange(-1, 2, device=img.device)
+    taps = (d[:, None] * Wp + d[None, :])[..., None, None]                           # [dy][dx] offsets
     for _ in range(3):
-        v = valid.to(img.dtype)
-        s = _box_sum(torch.cat([img * v, v, torch.where(valid, zb, torch.zeros_like(zb))], 1))
-        cnt = s[:, 3:4]
-        fill = (~valid) & (cnt >= 3)
-        mean = torch.cat([s[:, :3], s[:, 4:]], 1) / cnt.clamp_min(1)
-        img = torch.where(fill, mean[:, :3], img)
-        zb = torch.where(fill, mean[:, 3:], zb)
-        valid = valid | fill
-    return img, zb
-
-
-def _box_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over the 3x3 window around each pixel of a (B,C,H,W) tensor, zeros outside; separable shifted slices,
-    added in place (fresh large buffers cost more than the arithmetic)."""
-    H, W = x.shape[2], x.shape[3]
-    p = F.pad(x, (1, 1, 1, 1))
-    rows = torch.add(p[:, :, :H], p[:, :, 1:H + 1])
-    rows += p[:, :, 2:H + 2]
-    out = torch.add(rows[..., :W], rows[..., 1:W + 1])
-    out += rows[..., 2:W + 2]
-    return out
+        w = work[:, 3:4]
+        rows = torch.add(w[:, :, :H], w[:, :, 1:H + 1])
+        rows += w[:, :, 2:H + 2]
+        cnt = torch.add(rows[..., :W], rows[..., 1:W + 1])
+        cnt += rows[..., 2:W + 2]
+        at = ((~valid) & (cnt >= 3)).view(-1).nonzero()[:, 0]
+        if len(at) == 0:                 # nothing changes, in this pass or the next
+            break
+        b, y, x = at // (H * W), at // W % H, at % W
+        centre = (b * (5 * Hp) + y + 1) * Wp + x + 1                                   # padded, plane 0
+        pc = centre[None] + chan                                                        # (4,N)
+        t = flat.index_select(0, (pc + taps).view(-1)).view(3, 3, *pc.shape)           # (3,3,4,N)
+        col = torch.add(t[0], t[1]).add_(t[2])                                          # (3,4,N) per dx
+        mean = torch.add(col[0], col[1]).add_(col[2]) / cnt.view(-1)[at].clamp_min(1)   # (4,N)
+        img[b, :, y, x] = mean[:3].T
+        zb[b, 0, y, x] = mean[3]
+        flat[pc] = mean
+        flat[centre + 3 * Hp * Wp] = 1.0
+        valid[b, 0, y, x] = True
 
 
 def cavity(verts: np.ndarray, tris: np.ndarray, radius: float = 1.5) -> np.ndarray:

@@ -132,7 +132,9 @@ def _smooth_noise(B, C, res, g, out=RESOLUTION):
 
 
 def random_background(B: int, g: torch.Generator) -> torch.Tensor:
-    """(B,3,256,256) procedural backgrounds: smooth colour noise, gradients, stripes, blobs, a torso."""
+    """(B,3,256,256) procedural backgrounds: smooth colour noise, gradients, stripes, blobs, a torso. Every
+    sample's randomness is drawn; stripes, torso and the photo-like look are computed for the samples that have
+    them."""
     n = RESOLUTION
     base = _rand(g, B, 3, 1, 1)
     res = int(_randint(g, 2, 24, (1,)))
@@ -142,23 +144,26 @@ def random_background(B: int, g: torch.Generator) -> torch.Tensor:
     ang = _rand(g, B, 1, 1) * 6.283
     grad = (xx * ang.cos() + yy * ang.sin())[:, None]
     bg = bg * (1 + 0.3 * grad * _rand(g, B, 1, 1, 1))
-    stripes = torch.sin(grad * _randint(g, 3, 40, (B, 1, 1, 1))).gt(0).float()
-    use = (_rand(g, B, 1, 1, 1) < 0.2).float()
-    bg = bg * (1 - 0.3 * use * stripes)
+    freq = _randint(g, 3, 40, (B, 1, 1, 1))
+    i = (_rand(g, B) < 0.2).nonzero()[:, 0].to(bg.device)                            # striped
+    bg = bg.index_copy(0, i, bg[i] * (1 - 0.3 * torch.sin(grad[i] * freq[i]).gt(0).float()))
     # torso/clothing under the face
     cx = (_rand(g, B, 1, 1) - 0.5) * 0.4
-    torso = (((xx - cx) / (0.9 + 0.4 * _rand(g, B, 1, 1))) ** 2
-             + ((yy - 1.25) / 0.55) ** 2 < 1)[:, None].float()
-    torso = torso * (_rand(g, B, 1, 1, 1) < 0.6)
-    cloth = _rand(g, B, 3, 1, 1) * (0.7 + 0.3 * _smooth_noise(B, 1, 6, g))
-    bg = bg * (1 - torso) + cloth * torso
+    wide = 0.9 + 0.4 * _rand(g, B, 1, 1)
+    i = (_rand(g, B) < 0.6).nonzero()[:, 0].to(bg.device)                            # with a torso
+    cloth = _rand(g, B, 3, 1, 1)
+    folds = _rand(g, B, 1, 6, 6)
+    torso = ((((xx - cx[i]) / wide[i]) ** 2 + ((yy - 1.25) / 0.55) ** 2 < 1)[:, None].float())
+    cloth = cloth[i] * (0.7 + 0.3 * F.interpolate(folds[i], size=(n, n), mode="bicubic", align_corners=False))
+    bg = bg.index_copy(0, i, bg[i] * (1 - torso) + cloth * torso)
     # high-frequency texture
     bg = bg + 0.05 * (_rand(g, B, 1, n, n) - 0.5) * _rand(g, B, 1, 1, 1)
     # half of them photo-like: most photo backgrounds are far less saturated and often darker than colour noise
-    photo = (_rand(g, B, 1, 1, 1) < 0.5).float()
-    gray = bg.mean(1, keepdim=True)
-    muted = (gray + (bg - gray) * _rand(g, B, 1, 1, 1) * 0.6) * (_rand(g, B, 1, 1, 1) * 0.9 + 0.1)
-    return (photo * muted + (1 - photo) * bg).clamp(0, 1)
+    i = (_rand(g, B) < 0.5).nonzero()[:, 0].to(bg.device)                            # photo-like
+    sat, level = _rand(g, B, 1, 1, 1)[i], _rand(g, B, 1, 1, 1)[i]
+    gray = bg[i].mean(1, keepdim=True)
+    muted = (gray + (bg[i] - gray) * sat * 0.6) * (level * 0.9 + 0.1)
+    return bg.index_copy(0, i, muted).clamp(0, 1)
 
 
 def distract(background: torch.Tensor, layer: torch.Tensor, g: torch.Generator, prob: float = 0.25) -> torch.Tensor:
@@ -194,30 +199,43 @@ def black_border(img: torch.Tensor, g: torch.Generator, prob: float = 0.2, max_f
     on = _rand(g, B) < prob
     side = _randint(g, 4, (B,))                                     # top, bottom, left, right
     width = (_rand(g, B) * max_frac * n).long()
+    i = on.nonzero()[:, 0]
+    if not len(i):
+        return img
     ramp = torch.arange(n, device=g.device)
     yy, xx = torch.meshgrid(ramp, ramp, indexing="ij")
-    edge = torch.stack([yy, n - 1 - yy, xx, n - 1 - xx])[side]      # (B,n,n) pixels from the chosen side
-    m = ((edge < width[:, None, None]) & on[:, None, None])[:, None].to(img.device)
-    return torch.where(m, torch.zeros_like(img), img)
+    edge = torch.stack([yy, n - 1 - yy, xx, n - 1 - xx])[side[i]]   # (b,n,n) pixels from the chosen side
+    m = (edge < width[i, None, None])[:, None].to(img.device)
+    i = i.to(img.device)
+    return img.index_copy(0, i, img[i].masked_fill(m, 0.0))
 
 
 def occlude(img: torch.Tensor, g: torch.Generator, prob: float = 0.4) -> torch.Tensor:
-    """The paper's synthetic occlusion: random ellipses/rectangles filled with a noise texture (image only)."""
+    """The paper's synthetic occlusion: random ellipses/rectangles filled with a noise texture (image only).
+    Every sample's randomness is drawn, occluded or not; the occluder is drawn on the occluded ones only."""
     B, _, n, _ = img.shape
-    ramp = torch.arange(n, dtype=torch.float32, device=g.device)
-    yy, xx = torch.meshgrid(ramp, ramp, indexing="ij")
     c = _rand(g, B, 2) * n * 0.8 + n * 0.1
     r = _rand(g, B, 2) * n * 0.22 + n * 0.05
+    ellipse = _rand(g, B) < 0.5
+    on = _rand(g, B) < prob
+    base = _rand(g, B, 3, 1, 1) * 0.7
+    coarse = _rand(g, B, 3, 16, 16)
+    fine = _rand(g, B, 1, n, n)
+    i = on.nonzero()[:, 0]
+    if not len(i):
+        return img
+    ramp = torch.arange(n, dtype=torch.float32, device=g.device)
+    yy, xx = torch.meshgrid(ramp, ramp, indexing="ij")
+    c, r = c[i], r[i]
     dx, dy = xx - c[:, 0, None, None], yy - c[:, 1, None, None]
     rx, ry = r[:, 0, None, None], r[:, 1, None, None]
     ell = (dx / rx) ** 2 + (dy / ry) ** 2 < 1
     rect = (dx.abs() < rx) & (dy.abs() < ry)
-    shape = torch.where((_rand(g, B, 1, 1) < 0.5), ell, rect)
-    on = (_rand(g, B, 1, 1) < prob)
-    m = (shape & on)[:, None].to(device=img.device, dtype=img.dtype)
-    tex = _rand(g, B, 3, 1, 1) * 0.7 + 0.3 * _smooth_noise(B, 3, 16, g, n) \
-        + 0.15 * (_rand(g, B, 1, n, n) - 0.5)
-    return img * (1 - m) + tex.clamp(0, 1).to(img.device) * m.to(img.device)
+    m = torch.where(ellipse[i, None, None], ell, rect)[:, None].to(device=img.device, dtype=img.dtype)
+    tex = base[i] + 0.3 * F.interpolate(coarse[i], size=(n, n), mode="bicubic", align_corners=False) \
+        + 0.15 * (fine[i] - 0.5)
+    i = i.to(img.device)
+    return img.index_copy(0, i, img[i] * (1 - m) + tex.clamp(0, 1).to(img.device) * m)
 
 
 def expose(layer: torch.Tensor, pos: torch.Tensor, g: torch.Generator, target=(0.25, 0.65)) -> torch.Tensor:
