@@ -348,7 +348,7 @@ def _fill_holes_(img: torch.Tensor, zb: torch.Tensor) -> None:
 
     The holes are few: each pass counts valid neighbours densely (one channel) and sums colour and depth only at
     the pixels it fills, in the order of a separable 3x3 box sum (rows, then columns)."""
-    B, _, H, W = img.shape
+    H, W = img.shape[2:]
     ninf = F.pad(zb, (2, 2, 2, 2), value=-math.inf)
     rowmax = torch.maximum(torch.maximum(ninf[:, :, 0:H], ninf[:, :, 1:H + 1]), ninf[:, :, 2:H + 2])
     rowmax = torch.maximum(torch.maximum(rowmax, ninf[:, :, 3:H + 3]), ninf[:, :, 4:H + 4])
