@@ -63,7 +63,7 @@ def test_face_result_fields(rec, astronaut):
     assert f.confidence > 0.5, f.confidence
     flat = rec(np.full((512, 512, 3), 128, np.uint8), box=(150, 60, 260, 190), texture=False)[0]
     assert flat.confidence < 0.3, flat.confidence
-    assert set(f.timings) == {"detect", "crop", "net", "uncrop", "texture"}
+    assert set(f.timings) == {"detect", "first_pass", "crop", "net", "uncrop", "texture"}   # detected: two passes
     np.testing.assert_allclose(f.landmarks, lay.landmarks(f.position_map))
     np.testing.assert_allclose(np.linalg.det(f.pose.rotation), 1.0, atol=1e-6)
     # explicit box and landmark crops give results too; the image may be an array of any dtype
@@ -71,6 +71,23 @@ def test_face_result_fields(rec, astronaut):
     assert g.image_size == (512, 512)
     h = rec(str(astronaut), landmarks=f.landmarks)[0]
     assert np.isfinite(h.vertices).all()
+
+
+def test_detected_faces_get_a_second_pass_from_their_landmarks(rec, astronaut):
+    """A face the detector found is reconstructed again from a crop made from the first pass's landmarks (what
+    ``landmarks=`` does); a given box, roi or landmarks are used as they are, in one pass."""
+    from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
+    once = FaceReconstructor(device="cpu", options=InferenceOptions(recrop=False))
+    first = once(str(astronaut), texture=False)[0]
+    twice = rec(str(astronaut), texture=False)[0]
+    again = rec(str(astronaut), landmarks=first.landmarks, texture=False)[0]
+    assert twice.crop == again.crop == rec.crops_for(None, landmarks=first.landmarks)[0] != first.crop
+    np.testing.assert_allclose(twice.landmarks, again.landmarks)
+    assert "first_pass" in twice.timings and "first_pass" not in first.timings | again.timings
+    box = (150, 60, 260, 190)
+    given = rec(str(astronaut), box=box, texture=False)[0]
+    assert given.crop == rec.crops_for(None, box=box)[0] and "first_pass" not in given.timings
+    np.testing.assert_allclose(given.landmarks, once(str(astronaut), box=box, texture=False)[0].landmarks)
 
 
 def test_every_crop_is_zoomed_about_its_centre():
@@ -148,6 +165,11 @@ def test_cli_reconstruct_and_info(astronaut, tmp_path):
     assert len(js["landmarks68"]) == 68 and js["image_size"] == [512, 512] and "yaw" in js["pose"]
     obj = (tmp_path / "astronaut.obj").read_text().splitlines()
     assert sum(1 for x in obj if x.startswith("v ")) == load_layout().n_vertices
+    # the fastest settings: one scale, no mirror, the detector's crop as it is -> other landmarks
+    p = _cli("reconstruct", str(astronaut), "--one-scale", "--no-flip", "--no-recrop", "--out", str(tmp_path / "fast"))
+    assert p.returncode == 0, p.stderr
+    fast = json.loads((tmp_path / "fast" / "astronaut_landmarks.json").read_text())
+    assert np.abs(np.subtract(fast["landmarks68"], js["landmarks68"])).max() > 0.5
     p = _cli("info")
     assert p.returncode == 0 and "layout: ict-face-v2" in p.stdout and "parameters:" in p.stdout
 

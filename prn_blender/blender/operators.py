@@ -25,24 +25,25 @@ def one_line(e: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------ core hooks (patchable)
-def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: tuple = MULTI_SCALE):
-    """Cached core.reconstruct.FaceReconstructor for (weights, device, mirror averaging, scales)."""
-    key = (weights or None, device, flip, tuple(scales))
+def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: tuple = MULTI_SCALE,
+                       recrop: bool = True):
+    """Cached core.reconstruct.FaceReconstructor for (weights, device, mirror averaging, scales, re-crop)."""
+    key = (weights or None, device, flip, tuple(scales), recrop)
     if key not in _REC_CACHE:
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         _REC_CACHE.clear()
         _REC_CACHE[key] = FaceReconstructor(weights=weights or None, device=device,
-                                            options=InferenceOptions(flip=flip, scales=tuple(scales)))
+                                            options=InferenceOptions(flip=flip, scales=tuple(scales), recrop=recrop))
     return _REC_CACHE[key]
 
 
 def get_reconstructor(context, weights_override: str = "", video: bool = False):
     """The reconstructor for the add-on preferences; photos use multi-scale averaging when it is on, video one
     scale (core.constants.VIDEO_SCALES)."""
-    device, weights, flip, multi = get_preferences(context)
+    device, weights, flip, multi, recrop = get_preferences(context)
     scales = VIDEO_SCALES if video or not multi else MULTI_SCALE
     return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else weights, device, flip,
-                              scales)
+                              scales, recrop)
 
 
 def smoothing_settings(s):

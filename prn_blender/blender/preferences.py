@@ -22,6 +22,10 @@ class PRN_AP_preferences(bpy.types.AddonPreferences):
                               description="For photos, also run each crop at 0.95x and 1.05x its size and average "
                                           "(three times the network time, lower landmark error). Video always "
                                           "runs one scale")
+    recrop: BoolProperty(name="Landmark Re-Crop", default=True,
+                         description="Run a detected face again, cropped from its first landmarks (twice the network "
+                                     "time on photos and on the frames where video re-detects; the detector's own "
+                                     "crops give a larger landmark error)")
 
     def draw(self, context):
         col = self.layout.column()
@@ -29,18 +33,19 @@ class PRN_AP_preferences(bpy.types.AddonPreferences):
         col.prop(self, "weights_path")
         col.prop(self, "mirror_average")
         col.prop(self, "multi_scale")
+        col.prop(self, "recrop")
 
 
-def get_preferences(context=None) -> tuple[str, str | None, bool, bool]:
-    """(device 'auto'|'cuda'|'cpu', weights path or None, mirror averaging, multi-scale averaging for photos);
-    defaults when the add-on is not enabled as such."""
+def get_preferences(context=None) -> tuple[str, str | None, bool, bool, bool]:
+    """(device 'auto'|'cuda'|'cpu', weights path or None, mirror averaging, multi-scale averaging for photos,
+    landmark re-crop of detected faces); defaults when the add-on is not enabled as such."""
     context = context or bpy.context
     addon = context.preferences.addons.get(ADDON_ID)
     prefs = getattr(addon, "preferences", None) if addon else None
     if prefs is None:
-        return "auto", None, True, True
+        return "auto", None, True, True, True
     return (prefs.device.lower(), (bpy.path.abspath(prefs.weights_path) if prefs.weights_path else None),
-            bool(prefs.mirror_average), bool(prefs.multi_scale))
+            bool(prefs.mirror_average), bool(prefs.multi_scale), bool(prefs.recrop))
 
 
 CLASSES = (PRN_AP_preferences,)

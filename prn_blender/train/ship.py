@@ -169,6 +169,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run", required=True, help="training output folder (weights.safetensors, log.jsonl)")
     ap.add_argument("--eval-aflw", nargs="+", help="eval.py output folder(s) on AFLW2000-3D")
     ap.add_argument("--eval-synth", nargs="+", help="eval.py output folder(s) on the held-out synthetic set")
+    ap.add_argument("--eval-aflw-detector", nargs="+",
+                    help="eval.py output folder(s) on AFLW2000-3D with --crop detector (what users get)")
     ap.add_argument("--bn-batches", type=int, default=24,
                     help="recalibrate BatchNorm statistics on this many fresh synthetic batches of 16 (0 = off)")
     ap.add_argument("--shared", help="development data folder (for the BN recalibration batches)")
@@ -285,15 +287,22 @@ def main(argv=None) -> int:
          "--out out/eval_aflw_one_scale"),
         ("python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --scales 1 --no-flip --no-peer "
          "--out out/eval_aflw_single"),
+        "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop detector --out out/eval_aflw_detector",
         "python eval.py --dataset synthetic --n 200 --seed 777 --out out/eval_synth",
         f"python -m prn_blender.train.ship --run runs/{run.name} "
         + (f"--average-from {meta['average_from']} " if meta.get("averaged") else "")
-        + "--eval-aflw out/eval_aflw out/eval_aflw_one_scale out/eval_aflw_single --eval-synth out/eval_synth",
+        + "--eval-aflw out/eval_aflw out/eval_aflw_one_scale out/eval_aflw_single --eval-synth out/eval_synth "
+        + "--eval-aflw-detector out/eval_aflw_detector",
         "```", "", "## Metrics (68-point NME %, normalized by sqrt(w*h) of the GT box)", "",
         (f"Default inference (`ours`): mirror averaging and {len(MULTI_SCALE)} crop scales, "
          + ", ".join(f"{x:g}x" for x in MULTI_SCALE) + " (`core.constants.MULTI_SCALE`). `ours_one_scale` is mirror"),
         "averaging only, which is what video runs; `ours_single_pass` is neither.", "",
         *_metrics_table(a.eval_aflw, "Real photos: the 16 AFLW2000-3D images in ../shared"),
+        *([("With the face detector's crops instead of the dataset's roi boxes: what `reconstruct` and the add-on do "
+            "with a photo"),
+           ("(the detector's box, then a second pass cropped from the first pass's landmarks, "
+            "`InferenceOptions.recrop`)."), ""] if a.eval_aflw_detector else []),
+        *_metrics_table(a.eval_aflw_detector, "Real photos, detector crops"),
         *_metrics_table(a.eval_synth, "Held-out synthetic set"),
         "## Training curve", "", "![training curve](training_curve.png)", "",
         *([("The curve shows this fine-tuning run"
