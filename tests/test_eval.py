@@ -91,6 +91,24 @@ def test_eval_synthetic_same_seed_same_metrics(tmp_path):
 
 
 @pytest.mark.shared
+def test_eval_pseudo_labelled_real_set(tmp_path, shared):
+    """The real validation set labelled by the peer: its sources, every one weighing the same, no peer row (it made
+    the labels), and an agreement of ours with the labels that a label or frame mix-up could not give."""
+    p = _run(["--dataset", "pseudo", "--scales", "1", "--no-flip", "--out", str(tmp_path)])
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    _check_schema(m)
+    assert m["dataset"] == "pseudo" and m["n"] >= 50 and list(m["models"]) == ["ours_single_pass"]
+    rec = m["models"]["ours_single_pass"]
+    names = list(rec["per_image"])
+    assert sum(n.startswith("photos/") for n in names) == 6 and "photos/5.jpg" not in names   # no cartoon
+    assert set(rec["nme2d_sources"]) == {"photos", "webcam", "talking"}
+    assert rec["nme2d_mean_of_sources"] == pytest.approx(sum(rec["nme2d_sources"].values()) / 3)
+    assert rec["nme2d"]["all"] < 8.0, rec["nme2d"]
+    assert "mean of sources" in (tmp_path / "metrics.md").read_text()
+
+
+@pytest.mark.shared
 @pytest.mark.slow
 def test_eval_video_jitter_and_lag(tmp_path):
     p = _run(["--dataset", "video", "--n", "5", "--seed", "5", "--out", str(tmp_path)])

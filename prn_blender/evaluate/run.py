@@ -1,4 +1,4 @@
-"""Headless evaluation: ``python eval.py --dataset {aflw2000,pts,synthetic,video} ... --out DIR``.
+"""Headless evaluation: ``python eval.py --dataset {aflw2000,pts,synthetic,pseudo,video} ... --out DIR``.
 
 Writes DIR/metrics.json (fixed schema, NME in percent), DIR/metrics.md (tables), DIR/ced.png and DIR/yaw.png.
 Models side by side: ours (``--weights``, default the shipped model), the 3DDFA_V2 mb05 peer (when the shared data
@@ -129,9 +129,63 @@ def dataset_synthetic(a):
         yield name, img, kpt, yaw, roi_from_landmarks(kpt)
 
 
+#: the pseudo-labelled real set (dataset_pseudo): PRNet's demo photos less its cartoon (5.jpg), and every k-th frame
+#: of the two clips in ../shared/videos
+PSEUDO_PHOTOS = ("1.jpg", "2.jpg", "3.jpg", "4.jpg", "trump.jpg")
+PSEUDO_CLIPS = (("webcam", "webcam_400x300.mp4", 25), ("talking", "talking_face_160x120.avi", 4))
+
+
+def pseudo_set(shared=None):
+    """Real faces that are not evaluation images, labelled by the 3DDFA_V2 mb05 peer in its two steps (detector box
+    -> landmarks -> roi_from_landmarks -> landmarks): ``PSEUDO_PHOTOS``, scikit-image's astronaut and frames of
+    ``PSEUDO_CLIPS``. Yields (name "source/item", RGB float image, (68,3) labels, peer yaw in degrees); frames where
+    the detector finds no face are left out. A real-photo validation set for the decisions the 16 AFLW2000-3D test
+    images must not make: the labels carry the peer's own error (3.3 % NME on the test images), so it ranks our
+    models and settings against each other, it does not measure them."""
+    from skimage import data
+
+    from ..core.detect import make_detector
+    from ..core.image_io import load_image
+    from .peer_3ddfa import TDDFAPeer
+    root = shared_dir(shared, required=True)
+    items = [(f"photos/{f}", load_image(root / "prnet" / "demo-images" / f)) for f in PSEUDO_PHOTOS]
+    items.append(("photos/astronaut", data.astronaut().astype(np.float32) / 255))
+
+    def frames():
+        for src, clip, every in PSEUDO_CLIPS:
+            cap = cv2.VideoCapture(str(root / "videos" / clip))
+            i = 0
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                if i % every == 0:
+                    yield f"{src}/{i:04d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+                i += 1
+            cap.release()
+
+    det, peer = make_detector("auto"), TDDFAPeer(shared=shared)
+    for name, rgb in (*items, *frames()):
+        boxes = det(rgb)
+        if not len(boxes):
+            continue
+        x0, y0, x1, y1 = boxes[0][:4]
+        bgr = cv2.cvtColor((rgb * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR)
+        lm = peer.predict_roi(bgr, roi_from_landmarks(np.array([[x0, y0], [x1, y1]])))
+        roi = roi_from_landmarks(lm)
+        params = peer.params(bgr, roi)
+        yield name, rgb, peer.predict_roi(bgr, roi, params).astype(np.float32), float(peer.yaw(params))
+
+
+def dataset_pseudo(a):
+    for name, img, lm, yaw in pseudo_set(a.shared):
+        yield name, img, lm, yaw, roi_from_landmarks(lm)
+
+
 # ---------------------------------------------------------------------------------------------- evaluation
 def evaluate_landmarks(a, models) -> dict:
-    ds = {"aflw2000": dataset_aflw2000, "pts": dataset_pts, "synthetic": dataset_synthetic}[a.dataset]
+    ds = {"aflw2000": dataset_aflw2000, "pts": dataset_pts, "synthetic": dataset_synthetic,
+          "pseudo": dataset_pseudo}[a.dataset]
     per = {m.name: {} for m in models}          # name -> (landmarks, yaw) or None
     pose_known = a.dataset in ("aflw2000", "synthetic")
     gts, yaws, names = [], [], []
@@ -190,6 +244,13 @@ def evaluate_landmarks(a, models) -> dict:
             # head yaw error (degrees), and how much of |yaw| is missed (> 0: the head is predicted less turned)
             rec["yaw_abs_err"] = M.yaw_buckets(np.abs(pyaw[v] - yaws[v]), yaws[v])
             rec["yaw_under"] = M.yaw_buckets(np.abs(yaws[v]) - np.abs(pyaw[v]), yaws[v])
+        if a.dataset == "pseudo":   # each source weighs the same: the clips have many frames of one person each
+            by = {}
+            for i, n in enumerate(names):
+                if ok[i]:
+                    by.setdefault(n.split("/")[0], []).append(e2[i])
+            rec["nme2d_sources"] = {k: float(np.mean(x)) for k, x in by.items()}
+            rec["nme2d_mean_of_sources"] = float(np.mean(list(rec["nme2d_sources"].values())))
         if dense_on and m is models[0]:
             rec["nme_dense"] = float(np.mean(dense["nme_dense"]))
             rec["recon_icp_iod"] = float(np.mean(dense["recon_icp"]))
@@ -260,6 +321,14 @@ def write_report(res: dict, out: Path) -> None:
                 f = lambda b: "-" if np.isnan(e[b]) else f"{e[b]:.1f} / {u[b]:+.1f}"  # noqa: E731
                 lines.append(f"| {k} | {f('0-30')} | {f('30-60')} | {f('60-90')} | {f('all')} |")
             lines.append("")
+        if all("nme2d_sources" in m for m in res["models"].values()):
+            srcs = list(next(iter(res["models"].values()))["nme2d_sources"])
+            lines += ["## NME2D by source (%) and their mean (each source weighs the same)", "",
+                      "| model | " + " | ".join(srcs) + " | mean of sources |", "|---|" + "---|" * (len(srcs) + 1)]
+            for k, m in res["models"].items():
+                lines.append(f"| {k} | " + " | ".join(f"{m['nme2d_sources'].get(g, float('nan')):.2f}" for g in srcs)
+                             + f" | {m['nme2d_mean_of_sources']:.2f} |")
+            lines.append("")
         lines += ["## NME2D by landmark group (%, each group's mean error over the face's normalizer)", "",
                   "| model | " + " | ".join(M.GROUPS) + " |", "|---|" + "---|" * len(M.GROUPS)]
         for k, m in res["models"].items():
@@ -320,7 +389,9 @@ def model_name(flip: bool, scales: tuple, default: tuple) -> str:
 
 def build_parser():
     ap = argparse.ArgumentParser(prog="eval.py", description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", required=True, choices=["aflw2000", "pts", "synthetic", "video"])
+    ap.add_argument("--dataset", required=True, choices=["aflw2000", "pts", "synthetic", "pseudo", "video"],
+                    help="pseudo: real non-evaluation faces labelled by the 3DDFA_V2 peer (evaluate.run.pseudo_set), "
+                         "for choosing between models or settings")
     ap.add_argument("--data", help="dataset folder (aflw2000: the aflw2000-3d folder; pts: images + .pts)")
     ap.add_argument("--crop", default="gt", choices=["gt", "detector", "roi"])
     ap.add_argument("--norm", default="box", choices=["box", "iod"], help="NME normalization")
@@ -354,7 +425,7 @@ def main(argv=None) -> int:
                         scales=scales)]
     if a.prnet_weights:
         models.append(OursModel(a.prnet_weights, a.device, name="prnet_official", scales=scales))
-    if not a.no_peer and a.dataset != "video":
+    if not a.no_peer and a.dataset not in ("video", "pseudo"):   # pseudo: the peer made the labels
         try:
             shared_dir(a.shared)
             models.append(PeerModel(a.shared))
