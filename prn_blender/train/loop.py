@@ -327,13 +327,13 @@ def main(argv=None) -> int:
             pending.append({"step": step, "loss": loss.detach(), "lr": cur_lr, "samples": samples,
                             "elapsed": round(time.time() - t_start, 2), "data_s": round(t1 - t0, 4),
                             "net_s": round(t2 - t1, 4)})
-            if bar:
+            if bar is not None:
                 bar.update(1)
             if step % LOG_EVERY == 0 or step % a.save_every == 0 or last:
                 for rec, value in zip(pending, torch.stack([r["loss"] for r in pending]).tolist()):
                     rec["loss"] = value
                     log.write(json.dumps(rec) + "\n")
-                if bar:
+                if bar is not None:
                     bar.set_postfix(loss=f"{value:.5f}", lr=f"{cur_lr:.1e}")
                 pending.clear()
             if step % a.save_every == 0 or last:
@@ -361,7 +361,7 @@ def main(argv=None) -> int:
             break
     if prefetch:
         data.close()
-    if bar:
+    if bar is not None:
         bar.close()
     if rank == 0:
         print(f"done: {step} steps, {samples} samples, data {t_data:.1f}s net {t_net:.1f}s -> "
