@@ -318,6 +318,10 @@ def main(argv=None) -> int:
         "- Head yaw: on real photos the predicted face turns less than the real head (the tables' under-estimate,",
         "  mean |GT yaw| - |predicted yaw|); the predicted 2D geometry itself is under-rotated (a pose fit on x, y",
         "  alone gives the same bias), so head-pose keys are damped on strongly turned heads.",
+        "- Context: the background, hair and clothes around a real face mislead the model more than those of",
+        "  synthetic scenes. On real faces that are not evaluation images (`eval.py --dataset pseudo`), tighter",
+        "  crops and a blurred surround both bring its landmarks much closer to the peer's; on synthetic faces",
+        "  neither helps. The default inference keeps the training conventions.",
     ]
     (WEIGHTS_DIR / "MODEL_CARD.md").write_text("\n".join(card) + "\n")
     print(f"shipped {DEFAULT_WEIGHTS} ({digest[:12]}), card {WEIGHTS_DIR / 'MODEL_CARD.md'}")
