@@ -144,9 +144,7 @@ def pseudo_set(shared=None):
     models and settings against each other, it does not measure them."""
     from skimage import data
 
-    from ..core.detect import make_detector
     from ..core.image_io import load_image
-    from .peer_3ddfa import TDDFAPeer
     root = shared_dir(shared, required=True)
     items = [(f"photos/{f}", load_image(root / "prnet" / "demo-images" / f)) for f in PSEUDO_PHOTOS]
     items.append(("photos/astronaut", data.astronaut().astype(np.float32) / 255))
@@ -164,17 +162,12 @@ def pseudo_set(shared=None):
                 i += 1
             cap.release()
 
-    det, peer = make_detector("auto"), TDDFAPeer(shared=shared)
+    peer = PeerModel(shared)
     for name, rgb in (*items, *frames()):
-        boxes = det(rgb)
-        if not len(boxes):
-            continue
-        x0, y0, x1, y1 = boxes[0][:4]
-        bgr = cv2.cvtColor((rgb * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR)
-        lm = peer.predict_roi(bgr, roi_from_landmarks(np.array([[x0, y0], [x1, y1]])))
-        roi = roi_from_landmarks(lm)
-        params = peer.params(bgr, roi)
-        yield name, rgb, peer.predict_roi(bgr, roi, params).astype(np.float32), float(peer.yaw(params))
+        first = peer.predict(rgb, "detector", None, None)            # the detector's box
+        if first is not None:
+            lm, yaw = peer.predict(rgb, "gt", first[0], None)        # again from the first landmarks' roi
+            yield name, rgb, lm.astype(np.float32), float(yaw)
 
 
 def dataset_pseudo(a):
