@@ -46,6 +46,58 @@ def test_occluders_keep_the_other_samples_and_the_random_stream():
     assert torch.equal(after[0.0], after[0.4]) and torch.equal(after[0.0], after[1.0])
 
 
+def _cv2_context_blur(img: np.ndarray, lm: np.ndarray, grow: float) -> tuple[np.ndarray, np.ndarray]:
+    """sampler.blur_context's definition with OpenCV on one (n,n,3) image: the integer convex hull of the 68
+    landmarks and the raised brow points, grown about the landmarks' mean; cv2.GaussianBlur outside it."""
+    import cv2
+    lo, hi = lm.min(0), lm.max(0)
+    c = lm.mean(0)
+    pts = np.concatenate([lm, lm[17:27] - [0, 0.35 * (hi[1] - lo[1])]])
+    hull = cv2.convexHull(((pts - c) * grow + c).astype(np.float32)).astype(np.int32)
+    mask = np.zeros(img.shape[:2], np.uint8)
+    cv2.fillConvexPoly(mask, hull, 1)
+    k = 2 * int(np.sqrt(np.prod(np.maximum(hi - lo, 1.0))) / 4) + 1
+    m = mask[..., None].astype(np.float32)
+    return img * m + cv2.GaussianBlur(img, (k, k), 0) * (1 - m), mask.astype(bool)
+
+
+def test_context_blur_matches_opencv_and_keeps_the_random_stream():
+    """blur_context against its OpenCV definition: the mask is the hull (IoU > 0.98; our hull is the intersection
+    of 360 supporting half-planes, OpenCV's is rounded to whole pixels), and wherever the two masks agree the
+    pixels match OpenCV's blur. Unchosen samples are untouched, and the blur's generator advances by the same
+    draws whatever is chosen."""
+    from prn_blender.synth.sampler import blur_context, context_mask
+    rng = np.random.default_rng(5)
+    B, n = 6, 256
+    img = torch.from_numpy(rng.random((B, 3, n, n), dtype=np.float32))
+    ang = rng.random((B, 68)) * 2 * np.pi
+    size = rng.uniform(50, 120, (B, 1))
+    lm = np.stack([np.cos(ang), 1.2 * np.sin(ang)], -1) * size[..., None] * np.sqrt(rng.random((B, 68, 1)))
+    lm = torch.from_numpy((lm + rng.uniform(100, 156, (B, 1, 2))).astype(np.float32))
+    after = {}
+    for prob in (0.0, 0.5, 1.0):
+        g = torch.Generator().manual_seed(2)
+        out = blur_context(img, lm, g, prob=prob)
+        after[prob] = torch.rand(3, generator=g)
+        changed = (out != img).flatten(1).any(1)
+        if prob == 0.0:
+            assert torch.equal(out, img)
+        elif prob == 0.5:
+            assert 0 < int(changed.sum()) < B and torch.equal(out[~changed], img[~changed])
+    assert torch.equal(after[0.0], after[0.5]) and torch.equal(after[0.0], after[1.0])
+    g = torch.Generator().manual_seed(2)
+    torch.rand(B, generator=g)
+    grow = torch.rand(B, generator=g) * 0.3 + 1.1                     # the draws blur_context made at prob 1
+    ours = context_mask(lm, grow)[:, 0].numpy() > 0.5
+    for b in range(B):
+        ref, mask = _cv2_context_blur(img[b].permute(1, 2, 0).numpy(), lm[b].numpy(), float(grow[b]))
+        assert (ours[b] & mask).sum() / (ours[b] | mask).sum() > 0.98
+        agree = ours[b] == mask
+        got = out[b].permute(1, 2, 0).numpy()
+        assert np.abs(got - ref)[agree].max() < 1e-4
+        assert np.abs(got - img[b].permute(1, 2, 0).numpy())[~mask & agree].mean() > 0.05    # it did blur
+
+
 def test_hole_fill_matches_the_dense_three_pass_definition():
     """The splat's hole fill, which sums only at the pixels it fills, against the definition computed densely:
     three passes, each giving every invalid pixel with 3 or more valid 3x3 neighbours their mean colour and depth;

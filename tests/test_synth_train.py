@@ -477,6 +477,51 @@ def test_without_is_recorded_and_checked(tmp_path):
     assert not (tmp_path / "k").exists()
 
 
+def test_context_blur_scenes_are_the_same_scenes_with_a_blurred_surround(shared):
+    """--context-blur: the blur has a generator of its own, so a run with it trains on the scenes of the run
+    without it; the chosen samples differ outside the face only, and the generator name records the share."""
+    from prn_blender.synth.render import GENERATOR_VERSION
+    from prn_blender.synth.sampler import context_mask
+    from prn_blender.train import data
+    plain = data.SyntheticStream(4, seed=1, density=20)
+    blurred = data.SyntheticStream(4, seed=1, density=20, context_blur=1.0)
+    for _ in range(2):
+        (a, pa), (b, pb) = next(plain), next(blurred)
+        assert torch.equal(pa, pb)
+        kpt = torch.from_numpy(plain.renderer.layout.kpt_xy).long()
+        face = context_mask(pa[:, :2, kpt[:, 1], kpt[:, 0]].transpose(1, 2), torch.full((4,), 1.1)).bool()
+        face = face.expand_as(a)
+        assert torch.equal(a[face], b[face]) and bool((a != b).flatten(1).any(1).all())
+    name = data.generator_name(["sh"], 0.5)
+    assert name == f"{GENERATOR_VERSION} without sh with context-blur 0.5"
+    assert data.without_of(name) == ["sh"] and data.context_blur_of(name) == 0.5
+    assert data.context_blur_of(GENERATOR_VERSION) == 0.0
+    assert data.run_stream({"generator": name}, 2, 0).context_blur == 0.5
+    with pytest.raises(ValueError, match="a probability"):
+        data.generator_name((), 1.5)
+
+
+def test_freeze_bn_keeps_the_running_statistics(tmp_path):
+    """--freeze-bn: BatchNorm normalizes with and keeps its running statistics while everything else trains; the
+    weights record it. Without it the statistics move."""
+    from prn_blender.core.weights import load_model
+    _train(tmp_path / "f", "--freeze-bn", "--context-blur", "0.5")
+    _train(tmp_path / "t")
+    frozen, _, md = load_model(tmp_path / "f/weights.safetensors")
+    moved = load_model(tmp_path / "t/weights.safetensors")[0]
+    bns = [m for m in frozen.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(m.running_mean, torch.zeros_like(m.running_mean))
+               and torch.equal(m.running_var, torch.ones_like(m.running_var)) for m in bns)
+    assert not all(torch.equal(m.running_mean, torch.zeros_like(m.running_mean))
+                   for m in moved.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert sum(bool(m.bias.abs().max() > 0) for m in bns) > len(bns) // 2      # the affine weights trained
+    assert md["meta"]["bn_frozen"] is True and md["meta"]["generator"].endswith("with context-blur 0.5")
+    p = subprocess.run(_train_cmd(tmp_path / "x", "--context-blur", "2"), check=False, cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode != 0 and "--context-blur 2.0: give a probability in [0, 1]" in p.stderr
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29631",

@@ -25,6 +25,10 @@
 #      TRAIN_S=190 BENCH=0 LR=5e-5 WARMUP=100 INIT=runs/gpu3/weights.safetensors bash tools/gpu_train.sh,
 #      carry ["runs/gpu3"]                                              (about 220 s), then give the machine back
 #   Choose between the two on the validation set (eval.py --dataset synthetic --seed 4242), test the winner.
+# The context experiment (runs/s24_rule.txt; its CPU pilot was too small to decide), in the same two-call shape:
+#   1. TRAIN_S=280 BENCH=0 SEED=24 bash tools/gpu_train.sh                              the control
+#   2. at once: TRAIN_S=280 BENCH=0 SEED=24 CONTEXT_BLUR=0.5 bash tools/gpu_train.sh    the same scenes, half of
+#      them with a blurred surround; choose on synthetic validation and on eval.py --dataset pseudo --crop detector
 # CPU dry run of the same glue (no GPU; tests/test_synth_train.py runs it):
 #   DEVICE=cpu BATCH=2 TRAIN_S=4 KEEP=1 BENCH=0 BN_BATCHES=1 EVAL_N=2 PY=.venv/bin/python bash tools/gpu_train.sh
 set -uo pipefail
@@ -38,6 +42,7 @@ LR=${LR:-1e-4}               # peak lr, after a WARMUP-step ramp; cosine down to
 WARMUP=${WARMUP:-300}
 LOSS=${LOSS:-mse}            # train.py --loss: mse or euclid
 WITHOUT=${WITHOUT:-}         # train.py --without: training-scene features switched off (e.g. distract)
+CONTEXT_BLUR=${CONTEXT_BLUR:-0}   # train.py --context-blur: the share of training scenes with a blurred surround
 TRAIN_S=${TRAIN_S:-400}      # training s; with setup, benchmark (<= 90 s) and averaging: < 9.5 min
 KEEP=${KEEP:-100}            # snapshot every KEEP steps
 AVG_FROM=${AVG_FROM:-75}     # average the snapshots from this percentage of the run's steps on
@@ -76,7 +81,7 @@ m = r('$INIT'); s = m['meta'].get('seed'); print(m['width'], 17 if s is None els
   fi
   train() {   # $1 = --prefetch, $2 = --max-time
     $PY train.py --device "$DEVICE" --out "$W/run" --width "$WIDTH" --batch "$BATCH" --init "$W/init.safetensors" \
-      --preset paper-neck --lr "$LR" --loss "$LOSS" --without "$WITHOUT" --warmup "$WARMUP" --schedule cosine \
+      --preset paper-neck --lr "$LR" --loss "$LOSS" --without "$WITHOUT" --context-blur "$CONTEXT_BLUR" --warmup "$WARMUP" --schedule cosine \
       --max-time "$2" --reuse "$REUSE" --amp bf16 --save-every "$KEEP" --keep-every "$KEEP" --seed "$SEED" \
       --prefetch "$1" --no-progress
   }

@@ -1,5 +1,6 @@
 """On-the-fly synthetic training batches (render -> face-metered exposure -> another person's head in the background
--> paper augmentation of the head layer over the background -> black crop border -> occlude -> degrade);
+-> paper augmentation of the head layer over the background -> black crop border -> occlude -> degrade [-> a
+blurred surround: ``context_blur``, off by default]);
 scenes get environment lighting (sampler.sample_lighting) and the yaw-aware hair locks and glasses of
 accessories.draw.
 
@@ -20,8 +21,8 @@ import torch
 
 from ..synth.ict import load_ict
 from ..synth.render import GENERATOR_VERSION, FaceRenderer
-from ..synth.sampler import (YAW_UNIFORM, augment, black_border, degrade, distract, expose, occlude, sample_lighting,
-                             sample_params)
+from ..synth.sampler import (YAW_UNIFORM, augment, black_border, blur_context, degrade, distract, expose, occlude,
+                             sample_lighting, sample_params)
 
 # What generators 7-10 added to the training scenes, by name: ``train.py --without NAME`` switches one off to measure
 # what it does to the model, and the run records the generator as ``generator_name(without)``. Features removed
@@ -35,26 +36,42 @@ SCENE_FEATURES = {
 RETIRED_FEATURES = {"restyle": "saturation, unsharp masking and random convolution (ictsynth-7 to -10)"}
 
 
-def generator_name(without=()) -> str:
-    """The training data's generator: GENERATOR_VERSION, or e.g. "ictsynth-11 without distract+sh"."""
+CONTEXT_BLUR = " with context-blur "   # generator-name suffix of train.py --context-blur P (off by default)
+CONTEXT_BLUR_SEED = 104729               # the blur's generator: seed * 1000 + rank + this (its own stream, so a run
+#                                          with the blur sees the same scenes as one without)
+
+
+def generator_name(without=(), context_blur: float = 0.0) -> str:
+    """The training data's generator: GENERATOR_VERSION, or e.g. "ictsynth-11 without distract+sh", with
+    " with context-blur 0.5" when that share of the scenes had their surround blurred (sampler.blur_context)."""
     unknown = set(without) - set(SCENE_FEATURES)
     if unknown:
         raise ValueError(f"unknown scene features {sorted(unknown)}; known: {', '.join(SCENE_FEATURES)}")
-    return GENERATOR_VERSION + (f" without {'+'.join(sorted(without))}" if without else "")
+    if not 0 <= context_blur <= 1:
+        raise ValueError(f"context blur {context_blur}: a probability in [0, 1]")
+    return (GENERATOR_VERSION + (f" without {'+'.join(sorted(without))}" if without else "")
+            + (f"{CONTEXT_BLUR}{context_blur:g}" if context_blur else ""))
 
 
 def without_of(generator: str) -> list[str]:
     """The scene features a generator name says were off (the inverse of generator_name), less the retired ones
     (the generator no longer has them: off anyway)."""
+    generator = generator.partition(CONTEXT_BLUR)[0]
     named = generator.partition(" without ")[2].split("+") if " without " in generator else []
     return [f for f in named if f not in RETIRED_FEATURES]
+
+
+def context_blur_of(generator: str) -> float:
+    """The context-blur probability a generator name records (0 without one)."""
+    return float(generator.partition(CONTEXT_BLUR)[2] or 0)
 
 
 class SyntheticStream:
     def __init__(self, batch: int, seed: int = 0, rank: int = 0, device="cpu", reuse: int = 0,
                  max_yaw: float = 90.0, shared=None, augment_on: bool = True, density: float = 40.0,
-                 yaw_uniform: float = YAW_UNIFORM, without=()):
-        generator_name(without)                                   # validates the names
+                 yaw_uniform: float = YAW_UNIFORM, without=(), context_blur: float = 0.0):
+        generator_name(without, context_blur)                     # validates the names and the probability
+        self.context_blur = context_blur
         self.without = frozenset(without)
         self.ict = load_ict(shared=shared)
         self.renderer = FaceRenderer(self.ict, device=device, density=density)
@@ -65,6 +82,8 @@ class SyntheticStream:
         # the one generator serves both, so a seed's batches do not depend on this split
         dev = torch.device(device)
         self.gi = self.g if dev.type == "cpu" else torch.Generator(dev).manual_seed(seed * 1000 + rank)
+        self.gc = torch.Generator(dev).manual_seed(seed * 1000 + rank + CONTEXT_BLUR_SEED)
+        self._kpt = torch.from_numpy(self.renderer.layout.kpt_xy).long().to(dev)   # (68,2) landmark UV pixels (x,y)
         self.device = device
         self._cache, self._left = None, 0
 
@@ -93,8 +112,11 @@ class SyntheticStream:
         layer = b.layer if "exposure" in off else expose(b.layer, b.pos, g)
         background = b.background if "distract" in off else distract(b.background, layer, g)
         img, pos = augment(b.image, b.pos, g, layer=layer, background=background)
-        img = occlude(black_border(img, g), g)
-        return degrade(img, g), pos
+        img = degrade(occlude(black_border(img, g), g), g)
+        if self.context_blur:
+            lm = pos[:, :2, self._kpt[:, 1], self._kpt[:, 0]].transpose(1, 2)     # (B,68,2) crop pixels
+            img = blur_context(img, lm, self.gc, self.context_blur)
+        return img, pos
 
 
 class Prefetcher:
@@ -186,6 +208,7 @@ class Prefetcher:
 
 def run_stream(meta: dict, batch: int, seed: int, **kw) -> SyntheticStream:
     """A stream of the scenes a run trained on, from its weights' metadata: its scene features and yaw prior (for
-    BatchNorm recalibration: the statistics are those of the run's own data)."""
-    return SyntheticStream(batch, seed=seed, without=without_of(meta.get("generator", "")),
+    BatchNorm recalibration: the statistics are those of the run's own data), context blur included."""
+    generator = meta.get("generator", "")
+    return SyntheticStream(batch, seed=seed, without=without_of(generator), context_blur=context_blur_of(generator),
                            yaw_uniform=float(meta.get("yaw_uniform", YAW_UNIFORM)), **kw)

@@ -80,6 +80,16 @@ def recalibrate_bn(model: ResFCN256, batches, amp_dtype=torch.bfloat16) -> None:
     model.train(was_training)
 
 
+def set_training(model: torch.nn.Module, freeze_bn: bool = False) -> None:
+    """Training mode; with ``freeze_bn`` the BatchNorm layers stay in eval mode: they normalize with their running
+    statistics and do not update them, while their affine weights still get gradients."""
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def describe_hardware(dev: torch.device, world: int = 1) -> str:
     """What a run trains on, for the weights' metadata and the model card: the GPU's name, or the CPU and its
     torch threads; with the process count under DDP."""
@@ -122,6 +132,12 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--without", default="", metavar="F[,F...]",
                     help="switch off these training-scene features, to measure what they do: "
                          + ", ".join(f"{k} = {v}" for k, v in SCENE_FEATURES.items()))
+    ap.add_argument("--context-blur", type=float, default=0.0, metavar="P",
+                    help="blur the surround of this share of the training scenes (outside the face's landmark hull; "
+                         "sampler.blur_context): a real photo's context then misleads less")
+    ap.add_argument("--freeze-bn", action="store_true",
+                    help="BatchNorm layers keep and use their running statistics (their affine weights still "
+                         "train): for fine-tuning at small batches, whose batch statistics are noisy")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
@@ -201,9 +217,12 @@ def main(argv=None) -> int:
     # arguments are checked before anything is written
     without = sorted({f for f in a.without.split(",") if f})
     try:
-        generator = generator_name(without)
+        generator_name(without)
     except ValueError as e:
         raise SystemExit(f"--without: {e}") from None
+    if not 0 <= a.context_blur <= 1:
+        raise SystemExit(f"--context-blur {a.context_blur}: give a probability in [0, 1]")
+    generator = generator_name(without, a.context_blur)
     if a.keep_every and a.keep_every % a.save_every:
         raise SystemExit(f"--keep-every {a.keep_every} is not a multiple of --save-every {a.save_every}")
     out = Path(a.out)
@@ -272,7 +291,8 @@ def main(argv=None) -> int:
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and dev.type == "cuda" else None
     data = SyntheticStream(a.batch, seed=a.seed + 7919 * step, rank=rank, device=dev, reuse=a.reuse,
-                           max_yaw=a.max_yaw, shared=a.shared, yaw_uniform=a.yaw_uniform, without=without)
+                           max_yaw=a.max_yaw, shared=a.shared, yaw_uniform=a.yaw_uniform, without=without,
+                           context_blur=a.context_blur)
     prefetch = a.prefetch if a.prefetch is not None else (2 if dev.type == "cuda" else 0)
     if prefetch:
         data = Prefetcher(data, prefetch)
@@ -284,7 +304,7 @@ def main(argv=None) -> int:
     if rank == 0:
         print(f"ResFCN256 width {a.width}: {count_parameters(model):,} params; device {dev}; amp {amp}; "
               f"world {world}; preset {a.preset} lr {lr}", flush=True)
-    model.train()
+    set_training(model, a.freeze_bn)
     t_data = t_net = 0.0
     hardware = describe_hardware(dev, world)
     pending = []    # log records whose loss is still a device tensor: read in one host sync per LOG_EVERY steps
@@ -353,6 +373,7 @@ def main(argv=None) -> int:
                         "hardware": hardware, "reuse": a.reuse, "epoch_size": a.epoch_size,
                         **({"yaw_uniform": a.yaw_uniform} if a.yaw_uniform != YAW_UNIFORM else {}),
                         **({"loss": a.loss} if a.loss != DEFAULT_LOSS else {}),
+                        **({"bn_frozen": True} if a.freeze_bn else {}),
                         "wall_time_s": round(time.time() - t_start, 1), **({"parent": parent} if parent else {})}
                 save_weights(model, out / "weights.safetensors", LAYOUT_NAME, meta)
                 if a.keep_every and (step % a.keep_every == 0 or last):

@@ -17,7 +17,7 @@ import torch
 from ..core.constants import MULTI_SCALE
 from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, load_model, read_metadata, save_weights, sha256
-from .data import run_stream, without_of
+from .data import context_blur_of, run_stream, without_of
 from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
 
 
@@ -262,8 +262,9 @@ def main(argv=None) -> int:
         *([f"| weight averaging | {meta['averaged']} (stochastic weight averaging of the "
            f"{'annealed' if cosine else 'constant-lr'} tail) |"]
           if meta.get("averaged") else []),
-        f"| BatchNorm statistics | recalibrated on {meta.get('bn_recalibrated_batches', 0)} fresh synthetic batches "
-        f"of 16 after training |",
+        (f"| BatchNorm statistics | recalibrated on {meta.get('bn_recalibrated_batches', 0)} fresh synthetic "
+         "batches of 16 after training |" if meta.get("bn_recalibrated_batches") or not meta.get("bn_frozen")
+         else "| BatchNorm statistics | frozen during this run (train.py --freeze-bn): those it started from |"),
         "| license | weights: GPL-3.0-or-later with the add-on; inputs: ICT-FaceKit (MIT) |", "",
         "## How it was made", "",
         "```", "python -m prn_blender.synth.uvmap            # layout asset: ICT-FaceKit UVs, landmarks from prnet-bfm",
@@ -276,6 +277,8 @@ def main(argv=None) -> int:
         + (f" --warmup {warmup}" if warmup else "")
         + (f" --loss {loss}" if loss != DEFAULT_LOSS else "")
         + (f" --without {','.join(without)}" if (without := without_of(meta.get("generator", ""))) else "")
+        + (f" --context-blur {cb:g}" if (cb := context_blur_of(meta.get("generator", ""))) else "")
+        + (" --freeze-bn" if meta.get("bn_frozen") else "")
         + (f" --schedule cosine --max-time {float(meta.get('max_time', 0)):g} --amp {meta.get('amp')}" if cosine
            else f" --epoch-size {epoch_size}") + f" --seed {meta.get('seed')}" + ("" if cosine else " --steps N")
         + (f" --keep-every {meta.get('average_every') or args.get('keep_every') or 'K'}" if meta.get("averaged")
