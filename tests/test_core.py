@@ -144,7 +144,7 @@ def test_training_curve_with_ancestor_runs(tmp_path):
                 for s in range(1, n + 1)]
         (tmp_path / name / "log.jsonl").write_text("\n".join(json.dumps(r) for r in recs + recs[-1:]) + "\n")
     out = tmp_path / "curve.png"
-    c = plot_curve(tmp_path / "b/log.jsonl", out, 8, ancestors=[tmp_path / "a/log.jsonl"])
+    c = plot_curve(tmp_path / "b/log.jsonl", out, ancestors=[tmp_path / "a/log.jsonl"])
     assert out.stat().st_size > 0 and (c["steps"], c["samples"], c["elapsed_s"]) == (3, 24, 3.0)
     assert c["final_loss_mean"] == pytest.approx(1 / 3)
 

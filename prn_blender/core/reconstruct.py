@@ -55,8 +55,9 @@ class InferenceOptions:
                                               # position maps are averaged; (1.0,) = one pass (constants.VIDEO_SCALES)
     recrop: bool = True           # a face the detector found gets a second pass, cropped from the first pass's
                                   # landmarks (2x the network time). Synthetic validation set (seed 4242, the 179
-                                  # faces the detector finds): landmark crops 3.12 % NME, detector crops 3.53, with
-                                  # the second pass 3.27; real photos: the model card's detector-crop table
+                                  # faces the detector finds; the stop-23 model): landmark crops 3.12 % NME,
+                                  # detector crops 3.53, with the second pass 3.27; real photos: the model card's
+                                  # detector-crop table
 
 
 class PRNPredictor:

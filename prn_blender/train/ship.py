@@ -33,11 +33,12 @@ def _read_log(log: Path, upto: int | None = None) -> list[dict]:
     return [by_step[k] for k in sorted(by_step)]
 
 
-def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None,
+def plot_curve(log: Path, out: Path, upto: int | None = None,
                loss_kind: str = DEFAULT_LOSS, ancestors: list | None = None) -> dict:
-    """Plot the run's loss per step to ``out`` and summarize the run. ``ancestors``: the logs of the runs it was
-    fine-tuned from (train.py --init), oldest first, drawn before it on one step axis with a line at each
-    hand-over; the summary is the run's own."""
+    """Plot the run's loss against images seen to ``out`` (runs of different batch sizes share the axis) and
+    summarize the run (its steps up to ``upto``). ``ancestors``: the logs of the runs it was fine-tuned from
+    (train.py --init), oldest first, drawn before it with a line at each hand-over; the summary is the run's
+    own."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -46,19 +47,19 @@ def plot_curve(log: Path, out: Path, batch: int, upto: int | None = None,
     segments = [(Path(a), None) for a in ancestors or []] + [(log, upto)]
     for i, (path, limit) in enumerate(segments):
         recs = _read_log(path, limit)
-        steps = np.array([r["step"] for r in recs]) + offset
+        seen = np.array([r["samples"] for r in recs]) + offset
         loss = np.array([r["loss"] for r in recs])
         k = max(1, len(loss) // 100)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
         own = i == len(segments) - 1
         name = "" if len(segments) == 1 else f" ({path.parent.name})"
-        ax.plot(steps, loss, alpha=0.25, lw=0.6, color="C0", label="loss" if own else None)
-        ax.plot(steps[k - 1:], smooth, lw=1.5, color=f"C{i + 1}", label=f"running mean ({k}){name}")
+        ax.plot(seen, loss, alpha=0.25, lw=0.6, color="C0", label="loss" if own else None)
+        ax.plot(seen[k - 1:], smooth, lw=1.5, color=f"C{i + 1}", label=f"running mean ({k}){name}")
         if offset:
             ax.axvline(offset, color="gray", lw=0.8, ls=":")
-        offset = int(steps[-1])
+        offset = int(seen[-1])
     ax.set_yscale("log")
-    ax.set_xlabel(f"step (batch {batch})")
+    ax.set_xlabel("images seen")
     ax.set_ylabel(LOSSES[loss_kind])
     ax.grid(alpha=0.3)
     ax.legend()
@@ -220,7 +221,7 @@ def main(argv=None) -> int:
     reuse = int(meta.get("reuse", args.get("reuse", 0)))           # the weights' record, else the checkpoint's
     epoch_size = int(meta.get("epoch_size", args.get("epoch_size", 5000)))
     loss = meta.get("loss", DEFAULT_LOSS)
-    curve = plot_curve(run / "log.jsonl", WEIGHTS_DIR / "training_curve.png", batch, meta.get("steps"), loss,
+    curve = plot_curve(run / "log.jsonl", WEIGHTS_DIR / "training_curve.png", meta.get("steps"), loss,
                        a.ancestor_logs)
     if not a.card_only:
         save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=torch.float16)
@@ -277,7 +278,7 @@ def main(argv=None) -> int:
         + (f" --warmup {warmup}" if warmup else "")
         + (f" --loss {loss}" if loss != DEFAULT_LOSS else "")
         + (f" --without {','.join(without)}" if (without := without_of(meta.get("generator", ""))) else "")
-        + (f" --context-blur {cb:g}" if (cb := context_blur_of(meta.get("generator", ""))) else "")
+        + (f" --context-blur {blur:g}" if (blur := context_blur_of(meta.get("generator", ""))) else "")
         + (" --freeze-bn" if meta.get("bn_frozen") else "")
         + (f" --schedule cosine --max-time {float(meta.get('max_time', 0)):g} --amp {meta.get('amp')}" if cosine
            else f" --epoch-size {epoch_size}") + f" --seed {meta.get('seed')}" + ("" if cosine else " --steps N")
@@ -325,6 +326,8 @@ def main(argv=None) -> int:
         "  synthetic scenes. On real faces that are not evaluation images (`eval.py --dataset pseudo`), tighter",
         "  crops and a blurred surround both bring its landmarks much closer to the peer's; on synthetic faces",
         "  neither helps. The default inference keeps the training conventions.",
+        *([f"  This run blurred the surround of {blur:.0%} of its training scenes (`train.py --context-blur`), so",
+           "  that the model trusts it less."] if (blur := context_blur_of(meta.get("generator", ""))) else []),
     ]
     (WEIGHTS_DIR / "MODEL_CARD.md").write_text("\n".join(card) + "\n")
     print(f"shipped {DEFAULT_WEIGHTS} ({digest[:12]}), card {WEIGHTS_DIR / 'MODEL_CARD.md'}")
