@@ -216,13 +216,12 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     # arguments are checked before anything is written
     without = sorted({f for f in a.without.split(",") if f})
-    try:
-        generator_name(without)
-    except ValueError as e:
-        raise SystemExit(f"--without: {e}") from None
     if not 0 <= a.context_blur <= 1:
         raise SystemExit(f"--context-blur {a.context_blur}: give a probability in [0, 1]")
-    generator = generator_name(without, a.context_blur)
+    try:
+        generator = generator_name(without, a.context_blur)
+    except ValueError as e:
+        raise SystemExit(f"--without: {e}") from None
     if a.keep_every and a.keep_every % a.save_every:
         raise SystemExit(f"--keep-every {a.keep_every} is not a multiple of --save-every {a.save_every}")
     out = Path(a.out)

@@ -221,6 +221,7 @@ def main(argv=None) -> int:
     reuse = int(meta.get("reuse", args.get("reuse", 0)))           # the weights' record, else the checkpoint's
     epoch_size = int(meta.get("epoch_size", args.get("epoch_size", 5000)))
     loss = meta.get("loss", DEFAULT_LOSS)
+    blur = context_blur_of(meta.get("generator", ""))      # train.py --context-blur: the recipe and the Limits say it
     curve = plot_curve(run / "log.jsonl", WEIGHTS_DIR / "training_curve.png", meta.get("steps"), loss,
                        a.ancestor_logs)
     if not a.card_only:
@@ -278,7 +279,7 @@ def main(argv=None) -> int:
         + (f" --warmup {warmup}" if warmup else "")
         + (f" --loss {loss}" if loss != DEFAULT_LOSS else "")
         + (f" --without {','.join(without)}" if (without := without_of(meta.get("generator", ""))) else "")
-        + (f" --context-blur {blur:g}" if (blur := context_blur_of(meta.get("generator", ""))) else "")
+        + (f" --context-blur {blur:g}" if blur else "")
         + (" --freeze-bn" if meta.get("bn_frozen") else "")
         + (f" --schedule cosine --max-time {float(meta.get('max_time', 0)):g} --amp {meta.get('amp')}" if cosine
            else f" --epoch-size {epoch_size}") + f" --seed {meta.get('seed')}" + ("" if cosine else " --steps N")
@@ -327,7 +328,7 @@ def main(argv=None) -> int:
         "  crops and a blurred surround both bring its landmarks much closer to the peer's; on synthetic faces",
         "  neither helps. The default inference keeps the training conventions.",
         *([f"  This run blurred the surround of {blur:.0%} of its training scenes (`train.py --context-blur`), so",
-           "  that the model trusts it less."] if (blur := context_blur_of(meta.get("generator", ""))) else []),
+           "  that the model trusts it less."] if blur else []),
     ]
     (WEIGHTS_DIR / "MODEL_CARD.md").write_text("\n".join(card) + "\n")
     print(f"shipped {DEFAULT_WEIGHTS} ({digest[:12]}), card {WEIGHTS_DIR / 'MODEL_CARD.md'}")
