@@ -27,10 +27,10 @@ def core_rec():
 
 @pytest.fixture(scope="module")
 def core_video_rec():
-    """The same for the video operator, which runs one scale."""
+    """The same for the video operator, which runs one scale and no periphery view."""
     from prn_blender.core.constants import VIDEO_SCALES
     from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
-    return FaceReconstructor(options=InferenceOptions(scales=VIDEO_SCALES))
+    return FaceReconstructor(options=InferenceOptions(scales=VIDEO_SCALES, periphery=False))
 
 
 @pytest.fixture(scope="module")

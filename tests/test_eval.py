@@ -119,3 +119,40 @@ def test_eval_video_jitter_and_lag(tmp_path):
     for rec in (raw, smooth):
         assert rec["jitter_pct"] >= 0 and rec["lag_frames"] >= 0 and len(rec["per_image"]) == 5
     assert smooth["jitter_pct"] <= raw["jitter_pct"] + 1e-6
+
+
+def test_source_means_weigh_each_source_the_same():
+    from prn_blender.evaluate.metrics import source_means
+    got = source_means([1.0, 3.0, float("nan"), 10.0, 2.0], ["a", "a", "b", "b", "a"])
+    assert list(got) == ["a", "b"] and got["a"] == pytest.approx(2.0) and got["b"] == pytest.approx(10.0)
+
+
+def _detected_nme(rec, img, lm):
+    from prn_blender.core.reconstruct import ReconstructionError
+    from prn_blender.evaluate.metrics import nme
+    try:
+        return nme(rec(img, texture=False)[0].landmarks, lm)
+    except ReconstructionError:
+        return float("nan")
+
+
+@pytest.mark.shared
+def test_calibrate_zoom_crops_each_path_at_each_zoom(shared):
+    """The zoom calibration on two synthetic faces: at zoom 1 each path is what FaceReconstructor gives for that
+    crop (landmark crop, detector + re-crop, the labels' roi box as given); another zoom changes every path."""
+    import numpy as np
+
+    from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
+    from prn_blender.evaluate.calibrate_zoom import PATHS, calibrate, calibration_faces
+    from prn_blender.evaluate.metrics import nme
+    from prn_blender.evaluate.run import roi_from_landmarks
+    faces = calibration_faces("synthetic", n=2, seed=3, shared=shared)
+    res = calibrate(faces, zooms=(1.0, 1.3))
+    rec = FaceReconstructor(device="cpu", options=InferenceOptions(zoom=1.0))
+    want = {"landmarks": [nme(rec(img, texture=False, landmarks=lm)[0].landmarks, lm) for _, img, lm in faces],
+            "detector": [_detected_nme(rec, img, lm) for _, img, lm in faces],
+            "roi": [nme(rec(img, texture=False, roi=roi_from_landmarks(lm))[0].landmarks, lm) for _, img, lm in faces]}
+    assert np.isfinite(want["detector"]).any()
+    for p in PATHS:
+        assert res[1.0][p] == pytest.approx(np.nanmean(want[p]), rel=1e-5), p
+        assert abs(res[1.3][p] - res[1.0][p]) > 1e-3, p

@@ -90,16 +90,48 @@ def test_detected_faces_get_a_second_pass_from_their_landmarks(rec, astronaut):
     np.testing.assert_allclose(given.landmarks, once(str(astronaut), box=box, texture=False)[0].landmarks)
 
 
-def test_every_crop_is_zoomed_about_its_centre():
+def test_made_crops_are_zoomed_about_their_centre_given_ones_are_not():
+    """Crops made from landmarks or a detector box are shrunk by options.zoom about their centre; a 3DDFA roi box
+    and an explicit crop are used as given."""
     from prn_blender.core.crop import crop_from_box, crop_from_landmarks, crop_from_roi
     from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
+    from prn_blender.core.result import CropTransform
     rec = FaceReconstructor(device="cpu", options=InferenceOptions(zoom=1.3))
     pts = np.array([[150.0, 100, 0], [250, 220, 0], [190, 160, 0]])
     roi, box = (90, 50, 310, 270), (150, 60, 260, 190)
-    for kw, ref in (({"landmarks": pts}, crop_from_landmarks(pts)), ({"roi": roi}, crop_from_roi(roi)),
-                    ({"box": box}, crop_from_box(box))):
+    for kw, ref in (({"landmarks": pts}, crop_from_landmarks(pts)), ({"box": box}, crop_from_box(box))):
         (c,) = rec.crops_for(None, **kw)
         assert c.center == ref.center and c.size == pytest.approx(ref.size / 1.3), kw
+    assert rec.crops_for(None, roi=roi) == [crop_from_roi(roi)]
+    given = CropTransform(center=(200.0, 150.0), size=180.0)
+    assert rec.crops_for(None, crop=given) == [given]
+
+
+def test_periphery_view_gives_the_surface_outside_the_landmark_hull(astronaut):
+    """With the wide view (the default for photos) the landmarks and the surface inside the landmarks' hull are
+    those of the zoomed views alone; the periphery is blended towards the wide view's prediction, which a run with
+    that wider crop alone gives."""
+    from prn_blender.core.constants import PERIPHERY_VIEW
+    from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions, hull_weight
+    from prn_blender.core.result import CropTransform
+    kw = {"device": "cpu"}
+    base = {"flip": False, "scales": (1.0,), "recrop": False}
+    crop = CropTransform(center=(260.0, 170.0), size=220.0)
+    wide = CropTransform(crop.center, crop.size * PERIPHERY_VIEW)
+    both = FaceReconstructor(**kw, options=InferenceOptions(**base))(str(astronaut), crop=crop, texture=False)[0]
+    inner = FaceReconstructor(**kw, options=InferenceOptions(**base, periphery=False))
+    alone = inner(str(astronaut), crop=crop, texture=False)[0]
+    outer = inner(str(astronaut), crop=wide, texture=False)[0]
+    lay = load_layout(both.layout)
+    w = hull_weight(lay).reshape(-1)[lay.face_ind]
+    assert (w == 1).sum() > 10000 and (w == 0).sum() > 5000 and ((w > 0) & (w < 1)).sum() > 1000
+    np.testing.assert_array_equal(both.landmarks, alone.landmarks)
+    np.testing.assert_allclose(both.vertices[w == 1], alone.vertices[w == 1], atol=1e-4)
+    np.testing.assert_allclose(both.vertices[w == 0], outer.vertices[w == 0], atol=1e-3)
+    mid = (w > 0) & (w < 1)
+    np.testing.assert_allclose(both.vertices[mid], (w[mid, None] * alone.vertices[mid]
+                                                    + (1 - w[mid, None]) * outer.vertices[mid]), atol=1e-3)
+    assert np.abs(alone.vertices[w == 0] - outer.vertices[w == 0]).max() > 1.0   # the two views do differ there
 
 
 def test_flip_tta_symmetric(rec, astronaut):

@@ -71,6 +71,7 @@ def test_rendered_head_has_no_cracks(engine):
     """Polygons on the seams between ICT parts (face/head, lips/mouth) are drawn: the head layer has almost no
     uncovered pixels inside its own silhouette (the seam dropped made a 2-3 px crack, >= 0.5 % of the area)."""
     import torch.nn.functional as F
+
     from prn_blender.synth.render import CANVAS_MARGIN as m
     from prn_blender.synth.sampler import sample_params
     ict, r = engine
@@ -583,3 +584,33 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     assert model.width == 4 and md["meta"]["parent"]["widened"].startswith("width 2 -> 4")
     assert md["meta"]["seed"] == 17                                   # INIT records no seed
     assert "failed before a snapshot: again with --prefetch 0" in (tmp_path / "out2/session.log").read_text()
+
+
+def test_ship_metrics_only_rewrites_the_metrics_and_context_and_nothing_else(tmp_path):
+    """An inference change re-measures the shipped model: the card's evaluation commands, Metrics section and
+    context limit are rewritten (the metrics from the eval folders), every other line (training, lineage, recipe,
+    curve) is kept."""
+    from argparse import Namespace
+
+    from prn_blender.core.constants import INFERENCE_ZOOM
+    from prn_blender.core.paths import WEIGHTS_DIR
+    from prn_blender.train.ship import CONTEXT_HEAD, EVAL_COMMANDS, METRICS_HEAD, rewrite_metrics
+    card = tmp_path / "MODEL_CARD.md"
+    old = (WEIGHTS_DIR / "MODEL_CARD.md").read_text()
+    card.write_text(old)
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    b = {"0-30": 1.25, "30-60": 2.5, "60-90": 3.75, "mean": 2.5, "all": 1.5}
+    (ev / "metrics.json").write_text(json.dumps({"dataset": "aflw2000", "n": 2, "crop": "roi", "models": {"ours": {
+        "nme2d": b, "nme3d": b, "per_image": {"image1": 1.0, "image2": 2.0}}}}))
+    rewrite_metrics(card, Namespace(eval_aflw=[str(ev)], eval_aflw_detector=None, eval_synth=None), blur=0.5)
+    new = card.read_text()
+    assert "| ours | 1.25 | 2.50 | 3.75 | 2.50 | 1.50 | 1.50 | - |" in new and "| image2 | 2.00 |" in new
+    assert f"shrunk by {INFERENCE_ZOOM:g}" in new and "blurred the surround of 50%" in new
+    head = lambda text: [x for x in text[:text.index(METRICS_HEAD)].split("\n") if not x.startswith("python eval.py")]
+    assert head(new) == head(old)
+    assert [x for x in new.split("\n") if x.startswith("python eval.py")] == list(EVAL_COMMANDS)
+    tail = lambda text: text[text.index("## Training curve"):text.index(CONTEXT_HEAD)]
+    assert tail(new) == tail(old)
+    rewrite_metrics(card, Namespace(eval_aflw=[str(ev)], eval_aflw_detector=None, eval_synth=None), blur=0.5)
+    assert card.read_text() == new                                    # idempotent: the sections are found again

@@ -26,24 +26,26 @@ def one_line(e: BaseException) -> str:
 
 # ------------------------------------------------------------------------------------------ core hooks (patchable)
 def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: tuple = MULTI_SCALE,
-                       recrop: bool = True):
-    """Cached core.reconstruct.FaceReconstructor for (weights, device, mirror averaging, scales, re-crop)."""
-    key = (weights or None, device, flip, tuple(scales), recrop)
+                       recrop: bool = True, periphery: bool = True):
+    """Cached core.reconstruct.FaceReconstructor for (weights, device, mirror averaging, scales, re-crop, wide
+    periphery view)."""
+    key = (weights or None, device, flip, tuple(scales), recrop, periphery)
     if key not in _REC_CACHE:
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         _REC_CACHE.clear()
         _REC_CACHE[key] = FaceReconstructor(weights=weights or None, device=device,
-                                            options=InferenceOptions(flip=flip, scales=tuple(scales), recrop=recrop))
+                                            options=InferenceOptions(flip=flip, scales=tuple(scales), recrop=recrop,
+                                                                     periphery=periphery))
     return _REC_CACHE[key]
 
 
 def get_reconstructor(context, weights_override: str = "", video: bool = False):
-    """The reconstructor for the add-on preferences; photos use multi-scale averaging when it is on, video one
-    scale (core.constants.VIDEO_SCALES)."""
+    """The reconstructor for the add-on preferences; photos use multi-scale averaging when it is on and the wide
+    periphery view, video one scale (core.constants.VIDEO_SCALES) and no periphery view, for the frame rate."""
     device, weights, flip, multi, recrop = get_preferences(context)
     scales = VIDEO_SCALES if video or not multi else MULTI_SCALE
     return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else weights, device, flip,
-                              scales, recrop)
+                              scales, recrop, periphery=not video)
 
 
 def smoothing_settings(s):

@@ -12,11 +12,14 @@ BOX_CROP_SCALE = 1.58
 #: Crop from 68 landmarks (or a GT landmark box): side = mean box side * this, no shift. The training renderer
 #: draws every face in this crop, before the paper's scale augmentation (x0.9-1.2).
 KPT_CROP_SCALE = 1.6
-#: At inference every crop (from a detector box, landmarks or a 3DDFA roi box) is shrunk about its centre by this
-#: factor. Measured on held-out synthetic faces, never on evaluation images (``python -m
-#: prn_blender.synth.calibrate_zoom``): for the shipped model 1.0 (4.18 %) and 1.05 (4.12 %) are within the noise of
-#: 128 faces, 1.1 and up are worse; kept at 1.0, the training conventions as they are.
-INFERENCE_ZOOM = 1.0
+#: At inference the crops the project makes (from a detector box or from 68 landmarks: photos, the re-crop, video
+#: tracking) are shrunk about their centre by this factor; a given 3DDFA roi box is used as it is (it is already
+#: 1.06-1.13x tighter than the landmark crop of the same face). Measured on real faces that are not evaluation images,
+#: the pseudo set (``python -m prn_blender.evaluate.calibrate_zoom``; stop 25, the shipped model, mean NME of the
+#: sources): zoom 1.0 / 1.1 / 1.15 / 1.2 / 1.25 gave 3.89 / 3.30 / 3.11 / 3.03 / 3.04 % with landmark crops and
+#: 4.35 / 3.39 / 3.10 / 3.11 / 3.50 % with detector crops and the re-crop. Held-out synthetic faces want 1.0-1.05:
+#: the network sees a real face's landmark box as larger than a rendered one's.
+INFERENCE_ZOOM = 1.15
 #: Multi-scale averaging for still images: each crop is also run at these multiples of its side and the un-cropped
 #: position maps are averaged (3x the network time). Chosen on the held-out synthetic set (n=200, seed 777, the
 #: width-8 model shipped then, mirror averaging on): NME 4.22 % single scale, 4.12 % with (0.95, 1, 1.05), 4.11 %
@@ -25,6 +28,15 @@ MULTI_SCALE = (0.95, 1.0, 1.05)
 #: Video tracking runs one scale: the crop follows the previous frame's landmarks and the One Euro filter averages
 #: over time, and footage needs the frame rate.
 VIDEO_SCALES = (1.0,)
+
+#: The zoomed crops cut more of the forehead and neck, and their position maps guess those worse (held-out synthetic
+#: faces, seed 4242, n=32, dense 2D error in % of the landmark box: forehead rows 4.31 -> 5.71, neck rows 5.58 ->
+#: 6.83). So still images also run one wider view, PERIPHERY_VIEW x the crop's side (back to the un-zoomed crop), and
+#: the face's surface outside the 68 landmarks' hull in UV comes from it, blended over PERIPHERY_FADE UV pixels; the
+#: landmarks and everything inside the hull come from the zoomed views (InferenceOptions.periphery; measured: dense
+#: error 5.11 % zoomed views alone, 4.46 % the wide view alone, 4.40 % blended, forehead 4.29, neck 5.56).
+PERIPHERY_VIEW = INFERENCE_ZOOM
+PERIPHERY_FADE = 25
 
 #: iBUG-68 part names by index range (used for empty names and bone mapping).
 IBUG68_PARTS = (

@@ -15,7 +15,16 @@ import cv2
 import numpy as np
 import torch
 
-from .constants import IBUG68_MIRROR, INFERENCE_ZOOM, MULTI_SCALE, POS_SCALE, REGION_NECK, RESOLUTION
+from .constants import (
+    IBUG68_MIRROR,
+    INFERENCE_ZOOM,
+    MULTI_SCALE,
+    PERIPHERY_FADE,
+    PERIPHERY_VIEW,
+    POS_SCALE,
+    REGION_NECK,
+    RESOLUTION,
+)
 from .crop import crop_from_box, crop_from_landmarks, uncrop_position_map, warp
 from .detect import Detector, make_detector
 from .image_io import load_image
@@ -50,14 +59,17 @@ class InferenceOptions:
     batch_size: int = 8
     flip: bool = True             # test-time mirror averaging: 2x network cost; what it does to the shipped
                                   # model's error: the model card's ours_single_pass vs ours_one_scale rows
-    zoom: float = INFERENCE_ZOOM  # every crop's side is divided by this (see constants.INFERENCE_ZOOM)
+    zoom: float = INFERENCE_ZOOM  # the side of a crop made from a detector box or landmarks is divided by this (a
+                                  # given roi box is used as it is; see constants.INFERENCE_ZOOM)
     scales: tuple[float, ...] = MULTI_SCALE   # each crop also runs at these multiples of its side and the un-cropped
                                               # position maps are averaged; (1.0,) = one pass (constants.VIDEO_SCALES)
+    periphery: bool = True        # one more view, PERIPHERY_VIEW x wider, gives the surface outside the landmarks'
+                                  # hull (forehead, ears, neck); +1 network pass per crop (x2 with flip); the
+                                  # landmarks do not change (constants.PERIPHERY_VIEW). Video runs without it
     recrop: bool = True           # a face the detector found gets a second pass, cropped from the first pass's
-                                  # landmarks (2x the network time). Synthetic validation set (seed 4242, the 179
-                                  # faces the detector finds; the stop-23 model): landmark crops 3.12 % NME,
-                                  # detector crops 3.53, with the second pass 3.27; real photos: the model card's
-                                  # detector-crop table
+                                  # landmarks (2x the network time). Pseudo real set (mean of the sources, the
+                                  # shipped model at zoom 1.15, stop 25): 3.35 % NME with the detector's crops alone,
+                                  # 3.10 % with the second pass; real photos: the model card's detector-crop table
 
 
 class PRNPredictor:
@@ -114,6 +126,7 @@ class FaceReconstructor:
         # or small in the loss) and its shape varies with the head's pitch, so it would bias the fit
         face = np.flatnonzero(self.layout.regions.reshape(-1)[self.layout.face_ind] != REGION_NECK)
         self._fit_idx = face[np.linspace(0, len(face) - 1, 2000).astype(int)]
+        self._inner = hull_weight(self.layout)[..., None]
 
     @property
     def detector(self) -> Detector:
@@ -127,14 +140,14 @@ class FaceReconstructor:
 
     def crops_for(self, image: np.ndarray, box=None, landmarks=None, roi=None,
                   crop: CropTransform | None = None) -> list[CropTransform]:
-        """The network's crops: ``crop`` as it is, or from a 3DDFA roi box, 68 landmarks, a detector box, or the
-        detector's boxes, each of those then zoomed about its centre by ``options.zoom``."""
+        """The network's crops: ``crop`` as it is, a 3DDFA roi box as it is, or one made from 68 landmarks, a
+        detector box, or the detector's boxes, then zoomed about its centre by ``options.zoom``."""
         if crop is not None:
             return [crop]
         if roi is not None:
             from .crop import crop_from_roi
-            crops = [crop_from_roi(roi)]
-        elif landmarks is not None:
+            return [crop_from_roi(roi)]
+        if landmarks is not None:
             crops = [crop_from_landmarks(np.asarray(landmarks))]
         elif box is not None:
             crops = [crop_from_box(box)]
@@ -175,22 +188,25 @@ class FaceReconstructor:
         first_ms = None
         if self.predictor.options.recrop and crop is None and roi is None and landmarks is None and box is None:
             t = time.perf_counter()
-            first = self._reconstruct(img, crops, False, detect_ms)
+            first = self._reconstruct(img, crops, False, detect_ms, periphery=False)   # only its landmarks count
             crops = [self.crops_for(img, landmarks=f.landmarks)[0] for f in first]
             first_ms = (time.perf_counter() - t) * 1e3 / len(crops)
-        results = self._reconstruct(img, crops, texture, detect_ms)
+        results = self._reconstruct(img, crops, texture, detect_ms, self.predictor.options.periphery)
         if first_ms is not None:
             for r in results:
                 r.timings["first_pass"] = first_ms
         return results
 
-    def _reconstruct(self, img: np.ndarray, crops: list[CropTransform], texture: bool,
-                     detect_ms: float) -> list[FaceResult]:
-        """One pass of the network (all scales, mirrored too when ``options.flip``) over ``crops`` of ``img``."""
+    def _reconstruct(self, img: np.ndarray, crops: list[CropTransform], texture: bool, detect_ms: float,
+                     periphery: bool) -> list[FaceResult]:
+        """One pass of the network (all scales, and the wide view with ``periphery``; mirrored too when
+        ``options.flip``) over ``crops`` of ``img``."""
         h, w = img.shape[:2]
         t1 = time.perf_counter()
         scales = self.predictor.options.scales
         views = [CropTransform(c.center, c.size * k, c.resolution) for c in crops for k in scales]
+        wide = [CropTransform(c.center, c.size * PERIPHERY_VIEW, c.resolution) for c in crops] if periphery else []
+        views += wide
         batch = np.stack([warp(img, v) for v in views])
         t2 = time.perf_counter()
         if self.predictor.options.flip:
@@ -206,6 +222,9 @@ class FaceReconstructor:
             t4 = time.perf_counter()
             pos = np.mean([uncrop_position_map(pc, v) for pc, v in zip(pos_crop[i * m:(i + 1) * m],
                                                                        views[i * m:(i + 1) * m])], axis=0)
+            if wide:
+                j = len(crops) * m + i
+                pos = self._inner * pos + (1 - self._inner) * uncrop_position_map(pos_crop[j], views[j])
             verts = self.layout.vertices(pos)
             lms = self.layout.landmarks(pos)
             pose, resid = estimate_pose(verts, self.layout.canonical, self._fit_idx)
@@ -228,6 +247,15 @@ class FaceReconstructor:
                                       texture_mask=tmask, depth=depth, crop=c, confidence=conf,
                                       layout=self.layout.name, image_size=(w, h), timings=timings))
         return results
+
+
+def hull_weight(layout: UVLayout, fade: float = PERIPHERY_FADE) -> np.ndarray:
+    """(256,256) float32 UV weight: 1 inside the convex hull of the layout's 68 landmark pixels, falling linearly
+    to 0 at ``fade`` UV pixels outside it."""
+    inside = np.zeros((RESOLUTION, RESOLUTION), np.uint8)
+    cv2.fillConvexPoly(inside, cv2.convexHull(layout.kpt_xy.astype(np.int32)), 1)
+    dist = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5)
+    return np.clip(1 - dist / fade, 0, 1).astype(np.float32)
 
 
 def _bilinear(img: np.ndarray, xy: np.ndarray) -> np.ndarray:

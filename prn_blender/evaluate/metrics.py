@@ -69,6 +69,14 @@ def nme_by_group(pred, gt, norm: str = "box", dims: int = 2) -> dict:
     return {k: float(v[0]) for k, v in out.items()} if np.ndim(gt) == 2 else out
 
 
+def source_means(values, sources) -> dict:
+    """{source: mean of its values} in first-seen order, NaN values (misses) left out; for sets where each source
+    (a photo folder, a clip) should weigh the same whatever its number of frames."""
+    v, s = np.asarray(values, float), np.asarray(sources)
+    ok = np.isfinite(v)
+    return {str(k): float(v[ok & (s == k)].mean()) for k in dict.fromkeys(s[ok])}
+
+
 def yaw_buckets(values, yaws) -> dict:
     """Mean of ``values`` per |yaw| bucket [0,30], (30,60], (60,90] (above 90 counts as 60-90).
 

@@ -32,10 +32,11 @@ def roi_from_landmarks(pts: np.ndarray) -> np.ndarray:
 
 class OursModel:
     def __init__(self, weights=None, device="auto", name="ours", flip=True, zoom=INFERENCE_ZOOM,
-                 scales=MULTI_SCALE):
+                 scales=MULTI_SCALE, periphery=True):
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         self.rec = FaceReconstructor(weights=weights, device=device,
-                                     options=InferenceOptions(flip=flip, zoom=zoom, scales=tuple(scales)))
+                                     options=InferenceOptions(flip=flip, zoom=zoom, scales=tuple(scales),
+                                                              periphery=periphery))
         self.name = name
         self.stage_ms: dict[str, list] = {}
 
@@ -238,11 +239,7 @@ def evaluate_landmarks(a, models) -> dict:
             rec["yaw_abs_err"] = M.yaw_buckets(np.abs(pyaw[v] - yaws[v]), yaws[v])
             rec["yaw_under"] = M.yaw_buckets(np.abs(yaws[v]) - np.abs(pyaw[v]), yaws[v])
         if a.dataset == "pseudo":   # each source weighs the same: the clips have many frames of one person each
-            by = {}
-            for i, n in enumerate(names):
-                if ok[i]:
-                    by.setdefault(n.split("/")[0], []).append(e2[i])
-            rec["nme2d_sources"] = {k: float(np.mean(x)) for k, x in by.items()}
+            rec["nme2d_sources"] = M.source_means(e2, [n.split("/")[0] for n in names])
             rec["nme2d_mean_of_sources"] = float(np.mean(list(rec["nme2d_sources"].values())))
         if dense_on and m is models[0]:
             rec["nme_dense"] = float(np.mean(dense["nme_dense"]))
@@ -400,6 +397,9 @@ def build_parser():
     ap.add_argument("--scales", type=float, nargs="+",
                     help="our multi-scale averaging (default: constants.MULTI_SCALE for images, VIDEO_SCALES for "
                          "video; 1 = one pass)")
+    ap.add_argument("--no-periphery", dest="periphery", action="store_false",
+                    help="our model without the wide view for the surface outside the landmarks (as video runs; "
+                         "the landmarks do not change, the head pose and the dense figures do)")
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--min-cutoff", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=0.05)
@@ -415,7 +415,7 @@ def main(argv=None) -> int:
     default = VIDEO_SCALES if a.dataset == "video" else MULTI_SCALE
     scales = tuple(a.scales or default)
     models = [OursModel(a.weights, a.device, name=model_name(a.flip, scales, default), flip=a.flip, zoom=a.zoom,
-                        scales=scales)]
+                        scales=scales, periphery=a.periphery and a.dataset != "video")]   # video: as the add-on
     if a.prnet_weights:
         models.append(OursModel(a.prnet_weights, a.device, name="prnet_official", scales=scales))
     if not a.no_peer and a.dataset not in ("video", "pseudo"):   # pseudo: the peer made the labels

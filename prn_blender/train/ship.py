@@ -1,6 +1,7 @@
 """Ship a trained run as the add-on's default model: fp16 weights + MODEL_CARD.md + training curve.
 
     python -m prn_blender.train.ship --run runs/w8 [--average-from STEP] [--eval-aflw DIR...] [--eval-synth DIR...]
+    python -m prn_blender.train.ship --metrics-only --eval-aflw DIR... --eval-synth DIR...   # inference changed
 
 DIR are ``eval.py`` output folders (their metrics.json feed the card). Writes
 ``prn_blender/assets/weights/prn-ict-default.safetensors``, ``MODEL_CARD.md`` and ``training_curve.png`` there.
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.constants import MULTI_SCALE
+from ..core.constants import INFERENCE_ZOOM, MULTI_SCALE, PERIPHERY_VIEW
 from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, load_model, read_metadata, save_weights, sha256
 from .data import context_blur_of, run_stream, without_of
@@ -165,9 +166,78 @@ def _metrics_table(dirs: list | None, title: str) -> list[str]:
     return lines + [""] + extra + per
 
 
+#: the card's evaluation commands (the one-scale and single-pass rows run as video does: no wide periphery view)
+EVAL_COMMANDS = (
+    "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --out out/eval_aflw",
+    ("python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --scales 1 --no-periphery --no-peer "
+     "--out out/eval_aflw_one_scale"),
+    ("python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --scales 1 --no-flip --no-periphery "
+     "--no-peer --out out/eval_aflw_single"),
+    "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop detector --out out/eval_aflw_detector",
+    "python eval.py --dataset synthetic --n 200 --seed 777 --out out/eval_synth",
+)
+METRICS_HEAD = "## Metrics (68-point NME %, normalized by sqrt(w*h) of the GT box)"
+CONTEXT_HEAD = "- Context:"
+
+
+def _metrics_section(a) -> list[str]:
+    """The card's Metrics section, from the eval.py folders of ``a`` (ship's arguments); the inference it describes
+    is the code's defaults."""
+    return [
+        METRICS_HEAD, "",
+        (f"Default inference (`ours`): crops made from a detector box or from landmarks shrunk by {INFERENCE_ZOOM:g} "
+         "about their centre (`core.constants.INFERENCE_ZOOM`, measured on real faces that are"),
+        ("not evaluation images; the dataset's roi boxes are used as given), mirror averaging and "
+         f"{len(MULTI_SCALE)} crop scales, " + ", ".join(f"{x:g}x" for x in MULTI_SCALE)
+         + " (`core.constants.MULTI_SCALE`), and one"),
+        (f"{PERIPHERY_VIEW:g}x wider view for the surface outside the landmarks' hull (`core.constants.PERIPHERY_VIEW`"
+         "; it does not move the landmarks). `ours_one_scale`"),
+        "is mirror averaging only, which is what video runs; `ours_single_pass` is neither.", "",
+        *_metrics_table(a.eval_aflw, "Real photos: the 16 AFLW2000-3D images in ../shared"),
+        *([("With the face detector's crops instead of the dataset's roi boxes: what `reconstruct` and the add-on do "
+            "with a photo"),
+           ("(the detector's box, then a second pass cropped from the first pass's landmarks, "
+            "`InferenceOptions.recrop`)."), ""] if a.eval_aflw_detector else []),
+        *_metrics_table(a.eval_aflw_detector, "Real photos, detector crops"),
+        *_metrics_table(a.eval_synth, "Held-out synthetic set"),
+    ]
+
+
+def _context_limit(blur: float) -> list[str]:
+    """The Limits section's last entry: context and crops."""
+    return [
+        f"{CONTEXT_HEAD} the background, hair and clothes around a real face mislead the model more than those of",
+        "  synthetic scenes. On real faces that are not evaluation images (`eval.py --dataset pseudo`), tighter",
+        "  crops bring its landmarks much closer to the peer's, where synthetic faces want the training crop: hence",
+        f"  the zoom of {INFERENCE_ZOOM:g} (`python -m prn_blender.evaluate.calibrate_zoom`). The zoomed crop cuts",
+        "  more forehead and neck, which the wider view gives back; video runs without that view (for the frame",
+        "  rate), so its forehead and neck are the zoomed crop's guess.",
+        *([f"  This run blurred the surround of {blur:.0%} of its training scenes (`train.py --context-blur`), so",
+           "  that the model trusts it less."] if blur else []),
+    ]
+
+
+def rewrite_metrics(card: Path, a, blur: float) -> None:
+    """Replace an existing card's evaluation commands, Metrics section and Limits' context entry (after an
+    inference change: the weights, their training and its logs stay as the card says)."""
+    lines = card.read_text().split("\n")
+    evals = [i for i, x in enumerate(lines) if x.startswith("python eval.py ")]
+    if evals:
+        lines[evals[0]:evals[-1] + 1] = EVAL_COMMANDS
+    try:
+        m0, m1 = lines.index(METRICS_HEAD), lines.index("## Training curve")
+        c0 = next(i for i, x in enumerate(lines) if x.startswith(CONTEXT_HEAD))
+    except (ValueError, StopIteration):
+        raise SystemExit(f"{card}: no Metrics section, Training curve section or context limit to replace") from None
+    c1 = next((i for i in range(c0 + 1, len(lines)) if not lines[i].startswith("  ")), len(lines))
+    out = lines[:m0] + _metrics_section(a) + lines[m1:c0] + _context_limit(blur) + lines[c1:]
+    card.write_text("\n".join(out))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="training output folder (weights.safetensors, log.jsonl)")
+    ap.add_argument("--run", help="training output folder (weights.safetensors, log.jsonl); required unless "
+                                   "--metrics-only")
     ap.add_argument("--eval-aflw", nargs="+", help="eval.py output folder(s) on AFLW2000-3D")
     ap.add_argument("--eval-synth", nargs="+", help="eval.py output folder(s) on the held-out synthetic set")
     ap.add_argument("--eval-aflw-detector", nargs="+",
@@ -183,6 +253,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out-weights", help="write here instead of the shipped default (for trying a checkpoint)")
     ap.add_argument("--card-only", action="store_true",
                     help="keep the shipped weights as they are (the ones just evaluated); rewrite card and curve")
+    ap.add_argument("--metrics-only", action="store_true",
+                    help="keep the shipped weights and their card; rewrite only the card's Metrics section and its "
+                         "context limit from the eval folders (after a change of the default inference)")
     ap.add_argument("--ancestor-logs", nargs="+", default=[],
                     help="log.jsonl of the runs this one was fine-tuned from, oldest first: the training curve "
                          "shows them before it")
@@ -192,6 +265,13 @@ def main(argv=None) -> int:
     ap.add_argument("--hardware", help="what the run trained on (default: as train.py recorded it, else this "
                                        "machine)")
     a = ap.parse_args(argv)
+    if a.metrics_only:
+        meta = read_metadata(DEFAULT_WEIGHTS)["meta"]
+        rewrite_metrics(WEIGHTS_DIR / "MODEL_CARD.md", a, context_blur_of(meta.get("generator", "")))
+        print(f"rewrote the metrics of {WEIGHTS_DIR / 'MODEL_CARD.md'}")
+        return 0
+    if not a.run:
+        ap.error("--run is required (unless --metrics-only)")
     run = Path(a.run)
     model, lay, md = load_model(DEFAULT_WEIGHTS if a.card_only else run / "weights.safetensors")
     meta = dict(md["meta"])
@@ -287,28 +367,12 @@ def main(argv=None) -> int:
            else "") + (f" --init {parent['file']}   # the model above" if parent else ""),
         *([(f"# ... resumed with --resume and the --preset / --lr of each phase above; stopped after "
             f"{curve['steps']} steps")] if phases > 1 or not cosine else []),
-        "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --out out/eval_aflw",
-        ("python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --scales 1 --no-peer "
-         "--out out/eval_aflw_one_scale"),
-        ("python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --scales 1 --no-flip --no-peer "
-         "--out out/eval_aflw_single"),
-        "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop detector --out out/eval_aflw_detector",
-        "python eval.py --dataset synthetic --n 200 --seed 777 --out out/eval_synth",
+        *EVAL_COMMANDS,
         f"python -m prn_blender.train.ship --run runs/{run.name} "
         + (f"--average-from {meta['average_from']} " if meta.get("averaged") else "")
         + "--eval-aflw out/eval_aflw out/eval_aflw_one_scale out/eval_aflw_single --eval-synth out/eval_synth "
         + "--eval-aflw-detector out/eval_aflw_detector",
-        "```", "", "## Metrics (68-point NME %, normalized by sqrt(w*h) of the GT box)", "",
-        (f"Default inference (`ours`): mirror averaging and {len(MULTI_SCALE)} crop scales, "
-         + ", ".join(f"{x:g}x" for x in MULTI_SCALE) + " (`core.constants.MULTI_SCALE`). `ours_one_scale` is mirror"),
-        "averaging only, which is what video runs; `ours_single_pass` is neither.", "",
-        *_metrics_table(a.eval_aflw, "Real photos: the 16 AFLW2000-3D images in ../shared"),
-        *([("With the face detector's crops instead of the dataset's roi boxes: what `reconstruct` and the add-on do "
-            "with a photo"),
-           ("(the detector's box, then a second pass cropped from the first pass's landmarks, "
-            "`InferenceOptions.recrop`)."), ""] if a.eval_aflw_detector else []),
-        *_metrics_table(a.eval_aflw_detector, "Real photos, detector crops"),
-        *_metrics_table(a.eval_synth, "Held-out synthetic set"),
+        "```", "", *_metrics_section(a),
         "## Training curve", "", "![training curve](training_curve.png)", "",
         *([("The curve shows this fine-tuning run"
              + (f" after {', '.join(Path(x).parent.name for x in a.ancestor_logs)}" if a.ancestor_logs else "")
@@ -323,12 +387,7 @@ def main(argv=None) -> int:
         "- Head yaw: on real photos the predicted face turns less than the real head (the tables' under-estimate,",
         "  mean |GT yaw| - |predicted yaw|); the predicted 2D geometry itself is under-rotated (a pose fit on x, y",
         "  alone gives the same bias), so head-pose keys are damped on strongly turned heads.",
-        "- Context: the background, hair and clothes around a real face mislead the model more than those of",
-        "  synthetic scenes. On real faces that are not evaluation images (`eval.py --dataset pseudo`), tighter",
-        "  crops and a blurred surround both bring its landmarks much closer to the peer's; on synthetic faces",
-        "  neither helps. The default inference keeps the training conventions.",
-        *([f"  This run blurred the surround of {blur:.0%} of its training scenes (`train.py --context-blur`), so",
-           "  that the model trusts it less."] if blur else []),
+        *_context_limit(blur),
     ]
     (WEIGHTS_DIR / "MODEL_CARD.md").write_text("\n".join(card) + "\n")
     print(f"shipped {DEFAULT_WEIGHTS} ({digest[:12]}), card {WEIGHTS_DIR / 'MODEL_CARD.md'}")
