@@ -17,8 +17,9 @@ KPT_CROP_SCALE = 1.6
 #: 1.06-1.13x tighter than the landmark crop of the same face). Measured on real faces that are not evaluation images,
 #: the pseudo set (``python -m prn_blender.evaluate.calibrate_zoom``; stop 25, the shipped model, mean NME of the
 #: sources): zoom 1.0 / 1.1 / 1.15 / 1.2 / 1.25 gave 3.89 / 3.30 / 3.11 / 3.03 / 3.04 % with landmark crops and
-#: 4.35 / 3.39 / 3.10 / 3.11 / 3.50 % with detector crops and the re-crop. Held-out synthetic faces want 1.0-1.05:
-#: the network sees a real face's landmark box as larger than a rendered one's.
+#: 4.35 / 3.39 / 3.10 / 3.11 / 3.50 % with detector crops and the re-crop. Held-out synthetic faces want 1.0-1.05
+#: (the synthetic test, seed 777: 3.50 % at 1.0, 3.55 % at 1.15). Calibrated for this project's models: an official
+#: PRNet checkpoint runs with its own crops (eval.py --prnet-weights uses zoom 1).
 INFERENCE_ZOOM = 1.15
 #: Multi-scale averaging for still images: each crop is also run at these multiples of its side and the un-cropped
 #: position maps are averaged (3x the network time). Chosen on the held-out synthetic set (n=200, seed 777, the
@@ -31,7 +32,7 @@ VIDEO_SCALES = (1.0,)
 
 #: The zoomed crops cut more of the forehead and neck, and their position maps guess those worse (held-out synthetic
 #: faces, seed 4242, n=32, dense 2D error in % of the landmark box: forehead rows 4.31 -> 5.71, neck rows 5.58 ->
-#: 6.83). So still images also run one wider view, PERIPHERY_VIEW x the crop's side (back to the un-zoomed crop), and
+#: 6.83). So still images also run one wider view, PERIPHERY_VIEW x the crop's side (a zoomed crop's un-zoomed one), and
 #: the face's surface outside the 68 landmarks' hull in UV comes from it, blended over PERIPHERY_FADE UV pixels; the
 #: landmarks and everything inside the hull come from the zoomed views (InferenceOptions.periphery; measured: dense
 #: error 5.11 % zoomed views alone, 4.46 % the wide view alone, 4.40 % blended, forehead 4.29, neck 5.56).

@@ -417,7 +417,8 @@ def main(argv=None) -> int:
     models = [OursModel(a.weights, a.device, name=model_name(a.flip, scales, default), flip=a.flip, zoom=a.zoom,
                         scales=scales, periphery=a.periphery and a.dataset != "video")]   # video: as the add-on
     if a.prnet_weights:
-        models.append(OursModel(a.prnet_weights, a.device, name="prnet_official", scales=scales))
+        models.append(OursModel(a.prnet_weights, a.device, name="prnet_official", scales=scales, zoom=1.0,
+                                periphery=False))   # PRNet's own crops: the zoom is calibrated for our models
     if not a.no_peer and a.dataset not in ("video", "pseudo"):   # pseudo: the peer made the labels
         try:
             shared_dir(a.shared)
