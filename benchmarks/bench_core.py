@@ -148,8 +148,10 @@ def main():
             img = data.astronaut()
         for w, name in zip(weights, names):
             totals = {}
-            for label, scales in (("one scale", VIDEO_SCALES), ("multi-scale, the default for photos", MULTI_SCALE)):
-                rec = FaceReconstructor(w, device=a.device, options=InferenceOptions(scales=scales))
+            for label, scales, wide in (("one scale, no periphery view, as video", VIDEO_SCALES, False),
+                                        ("multi-scale, no periphery view", MULTI_SCALE, False),
+                                        ("multi-scale + periphery view, the default for photos", MULTI_SCALE, True)):
+                rec = FaceReconstructor(w, device=a.device, options=InferenceOptions(scales=scales, periphery=wide))
                 rec(img)
                 acc = {}
                 for _ in range(a.reps):
@@ -159,8 +161,8 @@ def main():
                 print(f"\nend-to-end image -> FaceResult ({name}, mirror averaging, {label} {scales}), "
                       "median ms by stage:")
                 print("  " + ", ".join(f"{k} {np.median(v):.1f}" for k, v in acc.items()) + f"; total {tot:.1f} ms")
-            one, multi = totals.values()
-            print(f"  multi-scale / one scale: x{multi / one:.2f} time")
+            one, multi, photo = totals.values()
+            print(f"  multi-scale / one scale: x{multi / one:.2f} time; the periphery view: x{photo / multi:.2f}")
     from prn_blender.core.paths import shared_dir
     if shared_dir(required=False) and "data" in only:
         from prn_blender.synth.ict import load_ict
