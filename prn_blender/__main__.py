@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "face, same landmarks, a worse forehead and neck)")
     r.add_argument("--no-recrop", dest="recrop", action="store_false",
                    help="use the detector's crop as it is, without the second pass cropped from the first pass's "
-                        "landmarks (half the network time, less accurate)")
+                        "landmarks (a fifth less network time by default, less accurate)")
     r.add_argument("--out", required=True, help="output folder")
     r.set_defaults(fn=_reconstruct)
     i = sub.add_parser("info", help="print parameter count, layout and device of a weights file")

@@ -75,10 +75,13 @@ def test_face_result_fields(rec, astronaut):
 
 def test_detected_faces_get_a_second_pass_from_their_landmarks(rec, astronaut):
     """A face the detector found is reconstructed again from a crop made from the first pass's landmarks (what
-    ``landmarks=`` does); a given box, roi or landmarks are used as they are, in one pass."""
+    ``landmarks=`` does), the first pass at FIRST_PASS_SCALES without the periphery view; a given box, roi or
+    landmarks are used as they are, in one pass."""
+    from prn_blender.core.constants import FIRST_PASS_SCALES
     from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
     once = FaceReconstructor(device="cpu", options=InferenceOptions(recrop=False))
-    first = once(str(astronaut), texture=False)[0]
+    first = FaceReconstructor(device="cpu", options=InferenceOptions(recrop=False, scales=FIRST_PASS_SCALES,
+                                                                     periphery=False))(str(astronaut), texture=False)[0]
     twice = rec(str(astronaut), texture=False)[0]
     again = rec(str(astronaut), landmarks=first.landmarks, texture=False)[0]
     assert twice.crop == again.crop == rec.crops_for(None, landmarks=first.landmarks)[0] != first.crop

@@ -23,9 +23,9 @@ class PRN_AP_preferences(bpy.types.AddonPreferences):
                                           "(three times the network time, lower landmark error). Video always "
                                           "runs one scale")
     recrop: BoolProperty(name="Landmark Re-Crop", default=True,
-                         description="Run a detected face again, cropped from its first landmarks (twice the network "
-                                     "time on photos and on the frames where video re-detects; the detector's own "
-                                     "crops give a larger landmark error)")
+                         description="Run a detected face again, cropped from its first landmarks (a quarter more "
+                                     "network time on photos, twice on the frames where video re-detects; the "
+                                     "detector's own crops give a larger landmark error)")
 
     def draw(self, context):
         col = self.layout.column()

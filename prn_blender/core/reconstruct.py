@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .constants import (
+    FIRST_PASS_SCALES,
     IBUG68_MIRROR,
     INFERENCE_ZOOM,
     MULTI_SCALE,
@@ -67,7 +68,7 @@ class InferenceOptions:
                                   # hull (forehead, ears, neck); +1 network pass per crop (x2 with flip); the
                                   # landmarks do not change (constants.PERIPHERY_VIEW). Video runs without it
     recrop: bool = True           # a face the detector found gets a second pass, cropped from the first pass's
-                                  # landmarks (2x the network time). Pseudo real set (mean of the sources, the
+                                  # landmarks (the first pass at FIRST_PASS_SCALES). Pseudo real set (mean of the sources, the
                                   # shipped model at zoom 1.15, stop 25): 3.35 % NME with the detector's crops alone,
                                   # 3.10 % with the second pass; real photos: the model card's detector-crop table
 
@@ -188,22 +189,22 @@ class FaceReconstructor:
         first_ms = None
         if self.predictor.options.recrop and crop is None and roi is None and landmarks is None and box is None:
             t = time.perf_counter()
-            first = self._reconstruct(img, crops, False, detect_ms, periphery=False)   # only its landmarks count
+            first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_SCALES, periphery=False)
             crops = [self.crops_for(img, landmarks=f.landmarks)[0] for f in first]
             first_ms = (time.perf_counter() - t) * 1e3 / len(crops)
-        results = self._reconstruct(img, crops, texture, detect_ms, self.predictor.options.periphery)
+        o = self.predictor.options
+        results = self._reconstruct(img, crops, texture, detect_ms, o.scales, o.periphery)
         if first_ms is not None:
             for r in results:
                 r.timings["first_pass"] = first_ms
         return results
 
     def _reconstruct(self, img: np.ndarray, crops: list[CropTransform], texture: bool, detect_ms: float,
-                     periphery: bool) -> list[FaceResult]:
-        """One pass of the network (all scales, and the wide view with ``periphery``; mirrored too when
-        ``options.flip``) over ``crops`` of ``img``."""
+                     scales: tuple, periphery: bool) -> list[FaceResult]:
+        """One pass of the network (each crop at ``scales``, and the wide view with ``periphery``; mirrored too
+        when ``options.flip``) over ``crops`` of ``img``."""
         h, w = img.shape[:2]
         t1 = time.perf_counter()
-        scales = self.predictor.options.scales
         views = [CropTransform(c.center, c.size * k, c.resolution) for c in crops for k in scales]
         wide = [CropTransform(c.center, c.size * PERIPHERY_VIEW, c.resolution) for c in crops] if periphery else []
         views += wide
