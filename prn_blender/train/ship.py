@@ -196,8 +196,8 @@ def _metrics_section(a) -> list[str]:
         *_metrics_table(a.eval_aflw, "Real photos: the 16 AFLW2000-3D images in ../shared"),
         *([("With the face detector's crops instead of the dataset's roi boxes: what `reconstruct` and the add-on do "
             "with a photo"),
-           ("(the detector's box, then a second pass cropped from the first pass's landmarks, "
-            "`InferenceOptions.recrop`)."), ""] if a.eval_aflw_detector else []),
+           ("(the detector's box at one scale, `core.constants.FIRST_PASS_SCALES`, then a second pass cropped from "
+            "the first pass's landmarks, `InferenceOptions.recrop`)."), ""] if a.eval_aflw_detector else []),
         *_metrics_table(a.eval_aflw_detector, "Real photos, detector crops"),
         *_metrics_table(a.eval_synth, "Held-out synthetic set"),
     ]
