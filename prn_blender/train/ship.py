@@ -254,8 +254,8 @@ def main(argv=None) -> int:
     ap.add_argument("--card-only", action="store_true",
                     help="keep the shipped weights as they are (the ones just evaluated); rewrite card and curve")
     ap.add_argument("--metrics-only", action="store_true",
-                    help="keep the shipped weights and their card; rewrite only the card's Metrics section and its "
-                         "context limit from the eval folders (after a change of the default inference)")
+                    help="keep the shipped weights and their card; rewrite only the card's eval commands, Metrics "
+                         "section (from the eval folders) and context limit (after a change of the default inference)")
     ap.add_argument("--ancestor-logs", nargs="+", default=[],
                     help="log.jsonl of the runs this one was fine-tuned from, oldest first: the training curve "
                          "shows them before it")
