@@ -46,7 +46,8 @@ def _info(a) -> int:
 
 def _blend(a) -> int:
     from .blender.pipeline import run_blend
-    return run_blend(a.input, a.out, frames=a.frames, rig=a.rig, smoothing=a.smoothing, weights=a.weights)
+    return run_blend(a.input, a.out, frames=a.frames, rig=a.rig, smoothing=a.smoothing, weights=a.weights,
+                     wide_view=a.wide_view)
 
 
 def _import_prnet(a) -> int:
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--frames", help="START:END:STEP for videos")
     b.add_argument("--rig", action="store_true", help="also generate the face rig")
     b.add_argument("--smoothing", help="'off' or MIN_CUTOFF,BETA for the One Euro filter")
+    b.add_argument("--wide-view", action="store_true",
+                   help="videos: also run each frame's crop wider (constants.PERIPHERY_VIEW) for the forehead, ears "
+                        "and neck, as photos do (twice the network time per frame)")
     b.add_argument("--weights")
     b.set_defaults(fn=_blend)
     t = sub.add_parser("import-prnet", help="convert PRNet's official TF checkpoint (no TensorFlow needed)")

@@ -306,3 +306,36 @@ def _no_movie_build(real):
     def build(context, b, result, image_path, name, k, movie_path, set_cam):
         return real(context, b, result, None, name, k, None, set_cam)
     return build
+
+
+def test_video_gets_the_wide_view_only_when_the_scene_asks(bpy_empty, monkeypatch, tmp_path):
+    """Photos always run the periphery view; video only with the scene's Wide View setting (it doubles the time per
+    frame); the CLI's blend --wide-view sets it."""
+    from prn_blender.blender import operators, register
+    from prn_blender.blender.pipeline import run_blend
+    register()
+    seen = []
+    monkeypatch.setattr(operators, "make_reconstructor", lambda *a, **k: seen.append(k["periphery"]) or FakeRec())
+    ctx = bpy_empty.context
+    operators.get_reconstructor(ctx)
+    operators.get_reconstructor(ctx, video=True)
+    ctx.scene.prn_face.wide_view = True
+    operators.get_reconstructor(ctx, video=True)
+    assert seen == [True, False, True]
+    from prn_blender.__main__ import build_parser
+    a = build_parser().parse_args(["blend", "clip.mp4", "--out", "x.blend", "--wide-view"])
+    assert a.wide_view and not build_parser().parse_args(["blend", "clip.mp4", "--out", "x.blend"]).wide_view
+    import cv2
+    clip = str(tmp_path / "clip.avi")
+    w = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
+    w.write(np.zeros((64, 64, 3), np.uint8))
+    w.release()
+    asked = []
+
+    def stop(context, weights="", video=False):
+        asked.append((video, context.scene.prn_face.wide_view))
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(operators, "get_reconstructor", stop)
+    for wide in (True, False):
+        assert run_blend(clip, tmp_path / "x.blend", wide_view=wide) == 1
+    assert asked == [(True, True), (True, False)] and not (tmp_path / "x.blend").exists()

@@ -41,11 +41,12 @@ def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: t
 
 def get_reconstructor(context, weights_override: str = "", video: bool = False):
     """The reconstructor for the add-on preferences; photos use multi-scale averaging when it is on and the wide
-    periphery view, video one scale (core.constants.VIDEO_SCALES) and no periphery view, for the frame rate."""
+    periphery view, video one scale (core.constants.VIDEO_SCALES) and the wide view only when the scene asks for it
+    (``prn_face.wide_view``: it doubles the time per frame)."""
     device, weights, flip, multi, recrop = get_preferences(context)
     scales = VIDEO_SCALES if video or not multi else MULTI_SCALE
     return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else weights, device, flip,
-                              scales, recrop, periphery=not video)
+                              scales, recrop, periphery=not video or context.scene.prn_face.wide_view)
 
 
 def smoothing_settings(s):

@@ -31,6 +31,7 @@ class PRN_PT_reconstruct(bpy.types.Panel):
         sub.active = s.smoothing
         sub.prop(s, "min_cutoff")
         sub.prop(s, "beta")
+        box.prop(s, "wide_view")
         box.prop(s, "mesh_mode")
         if s.mesh_mode == "AUTO":
             box.prop(s, "shape_key_max_frames")

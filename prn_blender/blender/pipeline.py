@@ -48,9 +48,9 @@ def parse_smoothing(spec):
     return True, a, b
 
 
-def run_blend(input_path, out_blend, frames=None, rig=False, smoothing=None, weights=None) -> int:
-    """Build a .blend from a photo or a video with the add-on operators. Returns 0, or 1 with a one-line error on
-    stderr."""
+def run_blend(input_path, out_blend, frames=None, rig=False, smoothing=None, weights=None, wide_view=False) -> int:
+    """Build a .blend from a photo or a video with the add-on operators (``wide_view``: video frames also get the
+    wide periphery view, as photos always do). Returns 0, or 1 with a one-line error on stderr."""
     try:
         start, end, step = parse_frames(frames)
         sm_on, min_cutoff, beta = parse_smoothing(smoothing)
@@ -69,6 +69,7 @@ def run_blend(input_path, out_blend, frames=None, rig=False, smoothing=None, wei
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     s = bpy.context.scene.prn_face
     s.rig = bool(rig)
+    s.wide_view = bool(wide_view)
     s.frame_start, s.frame_end, s.frame_step = start, end, step
     s.smoothing = sm_on
     if min_cutoff is not None:

@@ -210,8 +210,8 @@ def _context_limit(blur: float) -> list[str]:
         "  synthetic scenes. On real faces that are not evaluation images (`eval.py --dataset pseudo`), tighter",
         "  crops bring its landmarks much closer to the peer's, where synthetic faces want the training crop: hence",
         f"  the zoom of {INFERENCE_ZOOM:g} (`python -m prn_blender.evaluate.calibrate_zoom`). The zoomed crop cuts",
-        "  more forehead and neck, which the wider view gives back; video runs without that view (for the frame",
-        "  rate), so its forehead and neck are the zoomed crop's guess.",
+        "  more forehead and neck, which the wider view gives back; video runs without that view unless asked (the",
+        "  panel's Wide View, `blend --wide-view`: twice the time per frame), its forehead and neck the zoomed crop's.",
         *([f"  This run blurred the surround of {blur:.0%} of its training scenes (`train.py --context-blur`), so",
            "  that the model trusts it less."] if blur else []),
     ]
