@@ -198,23 +198,32 @@ def main():
             print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=40))
     if shared_dir(required=False) and "video" in only:
         import tempfile
-        from prn_blender.core.constants import VIDEO_SCALES
+        from prn_blender.core.constants import VIDEO_SCALES, VIDEO_WIDE_EVERY
         from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
         from prn_blender.core.smoothing import OneEuroSettings
         from prn_blender.core.video import iter_video
         from prn_blender.synth.clip import make_synthetic_clip
         with tempfile.TemporaryDirectory() as d:
-            path, gt = make_synthetic_clip(Path(d) / "clip.avi", n_frames=24, seed=0)
+            path, gt = make_synthetic_clip(Path(d) / "clip.avi", n_frames=40, seed=0)
             for w, name in zip(weights, names):
                 rec = FaceReconstructor(w, device=a.device,
                                         options=InferenceOptions(scales=VIDEO_SCALES, periphery=False))
-                for label, sm in (("raw", None), ("one-euro", OneEuroSettings())):
+                wide = FaceReconstructor(w, device=a.device,
+                                         options=InferenceOptions(scales=VIDEO_SCALES, periphery=True))
+                for label, sm, r, every in (("raw", None, rec, 0), ("one-euro", OneEuroSettings(), rec, 0),
+                                            (f"one-euro, wide view every {VIDEO_WIDE_EVERY} frames (default)",
+                                             OneEuroSettings(), rec, VIDEO_WIDE_EVERY),
+                                            ("one-euro, wide view every frame", OneEuroSettings(), wide, 0)):
                     t = time.perf_counter()
-                    n = sum(1 for _ in iter_video(path, rec, smoothing=sm))
+                    n = sum(1 for _ in iter_video(path, r, smoothing=sm, wide_every=every))
                     dt = time.perf_counter() - t
                     e2e[name, f"video {label}"] = dt * 1e3 / n
                     print(f"video end-to-end ({name}, {label}, tracking, textures): {n / dt:.2f} fps "
                           f"({dt * 1e3 / n:.0f} ms/frame, {n} frames 256x256)")
+                base = e2e[name, "video one-euro"]
+                print("  the wide view: " + ", ".join(f"{k[1][len('video one-euro, '):]} x{v / base:.2f}"
+                                                      for k, v in e2e.items() if k[0] == name
+                                                      and k[1].startswith("video one-euro, ")) + " time")
     if shared_dir(required=False) and "loop" in only:
         width, batch, steps = map(int, (a.loop or ("16,64,60" if dev.type == "cuda" else "8,4,12")).split(","))
         inline, ahead = (bench_loop(dev, width, batch, steps, p) for p in (0, 2))

@@ -91,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--frames", help="START:END:STEP for videos")
     b.add_argument("--rig", action="store_true", help="also generate the face rig")
     b.add_argument("--smoothing", help="'off' or MIN_CUTOFF,BETA for the One Euro filter")
-    b.add_argument("--wide-view", action="store_true",
-                   help="videos: also run each frame's crop wider (constants.PERIPHERY_VIEW) for the forehead, ears "
-                        "and neck, as photos do (twice the network time per frame)")
+    b.add_argument("--no-wide-view", dest="wide_view", action="store_false",
+                   help="videos: skip the wider view (constants.PERIPHERY_VIEW) that key frames run for the forehead, "
+                        "ears and neck (every constants.VIDEO_WIDE_EVERY frames, carried between: about a fifth of "
+                        "the time per frame)")
     b.add_argument("--weights")
     b.set_defaults(fn=_blend)
     t = sub.add_parser("import-prnet", help="convert PRNet's official TF checkpoint (no TensorFlow needed)")

@@ -27,7 +27,8 @@ def core_rec():
 
 @pytest.fixture(scope="module")
 def core_video_rec():
-    """The same for the video operator, which runs one scale and no periphery view."""
+    """The same for the video operator, which runs one scale and the periphery view on key frames only (asked for
+    by core_video's iter_video)."""
     from prn_blender.core.constants import VIDEO_SCALES
     from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
     return FaceReconstructor(options=InferenceOptions(scales=VIDEO_SCALES, periphery=False))
@@ -90,11 +91,14 @@ def evaluated_vertices(bpy, obj) -> np.ndarray:
 
 
 def core_video(path, rec, start=0, end_inclusive=-1, step=1, smoothing=None):
-    """What the video operator should have computed: the core's frames (None faces hold the previous one), the
-    scene frames, and the operator's metres per pixel (from the first face's head-pose scale)."""
+    """What the video operator should have computed (its default Wide View: key frames every VIDEO_WIDE_EVERY): the
+    core's frames (None faces hold the previous one), the scene frames, and the operator's metres per pixel (from
+    the first face's head-pose scale)."""
+    from prn_blender.core.constants import VIDEO_WIDE_EVERY
     from prn_blender.core.video import iter_video
     end = None if end_inclusive < 0 else end_inclusive + 1
-    frs = list(iter_video(str(path), rec, start=start, end=end, step=step, smoothing=smoothing))
+    frs = list(iter_video(str(path), rec, start=start, end=end, step=step, smoothing=smoothing,
+                          wide_every=VIDEO_WIDE_EVERY))
     assert frs and any(f.face is not None for f in frs)
     first = next(f.face for f in frs if f.face is not None)
     faces, last = [], first

@@ -308,23 +308,26 @@ def _no_movie_build(real):
     return build
 
 
-def test_video_gets_the_wide_view_only_when_the_scene_asks(bpy_empty, monkeypatch, tmp_path):
-    """Photos always run the periphery view; video only with the scene's Wide View setting (it doubles the time per
-    frame); the CLI's blend --wide-view sets it."""
+def test_video_runs_the_wide_view_on_key_frames(bpy_empty, monkeypatch, tmp_path):
+    """Photos run the periphery view in every call; video's reconstructor does not, and its frames ask for it on key
+    frames (every VIDEO_WIDE_EVERY) unless the scene's Wide View is off; the CLI's blend --no-wide-view turns it off."""
     from prn_blender.blender import operators, register
     from prn_blender.blender.pipeline import run_blend
+    from prn_blender.core.constants import VIDEO_WIDE_EVERY
     register()
     seen = []
     monkeypatch.setattr(operators, "make_reconstructor", lambda *a, **k: seen.append(k["periphery"]) or FakeRec())
     ctx = bpy_empty.context
     operators.get_reconstructor(ctx)
     operators.get_reconstructor(ctx, video=True)
-    ctx.scene.prn_face.wide_view = True
-    operators.get_reconstructor(ctx, video=True)
-    assert seen == [True, False, True]
+    assert seen == [True, False]
+    s = ctx.scene.prn_face
+    assert s.wide_view and operators.video_wide_every(s) == VIDEO_WIDE_EVERY > 1
+    s.wide_view = False
+    assert operators.video_wide_every(s) == 0
     from prn_blender.__main__ import build_parser
-    a = build_parser().parse_args(["blend", "clip.mp4", "--out", "x.blend", "--wide-view"])
-    assert a.wide_view and not build_parser().parse_args(["blend", "clip.mp4", "--out", "x.blend"]).wide_view
+    a = build_parser().parse_args(["blend", "clip.mp4", "--out", "x.blend", "--no-wide-view"])
+    assert not a.wide_view and build_parser().parse_args(["blend", "clip.mp4", "--out", "x.blend"]).wide_view
     import cv2
     clip = str(tmp_path / "clip.avi")
     w = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
@@ -332,10 +335,10 @@ def test_video_gets_the_wide_view_only_when_the_scene_asks(bpy_empty, monkeypatc
     w.release()
     asked = []
 
-    def stop(context, weights="", video=False):
-        asked.append((video, context.scene.prn_face.wide_view))
+    def stop(path, rec, **kw):
+        asked.append(kw["wide_every"])
         raise RuntimeError("stop here")
-    monkeypatch.setattr(operators, "get_reconstructor", stop)
+    monkeypatch.setattr(operators, "open_video", stop)
     for wide in (True, False):
         assert run_blend(clip, tmp_path / "x.blend", wide_view=wide) == 1
-    assert asked == [(True, True), (True, False)] and not (tmp_path / "x.blend").exists()
+    assert asked == [VIDEO_WIDE_EVERY, 0] and not (tmp_path / "x.blend").exists()

@@ -1,6 +1,7 @@
 """Reconstruction API and CLI with the shipped weights (no ../shared needed)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -135,6 +136,41 @@ def test_periphery_view_gives_the_surface_outside_the_landmark_hull(astronaut):
     np.testing.assert_allclose(both.vertices[mid], (w[mid, None] * alone.vertices[mid]
                                                     + (1 - w[mid, None]) * outer.vertices[mid]), atol=1e-3)
     assert np.abs(alone.vertices[w == 0] - outer.vertices[w == 0]).max() > 1.0   # the two views do differ there
+
+
+def test_carried_periphery(astronaut):
+    """Video's key frames: a result keeps its wide view's map; a later call can carry it instead of running the
+    view (a similarity fitted inside the landmarks' hull, exact for a face that moved rigidly); the landmarks and the
+    surface inside the hull stay those of the zoomed view, and a view carried onto its own frame is close to it."""
+    from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions, hull_weight
+    from prn_blender.core.result import CropTransform
+    rec = FaceReconstructor(device="cpu", options=InferenceOptions(flip=False, scales=(1.0,), recrop=False,
+                                                                  periphery=False))
+    crop = CropTransform(center=(222.0, 132.0), size=121.0)                  # about what the detector gives
+    alone = rec(str(astronaut), crop=crop, texture=False)[0]
+    key = rec(str(astronaut), crop=crop, texture=False, periphery=True)[0]
+    assert alone.wide_view is None and key.wide_view.shape == (256, 256, 3)
+    lay = load_layout(key.layout)
+    w = hull_weight(lay).reshape(-1)[lay.face_ind]
+    # the whole face moved rigidly with a change of size: the carried wide view is the moved one
+    a = np.radians(12.0)
+    R = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]) * 0.9
+    def move(p):
+        return (p.reshape(-1, 3) @ R.T + [15.0, -7.0, 3.0]).reshape(p.shape).astype(np.float32)
+    np.testing.assert_allclose(lay.vertices(rec.carry_periphery(key, move(key.position_map))),
+                               lay.vertices(move(key.wide_view)), atol=1e-2)
+    with pytest.raises(ValueError, match="wide view"):
+        rec.carry_periphery(alone, alone.position_map)
+    # carried onto its own frame: exactly its wide view outside the hull; landmarks and hull are the zoomed view's
+    own = rec(str(astronaut), crop=crop, texture=False, carry=[(key, 1.0)])[0]
+    moved_key = dataclasses.replace(key, position_map=move(key.position_map), wide_view=move(key.wide_view))
+    half = rec(str(astronaut), crop=crop, texture=False, carry=[(key, 0.5), (moved_key, 0.5)])[0]
+    assert own.wide_view is None and half.wide_view is None
+    np.testing.assert_allclose(own.vertices, key.vertices, atol=1e-2)
+    np.testing.assert_array_equal(half.landmarks, alone.landmarks)
+    np.testing.assert_allclose(half.vertices[w == 1], alone.vertices[w == 1], atol=1e-4)
+    np.testing.assert_allclose(half.vertices[w == 0], own.vertices[w == 0], atol=1e-2)   # the same view twice
+    assert np.abs(alone.vertices[w == 0] - key.vertices[w == 0]).mean() > 1.0          # which is not the zoomed one
 
 
 def test_flip_tta_symmetric(rec, astronaut):

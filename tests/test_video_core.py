@@ -131,9 +131,9 @@ class _Counting:
     def __init__(self, rec):
         self.rec = rec
 
-    def __call__(self, image, crop=None):
+    def __call__(self, image, crop=None, **kw):
         self.rec.frame = int(_digit(image))
-        return self.rec(image, crop=crop)
+        return self.rec(image, crop=crop, **kw)
 
 
 def _digit(image):
@@ -218,6 +218,50 @@ def test_tracking_is_anchored_to_the_detection(tmp_path):
     assert all(np.allclose(f.face.landmarks, frames[0].face.landmarks, atol=1e-4) for f in frames)
     # what the unanchored crop would have been after the first frame: the feedback this test guards against
     assert crop_from_landmarks(frames[0].face.landmarks).size > 1.08 * 40.0
+
+
+class WideRec(FakeRec):
+    """FakeRec that also takes the wide-view arguments: records (frame, periphery, [(key frame, weight)]) and gives
+    results that ran the view a wide_view map."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.wide, self.frame_of = [], {}
+
+    def __call__(self, image, crop=None, periphery=None, carry=None):
+        self.wide.append((self.frame, periphery, [(self.frame_of[id(k)], w) for k, w in carry or []]))
+        out = super().__call__(image, crop=crop)
+        if out and periphery:
+            out = [dataclasses.replace(out[0], wide_view=np.zeros((1, 1, 3), np.float32))]
+        for f in out:
+            self.frame_of[id(f)] = self.frame
+        return out
+
+
+def test_wide_view_key_frames_cross_fade(tmp_path):
+    """wide_every=4: the view runs on frames 0, 4, 8 and on the detection after a lost face; the frames between
+    cross-fade the last two key frames (the newer one's weight up by 1/4 a frame), a key frame shows the previous
+    key alone, and a lost face forgets the keys."""
+    path = _write_indexed_clip(tmp_path / "idx.avi", n=12)
+    rec = WideRec(no_face_frames={10})
+    frames = _run(path, rec, wide_every=4)
+    assert [f.face is not None for f in frames] == [True] * 10 + [False, True]
+    got = {}
+    for fi, periphery, carry in rec.wide:
+        got.setdefault(fi, []).append((periphery, carry))
+    assert got[0] == [(True, [])]
+    assert got[1] == got[2] == got[3] == [(False, [(0, 1.0)])]
+    assert got[4] == [(True, [(0, 1.0)])]
+    assert got[5] == [(False, [(0, 0.75), (4, 0.25)])] and got[7] == [(False, [(0, 0.25), (4, 0.75)])]
+    assert got[8] == [(True, [(4, 1.0)])] and got[9] == [(False, [(4, 0.75), (8, 0.25)])]
+    assert got[10] == [(False, [(4, 0.5), (8, 0.5)]), (True, [(8, 1.0)])]   # tracking lost, detection finds none
+    assert got[11] == [(True, [])]                                          # a new track: no keys carried over
+    assert all(f.face.wide_view is not None for f in frames if f.face is not None and f.index in (0, 4, 8, 11))
+    with pytest.raises(ValueError, match="wide_every"):
+        next(iter_video(path, rec, wide_every=-1))
+    plain = FakeRec()
+    _run(path, plain)                                                       # 0: rec is called as before
+    assert len(plain.calls) == 12
 
 
 # ------------------------------------------------------------------------------------------ real data

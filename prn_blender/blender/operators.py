@@ -10,7 +10,7 @@ import bpy
 import numpy as np
 from bpy.props import StringProperty
 
-from ..core.constants import MULTI_SCALE, VIDEO_SCALES
+from ..core.constants import MULTI_SCALE, VIDEO_SCALES, VIDEO_WIDE_EVERY
 from . import scene as sc
 from .convert import image_to_blender, metres_per_pixel_for, pose_to_blender
 from .preferences import get_preferences
@@ -41,12 +41,18 @@ def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: t
 
 def get_reconstructor(context, weights_override: str = "", video: bool = False):
     """The reconstructor for the add-on preferences; photos use multi-scale averaging when it is on and the wide
-    periphery view, video one scale (core.constants.VIDEO_SCALES) and the wide view only when the scene asks for it
-    (``prn_face.wide_view``: it doubles the time per frame)."""
+    periphery view, video one scale (core.constants.VIDEO_SCALES); video's wide view runs on key frames only, asked
+    for frame by frame (``video_wide_every``)."""
     device, weights, flip, multi, recrop = get_preferences(context)
     scales = VIDEO_SCALES if video or not multi else MULTI_SCALE
     return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else weights, device, flip,
-                              scales, recrop, periphery=not video or context.scene.prn_face.wide_view)
+                              scales, recrop, periphery=not video)
+
+
+def video_wide_every(s) -> int:
+    """core.video.iter_video's ``wide_every`` for the scene settings ``s``: key frames every
+    core.constants.VIDEO_WIDE_EVERY frames with the Wide View setting, else none."""
+    return VIDEO_WIDE_EVERY if s.wide_view else 0
 
 
 def smoothing_settings(s):
@@ -58,11 +64,11 @@ def smoothing_settings(s):
     return cls(min_cutoff=float(s.min_cutoff), beta=float(s.beta))
 
 
-def open_video(path, rec, start=0, end=None, step=1, smoothing=None):
+def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=0):
     """(n_frames, fps, (w, h)), iterator of core.video.VideoFrame."""
     from ..core.video import iter_video, video_info
     info = video_info(path)
-    return info, iter_video(path, rec, start=start, end=end, step=step, smoothing=smoothing)
+    return info, iter_video(path, rec, start=start, end=end, step=step, smoothing=smoothing, wide_every=wide_every)
 
 
 def face_collection(context, name: str = ""):
@@ -320,7 +326,7 @@ class PRN_OT_reconstruct_video(bpy.types.Operator):
         rec = get_reconstructor(context, self.weights, video=True)
         end = None if s.frame_end < 0 else s.frame_end + 1      # frame_end is inclusive, core's end exclusive
         (n, fps, _), frames = open_video(path, rec, start=s.frame_start, end=end, step=s.frame_step,
-                                         smoothing=smoothing_settings(s))
+                                         smoothing=smoothing_settings(s), wide_every=video_wide_every(s))
         last = n if end is None else min(n, end)
         total = max(0, -(-(last - s.frame_start) // s.frame_step)) if n else 0
         return VideoJob(path, frames, total, fps, metres_per_pixel=s.metres_per_pixel or None,

@@ -48,9 +48,9 @@ def parse_smoothing(spec):
     return True, a, b
 
 
-def run_blend(input_path, out_blend, frames=None, rig=False, smoothing=None, weights=None, wide_view=False) -> int:
-    """Build a .blend from a photo or a video with the add-on operators (``wide_view``: video frames also get the
-    wide periphery view, as photos always do). Returns 0, or 1 with a one-line error on stderr."""
+def run_blend(input_path, out_blend, frames=None, rig=False, smoothing=None, weights=None, wide_view=True) -> int:
+    """Build a .blend from a photo or a video with the add-on operators (``wide_view``: video frames get the wide
+    periphery view on key frames, the scene's Wide View setting). Returns 0, or 1 with a one-line error on stderr."""
     try:
         start, end, step = parse_frames(frames)
         sm_on, min_cutoff, beta = parse_smoothing(smoothing)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -30,7 +31,7 @@ from .crop import crop_from_box, crop_from_landmarks, uncrop_position_map, warp
 from .detect import Detector, make_detector
 from .image_io import load_image
 from .layout import UVLayout
-from .pose import estimate_pose
+from .pose import estimate_pose, umeyama
 from .result import CropTransform, FaceResult
 from .weights import load_model
 
@@ -128,6 +129,10 @@ class FaceReconstructor:
         face = np.flatnonzero(self.layout.regions.reshape(-1)[self.layout.face_ind] != REGION_NECK)
         self._fit_idx = face[np.linspace(0, len(face) - 1, 2000).astype(int)]
         self._inner = hull_weight(self.layout)[..., None]
+        # the part of those inside the landmarks' hull (where the zoomed views alone give the surface): it places a
+        # carried periphery (carry_periphery)
+        core = self._fit_idx[self.layout.vertices(np.repeat(self._inner, 3, -1))[self._fit_idx, 0] >= 1]
+        self._core_pixels = self.layout.face_ind[core]                 # flat position-map indices
 
     @property
     def detector(self) -> Detector:
@@ -175,11 +180,17 @@ class FaceReconstructor:
         return out
 
     def __call__(self, image, box=None, landmarks=None, roi=None, crop: CropTransform | None = None,
-                 texture: bool = True) -> list[FaceResult]:
+                 texture: bool = True, periphery: bool | None = None,
+                 carry: Sequence[tuple[FaceResult, float]] | None = None) -> list[FaceResult]:
         """Reconstruct every face found (largest score first), or the one face in ``crop`` / ``roi`` / ``landmarks``
         / ``box`` (first given wins, in that order). Raises ReconstructionError when none is found. A face the
         detector found is run twice when ``options.recrop``: the second crop is made from the first pass's 68
-        landmarks, as from given landmarks."""
+        landmarks, as from given landmarks.
+
+        ``periphery``: run the wide view for the surface outside the landmarks' hull (None = ``options.periphery``);
+        its map is kept in ``FaceResult.wide_view``. ``carry``: earlier results of the same face that ran it (a
+        video's key frames) with weights summing to 1: the surface outside the hull is the weighted mean of their
+        wide views, each carried onto this face (``carry_periphery``), instead of this call's own wide view."""
         t0 = time.perf_counter()
         img = load_image(image)
         crops = self.crops_for(img, box, landmarks, roi, crop)
@@ -193,16 +204,17 @@ class FaceReconstructor:
             crops = [self.crops_for(img, landmarks=f.landmarks)[0] for f in first]
             first_ms = (time.perf_counter() - t) * 1e3 / len(crops)
         o = self.predictor.options
-        results = self._reconstruct(img, crops, texture, detect_ms, o.scales, o.periphery)
+        results = self._reconstruct(img, crops, texture, detect_ms, o.scales,
+                                    o.periphery if periphery is None else periphery, carry)
         if first_ms is not None:
             for r in results:
                 r.timings["first_pass"] = first_ms
         return results
 
     def _reconstruct(self, img: np.ndarray, crops: list[CropTransform], texture: bool, detect_ms: float,
-                     scales: tuple, periphery: bool) -> list[FaceResult]:
+                     scales: tuple, periphery: bool, carry=None) -> list[FaceResult]:
         """One pass of the network (each crop at ``scales``, and the wide view with ``periphery``; mirrored too
-        when ``options.flip``) over ``crops`` of ``img``."""
+        when ``options.flip``) over ``crops`` of ``img``; ``carry``: see __call__."""
         h, w = img.shape[:2]
         t1 = time.perf_counter()
         views = [CropTransform(c.center, c.size * k, c.resolution) for c in crops for k in scales]
@@ -223,9 +235,15 @@ class FaceReconstructor:
             t4 = time.perf_counter()
             pos = np.mean([uncrop_position_map(pc, v) for pc, v in zip(pos_crop[i * m:(i + 1) * m],
                                                                        views[i * m:(i + 1) * m])], axis=0)
+            wide_map = None
             if wide:
                 j = len(crops) * m + i
-                pos = self._inner * pos + (1 - self._inner) * uncrop_position_map(pos_crop[j], views[j])
+                wide_map = uncrop_position_map(pos_crop[j], views[j])
+            if carry:
+                outer = sum(wt * self.carry_periphery(key, pos) for key, wt in carry)
+                pos = self._inner * pos + (1 - self._inner) * outer
+            elif wide_map is not None:
+                pos = self._inner * pos + (1 - self._inner) * wide_map
             verts = self.layout.vertices(pos)
             lms = self.layout.landmarks(pos)
             pose, resid = estimate_pose(verts, self.layout.canonical, self._fit_idx)
@@ -246,8 +264,23 @@ class FaceReconstructor:
             results.append(FaceResult(position_map=pos, vertices=verts, triangles=self.layout.triangles,
                                       uvs=self.layout.uvs, landmarks=lms, pose=pose, colors=colors, texture=tex,
                                       texture_mask=tmask, depth=depth, crop=c, confidence=conf,
-                                      layout=self.layout.name, image_size=(w, h), timings=timings))
+                                      layout=self.layout.name, image_size=(w, h), timings=timings,
+                                      wide_view=wide_map))
         return results
+
+    def carry_periphery(self, key: FaceResult, pos: np.ndarray) -> np.ndarray:
+        """The wide view of an earlier result ``key`` (image pixels of its frame) moved by the similarity that best
+        takes ``key``'s surface inside the landmarks' hull (its zoomed view's) onto that of ``pos`` (this frame's
+        position map, the zoomed view's): the forehead, ears and neck follow the head as a rigid body (non-rigid
+        change out there is not followed). The fit compares the same view's predictions, so on ``key``'s own
+        frame the move is the identity."""
+        if key.wide_view is None:
+            raise ValueError("carry_periphery needs a result that ran the wide view (FaceResult.wide_view)")
+        px = self._core_pixels
+        s, R, t, _ = umeyama(key.position_map.reshape(-1, 3)[px].astype(np.float64),
+                             pos.reshape(-1, 3)[px].astype(np.float64))
+        ref = key.wide_view
+        return (ref.reshape(-1, 3) @ (s * R).T.astype(np.float32) + t.astype(np.float32)).reshape(ref.shape)
 
 
 def hull_weight(layout: UVLayout, fade: float = PERIPHERY_FADE) -> np.ndarray:

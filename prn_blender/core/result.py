@@ -75,6 +75,8 @@ class FaceResult:
     texture: (256,256,3) float32 RGB UV texture (row 0 = top = v 1); texture_mask (256,256) bool = texel's
     surface point visible in the photo (z-buffer test). depth: (H,W) float32 depth image (nan off the face).
     crop: the crop used; confidence in [0,1]; layout: layout name; image_size (w, h).
+    wide_view: (256,256,3) float32 un-cropped position map (image space) of the wide periphery view when this result
+    ran it, else None (video carries it to the frames after: FaceReconstructor's ``carry``).
     """
     position_map: np.ndarray
     vertices: np.ndarray
@@ -91,6 +93,7 @@ class FaceResult:
     layout: str
     image_size: tuple[int, int]
     timings: dict = field(default_factory=dict)
+    wide_view: np.ndarray | None = None
 
     def landmarks_json(self) -> dict:
         """``{"landmarks68": [[x,y,z]x68], "pose": {...}, "image_size": [w,h]}`` in image pixels, y down."""

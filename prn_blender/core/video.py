@@ -134,16 +134,36 @@ def _call(rec: Callable, image: np.ndarray, **kw) -> list[FaceResult]:
         return []
 
 
+def _wide_view_args(keys: list[FaceResult], since_key: int, every: int, due: bool) -> dict:
+    """rec's wide-view arguments for a frame ``since_key`` frames after the newer of ``keys`` (see iter_video). A
+    ``due`` frame runs the view and becomes the newest key, but shows the newest key so far alone (none yet: its own
+    view); its own view weighs in from the next frame on, 1/every more each frame."""
+    if due:
+        return {"periphery": True, "carry": [(keys[-1], 1.0)] if keys else None}
+    if len(keys) == 1:
+        return {"periphery": False, "carry": [(keys[0], 1.0)]}
+    w = min(since_key / every, 1.0)
+    return {"periphery": False, "carry": [(keys[0], 1.0 - w), (keys[1], w)]}
+
+
 def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step: int = 1,
                smoothing: OneEuroSettings | None = None, redetect_every: int = 0,
-               min_confidence: float = 0.3) -> Iterator[VideoFrame]:
+               min_confidence: float = 0.3, wide_every: int = 0) -> Iterator[VideoFrame]:
     """Stream frames ``start, start+step, ... < end`` (``end`` None = to the end) through ``rec`` with tracking.
 
     ``rec(image_rgb_uint8, crop=None) -> list[FaceResult]`` (FaceReconstructor; it detects without ``crop``).
     ``smoothing``: One Euro settings applied over time to the landmarks and the vertices (new FaceResult via dataclasses.replace); the
-    filter restarts after a frame without a face. Tracking uses the unsmoothed landmarks."""
+    filter restarts after a frame without a face. Tracking uses the unsmoothed landmarks.
+    ``wide_every``: > 0 runs the wide periphery view (forehead, ears, neck) only on key frames, every
+    ``wide_every``-th processed frame of a track and each detection; every frame's surface outside the landmarks'
+    hull is then a cross-fade of the last two key frames' wide views, each carried rigidly onto the frame's face
+    (FaceReconstructor's ``periphery=True | False, carry=[(key FaceResult, weight), ...]``): the newer key's weight
+    grows by 1/wide_every a frame, so a new key frame never makes the periphery jump. 0 leaves the wide view to
+    ``rec``'s own options."""
     if step < 1:
         raise ValueError("step must be >= 1")
+    if wide_every < 0:
+        raise ValueError("wide_every must be >= 0")
     start = max(int(start), 0)
     cap, p = _open(path)
     try:
@@ -160,6 +180,8 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
         prev: np.ndarray | None = None
         anchor = None
         since_detect = 0
+        keys: list[FaceResult] = []                  # the last two key frames (they ran the wide view), older first
+        since_key = 0
         first = True
         while end is None or idx < end:
             if not first:
@@ -181,15 +203,20 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
             h, w = img.shape[:2]
             face = None
             tracked = prev is not None and not (redetect_every > 0 and since_detect >= redetect_every)
+            wide = {}
+            if wide_every:
+                wide = _wide_view_args(keys, since_key, wide_every, due=not keys or since_key >= wide_every)
             if tracked:
-                faces = _call(rec, img, crop=tracking_crop(prev, anchor))
+                faces = _call(rec, img, crop=tracking_crop(prev, anchor), **wide)
                 if faces:
                     f = faces[0]
                     lms = np.asarray(f.landmarks)
                     if f.confidence >= min_confidence and np.all(np.isfinite(lms)) and _inside(lms, w, h):
                         face = f
             if face is None:                          # lost (or never found, or forced): detect
-                faces = _call(rec, img)
+                if wide_every:
+                    wide = _wide_view_args(keys, since_key, wide_every, due=True)
+                faces = _call(rec, img, **wide)
                 if faces:
                     f = _closest(faces, prev)
                     lms = np.asarray(f.landmarks)
@@ -199,8 +226,13 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
                 since_detect = 0
             else:
                 since_detect += 1
+            if wide_every:
+                if face is not None and wide["periphery"] and face.wide_view is not None:
+                    keys, since_key = (keys + [face])[-2:], 0
+                since_key += 1
             if face is None:
                 prev = None
+                keys = []
                 if lm_filter is not None:
                     lm_filter.reset()
                     vx_filter.reset()

@@ -398,8 +398,8 @@ def build_parser():
                     help="our multi-scale averaging (default: constants.MULTI_SCALE for images, VIDEO_SCALES for "
                          "video; 1 = one pass)")
     ap.add_argument("--no-periphery", dest="periphery", action="store_false",
-                    help="our model without the wide view for the surface outside the landmarks (as video runs; "
-                         "the landmarks do not change, the head pose and the dense figures do)")
+                    help="our model without the wide view for the surface outside the landmarks (video runs it on "
+                         "key frames only; the landmarks do not change, the head pose and the dense figures do)")
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--min-cutoff", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=0.05)

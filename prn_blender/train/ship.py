@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.constants import INFERENCE_ZOOM, MULTI_SCALE, PERIPHERY_VIEW
+from ..core.constants import INFERENCE_ZOOM, MULTI_SCALE, PERIPHERY_VIEW, VIDEO_WIDE_EVERY
 from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, load_model, read_metadata, save_weights, sha256
 from .data import context_blur_of, run_stream, without_of
@@ -210,8 +210,9 @@ def _context_limit(blur: float) -> list[str]:
         "  synthetic scenes. On real faces that are not evaluation images (`eval.py --dataset pseudo`), tighter",
         "  crops bring its landmarks much closer to the peer's, where synthetic faces want the training crop: hence",
         f"  the zoom of {INFERENCE_ZOOM:g} (`python -m prn_blender.evaluate.calibrate_zoom`). The zoomed crop cuts",
-        "  more forehead and neck, which the wider view gives back; video runs without that view unless asked (the",
-        "  panel's Wide View, `blend --wide-view`: twice the time per frame), its forehead and neck the zoomed crop's.",
+        "  more forehead and neck, which the wider view gives back; video runs that view on every",
+        f"  {VIDEO_WIDE_EVERY}th frame only and carries it rigidly to the frames between (`blend --no-wide-view`: the",
+        "  zoomed crop's own forehead and neck), so non-rigid change out there (the neck as the head turns) lags.",
         *([f"  This run blurred the surround of {blur:.0%} of its training scenes (`train.py --context-blur`), so",
            "  that the model trusts it less."] if blur else []),
     ]
