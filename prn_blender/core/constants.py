@@ -49,9 +49,11 @@ PERIPHERY_FADE = 25
 #: iter_video ``wide_every``). Six synthetic clips (seeds 1-6, 60 frames, yaw up to 45 deg, one scale + flip, One Euro
 #: filter), dense 2D error in % of the landmark box, outside-the-hull frame-to-frame jitter, CPU time per frame:
 #: no wide view 4.37 % (forehead 5.00, neck 6.68), jitter 0.332, 107 ms; every frame 3.66 (3.31, 5.38), 0.327, 180 ms;
-#: key frames every 5: 3.73, 0.335, 140 ms; every 10: 3.76 (3.40, 5.62), 0.321, 128 ms; every 20: 3.85, 0.311, 126 ms.
+#: key frames every 5: 3.73, 0.361, 144 ms; every 10: 3.77 (3.41, 5.67), 0.333, 134 ms; every 20: 3.84, 0.313, 125 ms.
 #: Switching to each new key frame's view outright instead of cross-fading: every 10 3.72 % but the periphery jumped
-#: on the key frames (jitter there 0.709 vs 0.317 between them).
+#: on the key frames (jitter there 0.709 vs 0.317 between them). Real clips (../shared/videos, 120 frames), distance of
+#: the periphery to the every-frame view's in % of the landmark box: webcam 4.00 without, 1.23 with key frames;
+#: talking face 3.95, 2.15.
 VIDEO_WIDE_EVERY = 10
 
 #: iBUG-68 part names by index range (used for empty names and bone mapping).
