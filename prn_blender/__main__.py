@@ -29,7 +29,7 @@ def _reconstruct(a) -> int:
 def _info(a) -> int:
     from .core.network import count_parameters
     from .core.reconstruct import PRNPredictor
-    from .core.weights import WeightsError
+    from .core.weights import WeightsError, inference_zoom
     try:
         p = PRNPredictor(a.weights, a.device)
     except WeightsError as e:
@@ -39,6 +39,8 @@ def _info(a) -> int:
     print(f"width: {p.model.width}")
     print(f"layout: {p.layout.name} ({p.layout.n_vertices} vertices, {len(p.layout.triangles)} triangles)")
     print(f"device: {p.device}")
+    zoom = inference_zoom(p.meta["meta"])
+    print(f"inference zoom: {zoom:g} ({'recorded in the weights' if 'inference_zoom' in p.meta['meta'] else 'default'})")
     for k, v in sorted(p.meta.get("meta", {}).items()):
         print(f"{k}: {v}")
     return 0
@@ -92,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rig", action="store_true", help="also generate the face rig")
     b.add_argument("--smoothing", help="'off' or MIN_CUTOFF,BETA for the One Euro filter")
     b.add_argument("--no-wide-view", dest="wide_view", action="store_false",
-                   help="videos: skip the wider view (constants.PERIPHERY_VIEW) that key frames run for the forehead, "
-                        "ears and neck (every constants.VIDEO_WIDE_EVERY frames, carried between: about a fifth of "
-                        "the time per frame)")
+                   help="videos: skip the wider (un-zoomed) view that key frames run for the forehead, ears and "
+                        "neck (every constants.VIDEO_WIDE_EVERY frames, carried between: about a fifth of the time "
+                        "per frame)")
     b.add_argument("--weights")
     b.set_defaults(fn=_blend)
     t = sub.add_parser("import-prnet", help="convert PRNet's official TF checkpoint (no TensorFlow needed)")

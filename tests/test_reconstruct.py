@@ -95,7 +95,7 @@ def test_detected_faces_get_a_second_pass_from_their_landmarks(rec, astronaut):
 
 
 def test_made_crops_are_zoomed_about_their_centre_given_ones_are_not():
-    """Crops made from landmarks or a detector box are shrunk by options.zoom about their centre; a 3DDFA roi box
+    """Crops made from landmarks or a detector box are shrunk by the zoom about their centre; a 3DDFA roi box
     and an explicit crop are used as given."""
     from prn_blender.core.crop import crop_from_box, crop_from_landmarks, crop_from_roi
     from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
@@ -111,17 +111,44 @@ def test_made_crops_are_zoomed_about_their_centre_given_ones_are_not():
     assert rec.crops_for(None, crop=given) == [given]
 
 
+def test_the_zoom_is_the_models(tmp_path, astronaut):
+    """A weights file may record its inference zoom (ship --zoom; an imported PRNet checkpoint records 1): crops use
+    it unless the options give one, files without it get constants.INFERENCE_ZOOM, and at zoom 1 there is no wider
+    view to run."""
+    from prn_blender.core.constants import INFERENCE_ZOOM
+    from prn_blender.core.crop import crop_from_landmarks
+    from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
+    from prn_blender.core.result import CropTransform
+    from prn_blender.core.weights import inference_zoom
+    pts = np.array([[150.0, 100, 0], [250, 220, 0], [190, 160, 0]])
+    ref = crop_from_landmarks(pts).size
+    zoom = {}
+    for name, meta in (("z13", {"inference_zoom": 1.3}), ("none", {}), ("z1", {"inference_zoom": 1.0})):
+        w = save_weights(ResFCN256(2), tmp_path / f"{name}.safetensors", "ict-face-v2", meta)
+        rec = FaceReconstructor(w, device="cpu", options=InferenceOptions(flip=False, scales=(1.0,), recrop=False))
+        zoom[name] = rec.zoom
+        assert rec.crops_for(None, landmarks=pts)[0].size == pytest.approx(ref / rec.zoom)
+        over = FaceReconstructor(w, device="cpu", options=InferenceOptions(zoom=1.1))
+        assert over.zoom == 1.1 and over.crops_for(None, landmarks=pts)[0].size == pytest.approx(ref / 1.1)
+        crop = CropTransform(center=(222.0, 132.0), size=121.0)
+        r = rec(str(astronaut), crop=crop, texture=False, periphery=True)[0]
+        assert (r.wide_view is None) == (name == "z1"), name
+    assert zoom == {"z13": 1.3, "none": INFERENCE_ZOOM, "z1": 1.0}
+    with pytest.raises(WeightsError, match="inference zoom"):
+        inference_zoom({"inference_zoom": 5})
+
+
 def test_periphery_view_gives_the_surface_outside_the_landmark_hull(astronaut):
     """With the wide view (the default for photos) the landmarks and the surface inside the landmarks' hull are
     those of the zoomed views alone; the periphery is blended towards the wide view's prediction, which a run with
     that wider crop alone gives."""
-    from prn_blender.core.constants import PERIPHERY_VIEW
+    from prn_blender.core.constants import INFERENCE_ZOOM
     from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions, hull_weight
     from prn_blender.core.result import CropTransform
     kw = {"device": "cpu"}
     base = {"flip": False, "scales": (1.0,), "recrop": False}
     crop = CropTransform(center=(260.0, 170.0), size=220.0)
-    wide = CropTransform(crop.center, crop.size * PERIPHERY_VIEW)
+    wide = CropTransform(crop.center, crop.size * INFERENCE_ZOOM)          # the shipped model records no zoom
     both = FaceReconstructor(**kw, options=InferenceOptions(**base))(str(astronaut), crop=crop, texture=False)[0]
     inner = FaceReconstructor(**kw, options=InferenceOptions(**base, periphery=False))
     alone = inner(str(astronaut), crop=crop, texture=False)[0]

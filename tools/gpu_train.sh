@@ -16,8 +16,9 @@
 # Run:        device run: command "bash tools/gpu_train.sh", carry [".carry"], timeout_s 600
 # Back here:  mkdir -p runs/gpu && cat FILES_AT/cand.part-* > runs/gpu/weights.safetensors
 #             cp FILES_AT/train_log.jsonl runs/gpu/log.jsonl
-#             evaluate (eval.py, as on the model card), then, if it is to ship:
-#             python -m prn_blender.train.ship --run runs/gpu --bn-batches 0 --eval-aflw ... --eval-synth ...
+#             python -m prn_blender.evaluate.calibrate_zoom --weights runs/gpu/weights.safetensors   # its zoom
+#             evaluate (eval.py --zoom Z, as on the model card), then, if it is to ship:
+#             python -m prn_blender.train.ship --run runs/gpu --bn-batches 0 --zoom Z --eval-aflw ... --eval-synth ...
 # A 15-minute lease in two calls (stop 22, each gain measured against the model it continued):
 #   1. TRAIN_S=500 BENCH=0 bash tools/gpu_train.sh                      (lr 1e-4; about 535 s)
 #   2. at once, while the machine is warm (its .carry stays there; carry only the new run, < 64 MiB in all):

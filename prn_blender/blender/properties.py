@@ -4,7 +4,7 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from ..core.constants import PERIPHERY_VIEW, VIDEO_WIDE_EVERY
+from ..core.constants import VIDEO_WIDE_EVERY
 
 
 class PRN_PG_settings(bpy.types.PropertyGroup):
@@ -27,8 +27,8 @@ class PRN_PG_settings(bpy.types.PropertyGroup):
     metres_per_pixel: FloatProperty(name="Metres/Pixel", default=0.0, min=0.0, precision=6,
                                     description="Scale of the reconstruction (0 = real size from the head pose)")
     wide_view: BoolProperty(name="Wide View (Forehead, Neck)", default=True,
-                            description=f"Run the crop {PERIPHERY_VIEW:g}x wider every {VIDEO_WIDE_EVERY} frames and "
-                                        "take the forehead, ears and neck from it, carried to the frames between, as "
+                            description=f"Every {VIDEO_WIDE_EVERY} frames also run the crop un-zoomed (wider) and take "
+                                        "the forehead, ears and neck from it, carried to the frames between, as "
                                         "photos do (about a fifth more time per frame; the landmarks do not change)")
     rig: BoolProperty(name="Generate Rig", default=False, description="Also build the face armature")
 

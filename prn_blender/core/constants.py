@@ -19,8 +19,9 @@ KPT_CROP_SCALE = 1.6
 #: sources): zoom 1.0 / 1.1 / 1.15 / 1.2 / 1.25 gave 3.89 / 3.30 / 3.11 / 3.03 / 3.04 % with landmark crops and
 #: 4.41 / 3.36 / 3.11 / 3.10 / 3.48 % with detector crops and the re-crop; 1.15 rather than 1.2, a step further
 #: from where the detector path falls off (chosen before the test photos were run). Held-out synthetic faces want
-#: 1.0-1.05 (the synthetic test, seed 777: 3.50 % at 1.0, 3.55 % at 1.15). Calibrated for this project's models:
-#: an official PRNet checkpoint runs with its own crops (eval.py --prnet-weights uses zoom 1).
+#: 1.0-1.05 (the synthetic test, seed 777: 3.50 % at 1.0, 3.55 % at 1.15). It is a property of the model: a weights
+#: file may record its own (metadata ``inference_zoom``, core.weights.inference_zoom; an imported PRNet checkpoint
+#: records 1, its own crops); this is the value for those that do not (the shipped model).
 INFERENCE_ZOOM = 1.15
 #: Multi-scale averaging for still images: each crop is also run at these multiples of its side and the un-cropped
 #: position maps are averaged (3x the network time). Chosen on the held-out synthetic set (n=200, seed 777, the
@@ -38,11 +39,10 @@ FIRST_PASS_SCALES = (1.0,)
 
 #: The zoomed crops cut more of the forehead and neck, and their position maps guess those worse (held-out synthetic
 #: faces, seed 4242, n=32, dense 2D error in % of the landmark box: forehead rows 4.31 -> 5.71, neck rows 5.58 ->
-#: 6.83). So still images also run one wider view, PERIPHERY_VIEW x the crop's side (a zoomed crop's un-zoomed one), and
+#: 6.83). So still images also run one wider view, the crop's side x the zoom (a zoomed crop's un-zoomed one), and
 #: the face's surface outside the 68 landmarks' hull in UV comes from it, blended over PERIPHERY_FADE UV pixels; the
 #: landmarks and everything inside the hull come from the zoomed views (InferenceOptions.periphery; measured: dense
 #: error 5.11 % zoomed views alone, 4.46 % the wide view alone, 4.40 % blended, forehead 4.29, neck 5.56).
-PERIPHERY_VIEW = INFERENCE_ZOOM
 PERIPHERY_FADE = 25
 #: Video runs the wide view on key frames only, every VIDEO_WIDE_EVERY-th frame of a track (and each detection); the
 #: frames between cross-fade the last two key frames' views, carried rigidly onto each frame's face (core.video

@@ -19,10 +19,8 @@ import torch
 from .constants import (
     FIRST_PASS_SCALES,
     IBUG68_MIRROR,
-    INFERENCE_ZOOM,
     MULTI_SCALE,
     PERIPHERY_FADE,
-    PERIPHERY_VIEW,
     POS_SCALE,
     REGION_NECK,
     RESOLUTION,
@@ -33,7 +31,7 @@ from .image_io import load_image
 from .layout import UVLayout
 from .pose import estimate_pose, umeyama
 from .result import CropTransform, FaceResult
-from .weights import load_model
+from .weights import inference_zoom, load_model
 
 
 class ReconstructionError(RuntimeError):
@@ -61,13 +59,15 @@ class InferenceOptions:
     batch_size: int = 8
     flip: bool = True             # test-time mirror averaging: 2x network cost; what it does to the shipped
                                   # model's error: the model card's ours_single_pass vs ours_one_scale rows
-    zoom: float = INFERENCE_ZOOM  # the side of a crop made from a detector box or landmarks is divided by this (a
-                                  # given roi box is used as it is; see constants.INFERENCE_ZOOM)
+    zoom: float | None = None     # the side of a crop made from a detector box or landmarks is divided by this (a
+                                  # given roi box is used as it is); None: the weights' own (weights.inference_zoom:
+                                  # their metadata, else constants.INFERENCE_ZOOM)
     scales: tuple[float, ...] = MULTI_SCALE   # each crop also runs at these multiples of its side and the un-cropped
                                               # position maps are averaged; (1.0,) = one pass (constants.VIDEO_SCALES)
-    periphery: bool = True        # one more view, PERIPHERY_VIEW x wider, gives the surface outside the landmarks'
-                                  # hull (forehead, ears, neck); +1 network pass per crop (x2 with flip); the
-                                  # landmarks do not change (constants.PERIPHERY_VIEW). Video runs without it
+    periphery: bool = True        # one more view, each crop's side x the zoom (the un-zoomed crop), gives the
+                                  # surface outside the landmarks' hull (forehead, ears, neck); +1 network pass per
+                                  # crop (x2 with flip); the landmarks do not change. None at zoom 1 (nothing wider to
+                                  # see). Video runs it on key frames only (core.video, constants.VIDEO_WIDE_EVERY)
     recrop: bool = True           # a face the detector found gets a second pass, cropped from the first pass's
                                   # landmarks (the first pass at FIRST_PASS_SCALES). Pseudo real set (mean of the sources, the
                                   # shipped model at zoom 1.15, stop 25): 3.35 % NME with the detector's crops alone,
@@ -128,6 +128,9 @@ class FaceReconstructor:
         # or small in the loss) and its shape varies with the head's pitch, so it would bias the fit
         face = np.flatnonzero(self.layout.regions.reshape(-1)[self.layout.face_ind] != REGION_NECK)
         self._fit_idx = face[np.linspace(0, len(face) - 1, 2000).astype(int)]
+        o = self.predictor.options
+        #: crop zoom (see InferenceOptions.zoom)
+        self.zoom = float(o.zoom) if o.zoom is not None else inference_zoom(self.predictor.meta["meta"])
         self._inner = hull_weight(self.layout)[..., None]
         # the part of those inside the landmarks' hull (where the zoomed views alone give the surface): it places a
         # carried periphery (carry_periphery)
@@ -147,7 +150,7 @@ class FaceReconstructor:
     def crops_for(self, image: np.ndarray, box=None, landmarks=None, roi=None,
                   crop: CropTransform | None = None) -> list[CropTransform]:
         """The network's crops: ``crop`` as it is, a 3DDFA roi box as it is, or one made from 68 landmarks, a
-        detector box, or the detector's boxes, then zoomed about its centre by ``options.zoom``."""
+        detector box, or the detector's boxes, then zoomed about its centre by ``self.zoom``."""
         if crop is not None:
             return [crop]
         if roi is not None:
@@ -159,8 +162,7 @@ class FaceReconstructor:
             crops = [crop_from_box(box)]
         else:
             crops = [crop_from_box(b) for b in self.detector(image)[: self.max_faces]]
-        z = self.predictor.options.zoom
-        return [CropTransform(c.center, c.size / z, c.resolution) for c in crops]
+        return [CropTransform(c.center, c.size / self.zoom, c.resolution) for c in crops]
 
     def _merge_flip(self, pos: np.ndarray, pos_mirrored: np.ndarray) -> np.ndarray:
         """Average a crop's position map with the un-mirrored prediction for the mirrored crop."""
@@ -218,7 +220,8 @@ class FaceReconstructor:
         h, w = img.shape[:2]
         t1 = time.perf_counter()
         views = [CropTransform(c.center, c.size * k, c.resolution) for c in crops for k in scales]
-        wide = [CropTransform(c.center, c.size * PERIPHERY_VIEW, c.resolution) for c in crops] if periphery else []
+        wide = [CropTransform(c.center, c.size * self.zoom, c.resolution) for c in crops] \
+            if periphery and self.zoom > 1 else []
         views += wide
         batch = np.stack([warp(img, v) for v in views])
         t2 = time.perf_counter()

@@ -420,6 +420,7 @@ def import_prnet_checkpoint(prefix: str | Path, out_path: str | Path) -> Path:
             "source_prefix": prefix.name, "data_sha256": digests[0] if len(digests) == 1 else digests,
             "official_sha256": official, "tf_tensors": len(nm),
             "license": "research-only (PRNet weights); user-supplied, not redistributed",
+            "inference_zoom": 1.0,                                # PRNet's own crop convention
             "imported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     out = save_weights(model.eval(), out_path, PRNET_LAYOUT, meta, dtype=torch.float32)
     card = out.with_suffix(".md")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .constants import INFERENCE_ZOOM
 from .layout import LayoutError, UVLayout, load_layout
 from .network import ResFCN256
 from .paths import WEIGHTS_DIR
@@ -46,6 +47,16 @@ def save_weights(model: ResFCN256, path: str | Path, layout: str, meta: dict | N
     tmp.chmod(0o644)
     os.replace(tmp, path)
     return path
+
+
+def inference_zoom(meta: dict) -> float:
+    """The inference crop zoom a weights file's ``meta`` records (``inference_zoom``: what
+    ``python -m prn_blender.evaluate.calibrate_zoom`` measured for that model and ``ship --zoom`` wrote; an imported
+    PRNet checkpoint records 1, its own crops), else constants.INFERENCE_ZOOM (calibrated for this project's models)."""
+    z = float(meta.get("inference_zoom", INFERENCE_ZOOM))
+    if not 0.5 <= z <= 2.0:
+        raise WeightsError(f"the weights record an inference zoom of {z:g}; expected 0.5-2")
+    return z
 
 
 def read_metadata(path: str | Path) -> dict:

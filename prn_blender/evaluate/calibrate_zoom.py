@@ -1,4 +1,4 @@
-"""Measure the inference crop zoom (``constants.INFERENCE_ZOOM``), never on evaluation images: for each zoom, a
+"""Measure a model's inference crop zoom, never on evaluation images: for each zoom, a
 model's mean 68-point NME on the pseudo real set (default: real faces that are not evaluation images, labelled by
 the 3DDFA_V2 peer, each source weighing the same, as ``eval.py --dataset pseudo`` reports) or on held-out synthetic
 faces (``--dataset synthetic``, seed 4242; 777 is the evaluation set), for each way the project crops a face:
@@ -10,7 +10,9 @@ faces (``--dataset synthetic``, seed 4242; 777 is the evaluation set), for each 
 * ``roi``: the 3DDFA roi box of the labels shrunk by the zoom, for the record: ``FaceReconstructor`` uses a given
   roi box as it is.
 
-Run: ``python -m prn_blender.evaluate.calibrate_zoom [--dataset pseudo|synthetic] [--zooms 1,1.1,1.15]``.
+Run: ``python -m prn_blender.evaluate.calibrate_zoom [--dataset pseudo|synthetic] [--zooms 1,1.1,1.15]``. The zoom
+is the model's: ``ship --zoom Z`` records the chosen one in its weights (``core.weights.inference_zoom``; models that
+record none get ``constants.INFERENCE_ZOOM``).
 """
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ def main(argv=None) -> None:
         print(f"{z:4.2f}  " + "  ".join(f"{r[p]:9.3f}" for p in PATHS))
     for p in PATHS:
         print(f"best for {p}: {min(res, key=lambda z: res[z][p]):.2f}")
+    print("record the chosen zoom in the weights with: python -m prn_blender.train.ship ... --zoom Z")
 
 
 if __name__ == "__main__":

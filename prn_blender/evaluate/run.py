@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..core.constants import INFERENCE_ZOOM, MULTI_SCALE, VIDEO_SCALES
+from ..core.constants import MULTI_SCALE, VIDEO_SCALES
 from ..core.paths import SharedDataMissing, shared_dir
 from . import metrics as M
 
@@ -31,7 +31,7 @@ def roi_from_landmarks(pts: np.ndarray) -> np.ndarray:
 
 
 class OursModel:
-    def __init__(self, weights=None, device="auto", name="ours", flip=True, zoom=INFERENCE_ZOOM,
+    def __init__(self, weights=None, device="auto", name="ours", flip=True, zoom=None,
                  scales=MULTI_SCALE, periphery=True):
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         self.rec = FaceReconstructor(weights=weights, device=device,
@@ -393,7 +393,8 @@ def build_parser():
     ap.add_argument("--no-peer", action="store_true", help="skip the 3DDFA_V2 peer")
     ap.add_argument("--no-flip", dest="flip", action="store_false",
                     help="our model without test-time mirror averaging (half the network time)")
-    ap.add_argument("--zoom", type=float, default=INFERENCE_ZOOM, help="our crop zoom (constants.INFERENCE_ZOOM)")
+    ap.add_argument("--zoom", type=float,
+                    help="our crop zoom (default: the weights' own, core.weights.inference_zoom)")
     ap.add_argument("--scales", type=float, nargs="+",
                     help="our multi-scale averaging (default: constants.MULTI_SCALE for images, VIDEO_SCALES for "
                          "video; 1 = one pass)")
@@ -417,8 +418,8 @@ def main(argv=None) -> int:
     models = [OursModel(a.weights, a.device, name=model_name(a.flip, scales, default), flip=a.flip, zoom=a.zoom,
                         scales=scales, periphery=a.periphery and a.dataset != "video")]   # video: as the add-on
     if a.prnet_weights:
-        models.append(OursModel(a.prnet_weights, a.device, name="prnet_official", scales=scales, zoom=1.0,
-                                periphery=False))   # PRNet's own crops: the zoom is calibrated for our models
+        models.append(OursModel(a.prnet_weights, a.device, name="prnet_official", scales=scales))   # zoom 1: its
+        #                                                                       weights record PRNet's own crops
     if not a.no_peer and a.dataset not in ("video", "pseudo"):   # pseudo: the peer made the labels
         try:
             shared_dir(a.shared)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.constants import INFERENCE_ZOOM, MULTI_SCALE, PERIPHERY_VIEW, VIDEO_WIDE_EVERY
+from ..core.constants import MULTI_SCALE, VIDEO_WIDE_EVERY
 from ..core.paths import WEIGHTS_DIR
-from ..core.weights import DEFAULT_WEIGHTS, load_model, read_metadata, save_weights, sha256
+from ..core.weights import DEFAULT_WEIGHTS, inference_zoom, load_model, read_metadata, save_weights, sha256
 from .data import context_blur_of, run_stream, without_of
 from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
 
@@ -180,18 +180,19 @@ METRICS_HEAD = "## Metrics (68-point NME %, normalized by sqrt(w*h) of the GT bo
 CONTEXT_HEAD = "- Context:"
 
 
-def _metrics_section(a) -> list[str]:
+def _metrics_section(a, zoom: float) -> list[str]:
     """The card's Metrics section, from the eval.py folders of ``a`` (ship's arguments); the inference it describes
-    is the code's defaults."""
+    is the code's defaults with the model's crop ``zoom``."""
     return [
         METRICS_HEAD, "",
-        (f"Default inference (`ours`): crops made from a detector box or from landmarks shrunk by {INFERENCE_ZOOM:g} "
-         "about their centre (`core.constants.INFERENCE_ZOOM`, measured on real faces that are"),
+        (f"Default inference (`ours`): crops made from a detector box or from landmarks shrunk by {zoom:g} "
+         "about their centre (the weights' `inference_zoom`, else `core.constants.INFERENCE_ZOOM`; measured on real "
+         "faces that are"),
         ("not evaluation images; the dataset's roi boxes are used as given), mirror averaging and "
          f"{len(MULTI_SCALE)} crop scales, " + ", ".join(f"{x:g}x" for x in MULTI_SCALE)
          + " (`core.constants.MULTI_SCALE`), and one"),
-        (f"{PERIPHERY_VIEW:g}x wider view for the surface outside the landmarks' hull (`core.constants.PERIPHERY_VIEW`"
-         "; it does not move the landmarks). `ours_one_scale`"),
+        (f"{zoom:g}x wider view, the un-zoomed crop, for the surface outside the landmarks' hull (it does not move "
+         "the landmarks). `ours_one_scale`"),
         "is mirror averaging only, which is what video runs; `ours_single_pass` is neither.", "",
         *_metrics_table(a.eval_aflw, "Real photos: the 16 AFLW2000-3D images in ../shared"),
         *([("With the face detector's crops instead of the dataset's roi boxes: what `reconstruct` and the add-on do "
@@ -203,13 +204,13 @@ def _metrics_section(a) -> list[str]:
     ]
 
 
-def _context_limit(blur: float) -> list[str]:
+def _context_limit(blur: float, zoom: float) -> list[str]:
     """The Limits section's last entry: context and crops."""
     return [
         f"{CONTEXT_HEAD} the background, hair and clothes around a real face mislead the model more than those of",
         "  synthetic scenes. On real faces that are not evaluation images (`eval.py --dataset pseudo`), tighter",
         "  crops bring its landmarks much closer to the peer's, where synthetic faces want the training crop: hence",
-        f"  the zoom of {INFERENCE_ZOOM:g} (`python -m prn_blender.evaluate.calibrate_zoom`). The zoomed crop cuts",
+        f"  the zoom of {zoom:g} (`python -m prn_blender.evaluate.calibrate_zoom`). The zoomed crop cuts",
         "  more forehead and neck, which the wider view gives back; video runs that view on every",
         f"  {VIDEO_WIDE_EVERY}th frame only and carries it rigidly to the frames between (`blend --no-wide-view`: the",
         "  zoomed crop's own forehead and neck), so non-rigid change out there (the neck as the head turns) lags.",
@@ -218,7 +219,7 @@ def _context_limit(blur: float) -> list[str]:
     ]
 
 
-def rewrite_metrics(card: Path, a, blur: float) -> None:
+def rewrite_metrics(card: Path, a, blur: float, zoom: float) -> None:
     """Replace an existing card's evaluation commands, Metrics section and Limits' context entry (after an
     inference change: the weights, their training and its logs stay as the card says)."""
     lines = card.read_text().split("\n")
@@ -231,7 +232,7 @@ def rewrite_metrics(card: Path, a, blur: float) -> None:
     except (ValueError, StopIteration):
         raise SystemExit(f"{card}: no Metrics section, Training curve section or context limit to replace") from None
     c1 = next((i for i in range(c0 + 1, len(lines)) if not lines[i].startswith("  ")), len(lines))
-    out = lines[:m0] + _metrics_section(a) + lines[m1:c0] + _context_limit(blur) + lines[c1:]
+    out = lines[:m0] + _metrics_section(a, zoom) + lines[m1:c0] + _context_limit(blur, zoom) + lines[c1:]
     card.write_text("\n".join(out))
 
 
@@ -254,6 +255,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out-weights", help="write here instead of the shipped default (for trying a checkpoint)")
     ap.add_argument("--card-only", action="store_true",
                     help="keep the shipped weights as they are (the ones just evaluated); rewrite card and curve")
+    ap.add_argument("--zoom", type=float,
+                    help="record this inference crop zoom in the weights (python -m prn_blender.evaluate."
+                         "calibrate_zoom measures it; default: what the weights record, else "
+                         "constants.INFERENCE_ZOOM)")
     ap.add_argument("--metrics-only", action="store_true",
                     help="keep the shipped weights and their card; rewrite only the card's eval commands, Metrics "
                          "section (from the eval folders) and context limit (after a change of the default inference)")
@@ -267,8 +272,11 @@ def main(argv=None) -> int:
                                        "machine)")
     a = ap.parse_args(argv)
     if a.metrics_only:
+        if a.zoom is not None:
+            ap.error("--zoom writes the weights: not with --metrics-only")
         meta = read_metadata(DEFAULT_WEIGHTS)["meta"]
-        rewrite_metrics(WEIGHTS_DIR / "MODEL_CARD.md", a, context_blur_of(meta.get("generator", "")))
+        rewrite_metrics(WEIGHTS_DIR / "MODEL_CARD.md", a, context_blur_of(meta.get("generator", "")),
+                        inference_zoom(meta))
         print(f"rewrote the metrics of {WEIGHTS_DIR / 'MODEL_CARD.md'}")
         return 0
     if not a.run:
@@ -291,6 +299,11 @@ def main(argv=None) -> int:
         recalibrate_bn(model.to(a.device), (next(stream)[0] for _ in range(a.bn_batches)))
         model.cpu().eval()
         meta["bn_recalibrated_batches"] = a.bn_batches
+    if a.zoom is not None:
+        if a.card_only:
+            ap.error("--zoom writes the weights: not with --card-only")
+        meta["inference_zoom"] = a.zoom
+        inference_zoom(meta)                                  # in range
     hardware = a.hardware or meta.get("hardware") or describe_hardware(torch.device("cpu"))
     meta.update({"hardware": hardware, "shipped_from": run.name})
     if a.out_weights:
@@ -373,7 +386,7 @@ def main(argv=None) -> int:
         + (f"--average-from {meta['average_from']} " if meta.get("averaged") else "")
         + "--eval-aflw out/eval_aflw out/eval_aflw_one_scale out/eval_aflw_single --eval-synth out/eval_synth "
         + "--eval-aflw-detector out/eval_aflw_detector",
-        "```", "", *_metrics_section(a),
+        "```", "", *_metrics_section(a, inference_zoom(meta)),
         "## Training curve", "", "![training curve](training_curve.png)", "",
         *([("The curve shows this fine-tuning run"
              + (f" after {', '.join(Path(x).parent.name for x in a.ancestor_logs)}" if a.ancestor_logs else "")
@@ -388,7 +401,7 @@ def main(argv=None) -> int:
         "- Head yaw: on real photos the predicted face turns less than the real head (the tables' under-estimate,",
         "  mean |GT yaw| - |predicted yaw|); the predicted 2D geometry itself is under-rotated (a pose fit on x, y",
         "  alone gives the same bias), so head-pose keys are damped on strongly turned heads.",
-        *_context_limit(blur),
+        *_context_limit(blur, inference_zoom(meta)),
     ]
     (WEIGHTS_DIR / "MODEL_CARD.md").write_text("\n".join(card) + "\n")
     print(f"shipped {DEFAULT_WEIGHTS} ({digest[:12]}), card {WEIGHTS_DIR / 'MODEL_CARD.md'}")
