@@ -1,6 +1,8 @@
 """Core: network shape/params, checkpoint name mapping, layouts, crop round trips, image inputs, detector."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from prn_blender.core.image_io import ImageError, load_image
 from prn_blender.core.layout import load_layout
 from prn_blender.core.network import ResFCN256, count_parameters, tf_name_map
 from prn_blender.core.pose import estimate_pose
+from prn_blender.core.result import CropTransform
 
 
 def test_full_model_parameter_count_and_output():
@@ -220,7 +223,8 @@ def test_pose_recovers_rotation():
 def test_crop_uncrop_round_trip():
     rng = np.random.default_rng(0)
     pts = rng.uniform(50, 400, (68, 3))
-    for crop in (crop_from_box((103.2, 87.9, 311.4, 345.1)), crop_from_landmarks(pts)):
+    for crop in (crop_from_box((103.2, 87.9, 311.4, 345.1)), crop_from_landmarks(pts),
+                 crop_from_landmarks(pts, angle=-37.0)):
         back = crop.to_image(crop.to_crop(pts))
         assert np.abs(back - pts).max() < 0.01
         pos = crop.to_crop(rng.uniform(0, 450, (RESOLUTION, RESOLUTION, 3)))
@@ -236,11 +240,33 @@ def test_crop_uncrop_round_trip():
 def test_warp_places_pixels_by_transform():
     img = np.zeros((300, 400, 3), np.float32)
     img[150, 200] = 1.0
-    crop = crop_from_landmarks(np.array([[150.0, 100], [250, 200]]))
-    cx, cy = crop.to_crop(np.array([[200.0, 150.0]]))[0]
-    out = warp(img, crop)
-    yy, xx = np.unravel_index(np.argmax(out[..., 0]), out.shape[:2])
-    assert abs(xx - cx) <= 1 and abs(yy - cy) <= 1
+    for angle in (0.0, 25.0):
+        crop = crop_from_landmarks(np.array([[150.0, 100], [250, 200]]), angle=angle)
+        cx, cy = crop.to_crop(np.array([[200.0, 150.0]]))[0]
+        out = warp(img, crop)
+        yy, xx = np.unravel_index(np.argmax(out[..., 0]), out.shape[:2])
+        assert abs(xx - cx) <= 1 and abs(yy - cy) <= 1
+
+
+def test_turned_crop_is_the_upright_faces_crop_turned():
+    """A crop turned by ``angle`` (CropTransform.angle) sees a face rolled by ``angle`` in the image exactly as the
+    axis-aligned crop sees the upright face: same side, centre moved with the face, the eye line level in the crop;
+    at angle 0 the affine is the PRNet one."""
+    rng = np.random.default_rng(1)
+    up = np.c_[rng.uniform(100, 200, (68, 2)), rng.uniform(-20, 20, 68)]
+    up[36:42, 1], up[42:48, 1] = 130.0, 130.0                                # level eyes
+    a = math.radians(28.0)
+    R = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    pivot = np.array([170.0, 160.0])
+    turned = up.copy()
+    turned[:, :2] = (up[:, :2] - pivot) @ R.T + pivot                      # the face rolled by +28 deg (y down)
+    c0, c1 = crop_from_landmarks(up), crop_from_landmarks(turned, angle=28.0)
+    assert c1.size == c0.size and c1.angle == 28.0
+    np.testing.assert_allclose(c1.center, (np.asarray(c0.center) - pivot) @ R.T + pivot, atol=1e-9)
+    np.testing.assert_allclose(c1.to_crop(turned), c0.to_crop(up), atol=1e-9)
+    x0, y0 = c0.center[0] - c0.size / 2, c0.center[1] - c0.size / 2
+    np.testing.assert_allclose(c0.matrix, [[c0.scale, 0, -x0 * c0.scale], [0, c0.scale, -y0 * c0.scale]], atol=1e-12)
+    assert c1.resized(2.0) == CropTransform(c1.center, 2 * c1.size, c1.resolution, 28.0)
 
 
 @pytest.mark.parametrize("kind", ["u8", "u16", "float", "gray", "rgba"])

@@ -111,6 +111,40 @@ def test_made_crops_are_zoomed_about_their_centre_given_ones_are_not():
     assert rec.crops_for(None, crop=given) == [given]
 
 
+def test_recrop_is_turned_with_a_rolled_head(astronaut):
+    """A detected face's second pass is cropped turned with the first pass's head roll beyond +-roll_free degrees
+    (crop_angle: a soft threshold, 0 within it); roll_free None keeps crops axis-aligned. On the astronaut turned by
+    35 deg the re-crop's angle follows the turn, and the landmarks come back in the image frame."""
+    import dataclasses as dc
+
+    import cv2
+    from skimage import data
+
+    from prn_blender.core.constants import ROLL_FREE
+    from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
+    rec = FaceReconstructor(device="cpu", options=InferenceOptions(scales=(1.0,), periphery=False))
+    assert rec.predictor.options.roll_free == ROLL_FREE == 10.0
+    face = rec(str(astronaut), texture=False)[0]
+    for roll, want in ((-25.0, 15.0), (25.0, -15.0), (4.0, 0.0), (-10.0, 0.0)):
+        turned = dc.replace(face, pose=dc.replace(face.pose, roll=roll))
+        assert rec.crop_angle(turned) == pytest.approx(want), roll
+    img = data.astronaut()
+    M = cv2.getRotationMatrix2D((222.0, 140.0), 35.0, 1.0)          # counter-clockwise on screen
+    im = cv2.warpAffine(img, M, (512, 512))
+    up = rec(img, texture=False)[0].landmarks
+    want = up.copy()
+    want[:, :2] = up[:, :2] @ M[:, :2].T + M[:, 2]
+    axis = FaceReconstructor(device="cpu", options=InferenceOptions(scales=(1.0,), periphery=False, roll_free=None))
+    for r in (rec, axis):
+        got = r(im, texture=False)[0]
+        if r is rec:
+            assert -35.0 < got.crop.angle < -15.0                      # the eye line's angle, less the free 10
+        else:
+            assert got.crop.angle == 0.0
+        size = np.sqrt(np.prod(want[:, :2].max(0) - want[:, :2].min(0)))
+        assert np.linalg.norm(got.landmarks[:, :2] - want[:, :2], axis=1).mean() < 0.08 * size
+
+
 def test_the_zoom_is_the_models(tmp_path, astronaut):
     """A weights file may record its inference zoom (ship --zoom; an imported PRNet checkpoint records 1): crops use
     it unless the options give one, files without it get constants.INFERENCE_ZOOM, and at zoom 1 there is no wider

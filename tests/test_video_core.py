@@ -264,6 +264,21 @@ def test_wide_view_key_frames_cross_fade(tmp_path):
     assert len(plain.calls) == 12
 
 
+def test_turned_tracking_crop_keeps_the_detections_crop():
+    """With a turned crop (a rolled head), tracking the still face gives the detection's crop again: the anchor's
+    offset is taken along the crop's axes."""
+    from prn_blender.core.crop import crop_from_landmarks
+    from prn_blender.core.video import crop_anchor, tracking_crop
+    g = np.linspace(-12.5, 12.5, 68)
+    lm = np.stack([48 + g, 40 + g[::-1] * 0.6, np.zeros(68)], 1).astype(np.float32)
+    lc = crop_from_landmarks(lm, angle=-30.0)
+    det = CropTransform((lc.center[0] + 3.0, lc.center[1] - 2.0), lc.size * 1.1, angle=-30.0)
+    face = dataclasses.replace(_face(lm, 0.9, (80, 96)), crop=det)
+    again = tracking_crop(lm, crop_anchor(face), angle=-30.0)
+    assert again.angle == -30.0 and again.size == pytest.approx(det.size)
+    np.testing.assert_allclose(again.center, det.center, atol=1e-9)
+
+
 # ------------------------------------------------------------------------------------------ real data
 @pytest.fixture(scope="module")
 def synthetic_clip(tmp_path_factory):

@@ -16,14 +16,15 @@ def crop_from_box(box, shift: float = BOX_CENTER_SHIFT, scale: float = BOX_CROP_
                          resolution=RESOLUTION)
 
 
-def crop_from_landmarks(pts: np.ndarray, scale: float = KPT_CROP_SCALE) -> CropTransform:
+def crop_from_landmarks(pts: np.ndarray, scale: float = KPT_CROP_SCALE, angle: float = 0.0) -> CropTransform:
     """(K,2+) landmarks in image pixels -> crop of side scale * mean box side (at least 1 pixel), centred on their
-    box."""
-    p = np.asarray(pts)[:, :2]
+    box; with ``angle`` (degrees, CropTransform.angle) the crop is turned and the box taken in its turned frame."""
+    axes = CropTransform((0.0, 0.0), 1.0, angle=angle).axes
+    p = np.asarray(pts, np.float64)[:, :2] @ axes          # coordinates along the crop's axes
     lo, hi = p.min(0), p.max(0)
     old = ((hi - lo).sum()) / 2
-    return CropTransform(center=tuple(((lo + hi) / 2).tolist()), size=float(max(int(old * scale), 1)),
-                         resolution=RESOLUTION)
+    return CropTransform(center=tuple((axes @ ((lo + hi) / 2)).tolist()), size=float(max(int(old * scale), 1)),
+                         resolution=RESOLUTION, angle=float(angle))
 
 
 def crop_from_roi(roi) -> CropTransform:

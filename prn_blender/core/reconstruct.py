@@ -24,6 +24,7 @@ from .constants import (
     POS_SCALE,
     REGION_NECK,
     RESOLUTION,
+    ROLL_FREE,
 )
 from .crop import crop_from_box, crop_from_landmarks, uncrop_position_map, warp
 from .detect import Detector, make_detector
@@ -68,6 +69,9 @@ class InferenceOptions:
                                   # surface outside the landmarks' hull (forehead, ears, neck); +1 network pass per
                                   # crop (x2 with flip); the landmarks do not change. None at zoom 1 (nothing wider to
                                   # see). Video runs it on key frames only (core.video, constants.VIDEO_WIDE_EVERY)
+    roll_free: float | None = ROLL_FREE   # crops made from the project's own landmarks (the re-crop, video tracking)
+                                          # are turned with the head's roll beyond +-this many degrees, so the face
+                                          # in them rolls no further (constants.ROLL_FREE); None: never turned
     recrop: bool = True           # a face the detector found gets a second pass, cropped from the first pass's
                                   # landmarks (the first pass at FIRST_PASS_SCALES). Pseudo real set (mean of the sources, the
                                   # shipped model at zoom 1.15, stop 25): 3.35 % NME with the detector's crops alone,
@@ -147,22 +151,32 @@ class FaceReconstructor:
     def device(self) -> torch.device:
         return self.predictor.device
 
+    def crop_angle(self, face: FaceResult) -> float:
+        """CropTransform.angle for a crop made from ``face``'s landmarks: the head's roll in the image beyond
+        +-``options.roll_free`` degrees (0 within it, or when it is None)."""
+        free = self.predictor.options.roll_free
+        if free is None:
+            return 0.0
+        a = -float(face.pose.roll)                  # the eye line's angle in the image (y down)
+        return a - float(np.clip(a, -free, free))
+
     def crops_for(self, image: np.ndarray, box=None, landmarks=None, roi=None,
-                  crop: CropTransform | None = None) -> list[CropTransform]:
-        """The network's crops: ``crop`` as it is, a 3DDFA roi box as it is, or one made from 68 landmarks, a
-        detector box, or the detector's boxes, then zoomed about its centre by ``self.zoom``."""
+                  crop: CropTransform | None = None, angle: float = 0.0) -> list[CropTransform]:
+        """The network's crops: ``crop`` as it is, a 3DDFA roi box as it is, or one made from 68 landmarks (turned
+        by ``angle``, CropTransform.angle), a detector box, or the detector's boxes, then zoomed about its centre by
+        ``self.zoom``."""
         if crop is not None:
             return [crop]
         if roi is not None:
             from .crop import crop_from_roi
             return [crop_from_roi(roi)]
         if landmarks is not None:
-            crops = [crop_from_landmarks(np.asarray(landmarks))]
+            crops = [crop_from_landmarks(np.asarray(landmarks), angle=angle)]
         elif box is not None:
             crops = [crop_from_box(box)]
         else:
             crops = [crop_from_box(b) for b in self.detector(image)[: self.max_faces]]
-        return [CropTransform(c.center, c.size / self.zoom, c.resolution) for c in crops]
+        return [c.resized(1 / self.zoom) for c in crops]
 
     def _merge_flip(self, pos: np.ndarray, pos_mirrored: np.ndarray) -> np.ndarray:
         """Average a crop's position map with the un-mirrored prediction for the mirrored crop."""
@@ -203,7 +217,7 @@ class FaceReconstructor:
         if self.predictor.options.recrop and crop is None and roi is None and landmarks is None and box is None:
             t = time.perf_counter()
             first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_SCALES, periphery=False)
-            crops = [self.crops_for(img, landmarks=f.landmarks)[0] for f in first]
+            crops = [self.crops_for(img, landmarks=f.landmarks, angle=self.crop_angle(f))[0] for f in first]
             first_ms = (time.perf_counter() - t) * 1e3 / len(crops)
         o = self.predictor.options
         results = self._reconstruct(img, crops, texture, detect_ms, o.scales,
@@ -219,9 +233,8 @@ class FaceReconstructor:
         when ``options.flip``) over ``crops`` of ``img``; ``carry``: see __call__."""
         h, w = img.shape[:2]
         t1 = time.perf_counter()
-        views = [CropTransform(c.center, c.size * k, c.resolution) for c in crops for k in scales]
-        wide = [CropTransform(c.center, c.size * self.zoom, c.resolution) for c in crops] \
-            if periphery and self.zoom > 1 else []
+        views = [c.resized(k) for c in crops for k in scales]
+        wide = [c.resized(self.zoom) for c in crops] if periphery and self.zoom > 1 else []
         views += wide
         batch = np.stack([warp(img, v) for v in views])
         t2 = time.perf_counter()

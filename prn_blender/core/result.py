@@ -2,6 +2,8 @@
 z = depth toward the camera in the same pixel units (larger z = nearer), as PRN's un-cropped position maps."""
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,10 +12,14 @@ import numpy as np
 @dataclass(frozen=True)
 class CropTransform:
     """Square crop of side ``size`` image pixels centred at ``center`` (x, y), mapped onto the 256 crop so that its
-    corners go to 0 and 255 (PRNet convention). ``matrix`` is the 2x3 image -> crop affine."""
+    corners go to 0 and 255 (PRNet convention). ``angle`` (degrees) turns the crop about its centre: its x axis
+    points along the image direction (cos angle, sin angle), y down, so a face whose eye line is at ``angle`` in the
+    image is upright in the crop (a roll-aligned crop); 0 = axis-aligned. ``matrix`` is the 2x3 image -> crop
+    affine; z (depth) is only scaled."""
     center: tuple[float, float]
     size: float
     resolution: int = 256
+    angle: float = 0.0
 
     @property
     def scale(self) -> float:
@@ -21,17 +27,27 @@ class CropTransform:
         return (self.resolution - 1) / self.size
 
     @property
+    def axes(self) -> np.ndarray:
+        """(2,2) columns = the crop's x and y axes in image coordinates."""
+        a = math.radians(self.angle)
+        c, s = math.cos(a), math.sin(a)
+        return np.array([[c, -s], [s, c]])
+
+    @property
     def matrix(self) -> np.ndarray:
-        s = self.scale
-        x0, y0 = self.center[0] - self.size / 2, self.center[1] - self.size / 2
-        return np.array([[s, 0, -x0 * s], [0, s, -y0 * s]], np.float64)
+        A = self.scale * self.axes.T
+        t = (self.resolution - 1) / 2 - A @ np.asarray(self.center, np.float64)
+        return np.concatenate([A, t[:, None]], 1)
+
+    def resized(self, k: float) -> CropTransform:
+        """The same crop with its side multiplied by ``k`` (same centre and angle)."""
+        return dataclasses.replace(self, size=self.size * k)
 
     def to_crop(self, pts: np.ndarray) -> np.ndarray:
         """(...,2|3) image coords -> crop coords (z multiplied by the scale)."""
         out = np.array(pts, np.float64, copy=True)
         m = self.matrix
-        out[..., 0] = pts[..., 0] * m[0, 0] + m[0, 2]
-        out[..., 1] = pts[..., 1] * m[1, 1] + m[1, 2]
+        out[..., :2] = np.asarray(pts)[..., :2] @ m[:, :2].T + m[:, 2]
         if out.shape[-1] > 2:
             out[..., 2] = pts[..., 2] * self.scale
         return out
@@ -40,8 +56,7 @@ class CropTransform:
         """(...,2|3) crop coords -> image coords; z is divided by the scale (PRNet un-crop)."""
         out = np.array(pts, np.float64, copy=True)
         m = self.matrix
-        out[..., 0] = (pts[..., 0] - m[0, 2]) / m[0, 0]
-        out[..., 1] = (pts[..., 1] - m[1, 2]) / m[1, 1]
+        out[..., :2] = (np.asarray(pts)[..., :2] - m[:, 2]) @ (self.axes / self.scale).T
         if out.shape[-1] > 2:
             out[..., 2] = pts[..., 2] / self.scale
         return out

@@ -5,7 +5,8 @@
         fr.index, fr.time_s, fr.face              # face: FaceResult or None (no face in that frame)
 
 Frames are decoded one at a time (bounded memory). Tracking: frame t's crop follows frame t-1's 68 landmarks,
-anchored to the last detection (``rec(image, crop=...)``, see ``tracking_crop``); the detector runs (``rec(image)``)
+anchored to the last detection (``rec(image, crop=...)``, see ``tracking_crop``) and turned with frame t-1's head roll
+when ``rec`` has ``crop_angle`` (FaceReconstructor); the detector runs (``rec(image)``)
 when there is no previous face, when the tracked result's confidence drops below ``min_confidence``, when its
 landmarks leave the image, or every ``redetect_every`` processed frames (0 = never forced).
 """
@@ -108,21 +109,23 @@ def _closest(faces: list[FaceResult], prev: np.ndarray | None) -> FaceResult:
 
 
 def crop_anchor(face: FaceResult) -> tuple[float, np.ndarray]:
-    """How a detection's crop sits relative to the landmark crop (``crop_from_landmarks``) of its own prediction:
-    (size ratio, centre offset in units of the landmark crop's side)."""
-    lc = crop_from_landmarks(face.landmarks)
-    return face.crop.size / lc.size, (np.asarray(face.crop.center) - np.asarray(lc.center)) / lc.size
+    """How a detection's crop sits relative to the landmark crop (``crop_from_landmarks``, turned as the crop is)
+    of its own prediction: (size ratio, centre offset along the crop's axes in units of the landmark crop's side)."""
+    lc = crop_from_landmarks(face.landmarks, angle=face.crop.angle)
+    d = np.asarray(face.crop.center) - np.asarray(lc.center)
+    return face.crop.size / lc.size, (d @ lc.axes) / lc.size
 
 
-def tracking_crop(landmarks: np.ndarray, anchor: tuple[float, np.ndarray]) -> CropTransform:
-    """The crop for the next frame: the landmark crop of ``landmarks`` (image pixels) moved and scaled by the last
-    detection's ``anchor`` (crop_anchor). On a still face this is the detection's crop again, so the network sees the
-    same input and the track cannot drift. Without the anchor, re-deriving each crop from the previous prediction
-    feeds the prediction's bias back: a still real photo re-cropped so for 11 frames went from 6.6 % to 8.5 % mean
-    NME over the 16 AFLW2000-3D images, one face to 25 %."""
-    lc = crop_from_landmarks(landmarks)
+def tracking_crop(landmarks: np.ndarray, anchor: tuple[float, np.ndarray], angle: float = 0.0) -> CropTransform:
+    """The crop for the next frame: the landmark crop of ``landmarks`` (image pixels; turned by ``angle``,
+    CropTransform.angle) moved and scaled by the last detection's ``anchor`` (crop_anchor). On a still face this is
+    the detection's crop again, so the network sees the same input and the track cannot drift. Without the anchor,
+    re-deriving each crop from the previous prediction feeds the prediction's bias back: a still real photo
+    re-cropped so for 11 frames went from 6.6 % to 8.5 % mean NME over the 16 AFLW2000-3D images, one face to 25 %."""
+    lc = crop_from_landmarks(landmarks, angle=angle)
     ratio, offset = anchor
-    return CropTransform(tuple((np.asarray(lc.center) + offset * lc.size).tolist()), lc.size * ratio, lc.resolution)
+    center = np.asarray(lc.center) + lc.axes @ offset * lc.size
+    return CropTransform(tuple(center.tolist()), lc.size * ratio, lc.resolution, lc.angle)
 
 
 def _call(rec: Callable, image: np.ndarray, **kw) -> list[FaceResult]:
@@ -178,6 +181,8 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
                 return
             idx += 1
         prev: np.ndarray | None = None
+        prev_angle = 0.0
+        angle_of = getattr(rec, "crop_angle", None)  # FaceReconstructor: roll-aligned tracking crops
         anchor = None
         since_detect = 0
         keys: list[FaceResult] = []                  # the last two key frames (they ran the wide view), older first
@@ -207,7 +212,7 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
             if wide_every:
                 wide = _wide_view_args(keys, since_key, wide_every, due=not keys or since_key >= wide_every)
             if tracked:
-                faces = _call(rec, img, crop=tracking_crop(prev, anchor), **wide)
+                faces = _call(rec, img, crop=tracking_crop(prev, anchor, prev_angle), **wide)
                 if faces:
                     f = faces[0]
                     lms = np.asarray(f.landmarks)
@@ -238,6 +243,7 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
                     vx_filter.reset()
             else:
                 prev = np.asarray(face.landmarks, np.float64).copy()
+                prev_angle = angle_of(face) if angle_of is not None else 0.0
                 if lm_filter is not None:
                     t = idx / fps
                     face = dataclasses.replace(
