@@ -9,7 +9,7 @@ from pathlib import Path
 def _reconstruct(a) -> int:
     from .core.constants import MULTI_SCALE
     from .core.export import write_outputs
-    from .core.image_io import ImageError, load_image
+    from .core.image_io import ImageError, load_image, upright_turns
     from .core.reconstruct import FaceReconstructor, InferenceOptions, ReconstructionError
     from .core.weights import WeightsError
     try:
@@ -17,7 +17,7 @@ def _reconstruct(a) -> int:
                                 options=InferenceOptions(flip=a.flip, scales=(1.0,) if a.one_scale else MULTI_SCALE,
                                                          recrop=a.recrop, periphery=a.periphery))
         img = load_image(a.image)
-        faces = rec(img, box=a.box)
+        faces = rec(img, box=a.box, turns=upright_turns(a.image))
     except (ImageError, ReconstructionError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

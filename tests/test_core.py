@@ -269,6 +269,55 @@ def test_turned_crop_is_the_upright_faces_crop_turned():
     assert c1.resized(2.0) == CropTransform(c1.center, 2 * c1.size, c1.resolution, 28.0)
 
 
+def jpeg_with_orientation(jpeg: bytes, orientation: int, order: str = "MM") -> bytes:
+    """JPEG bytes with an EXIF APP1 segment whose IFD0 holds only the orientation tag."""
+    import struct
+    e = ">" if order == "MM" else "<"
+    tiff = (order.encode() + struct.pack(e + "HI", 42, 8) + struct.pack(e + "H", 1)
+            + struct.pack(e + "HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(e + "I", 0))
+    seg = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(seg) + 2) + seg + jpeg[2:]
+
+
+def test_exif_orientation_and_upright_turns(tmp_path):
+    """The EXIF orientation is read from the file's start (either byte order), pixels stay as stored, and the turns
+    make them what OpenCV's own EXIF handling shows; mirrored orientations, other formats and broken files: 0."""
+    import cv2
+
+    from prn_blender.core.image_io import exif_orientation, upright_turns
+    img = (np.random.default_rng(0).random((40, 64, 3)) * 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", img)
+    assert ok
+    for o, k in ((1, 0), (3, 2), (6, 3), (8, 1), (2, 0), (5, 0)):
+        for order in ("MM", "II"):
+            data = jpeg_with_orientation(buf.tobytes(), o, order)
+            assert exif_orientation(data) == o
+            p = tmp_path / f"o{o}{order}.jpg"
+            p.write_bytes(data)
+            assert upright_turns(p) == k, (o, order)
+            raw = load_image(p)
+            assert raw.shape == (40, 64, 3)                           # stored pixels, as Blender shows them
+            shown = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+            if o in (1, 3, 6, 8):
+                np.testing.assert_allclose(np.rot90(raw, k), shown / 255.0, atol=1e-6)
+    assert exif_orientation(buf.tobytes()) == 1 and exif_orientation(b"\x89PNG....") == 1
+    (tmp_path / "cut.jpg").write_bytes(jpeg_with_orientation(buf.tobytes(), 6)[:30])
+    assert upright_turns(tmp_path / "cut.jpg") == 0 and upright_turns(tmp_path / "missing.jpg") == 0
+
+
+def test_turn_crop_sees_the_same_pixels():
+    """A crop of the image turned by k quarter turns, turned back onto the image, cuts out the same pixels."""
+    from prn_blender.core.crop import turn_crop
+    img = np.random.default_rng(2).random((60, 90, 3)).astype(np.float32)
+    for k in (1, 2, 3):
+        c = CropTransform((30.0, 41.0), 33.0)
+        a = warp(np.ascontiguousarray(np.rot90(img, k)), c)
+        b = warp(img, turn_crop(c, k, img.shape))
+        assert np.abs(a - b).mean() < 2e-3 and np.abs(a - b).max() < 0.05, k     # interpolation rounding only
+        assert np.abs(a - warp(img, c)).mean() > 0.1                             # the unturned crop differs
+    assert turn_crop(c, 4, img.shape) is c
+
+
 @pytest.mark.parametrize("kind", ["u8", "u16", "float", "gray", "rgba"])
 def test_image_array_inputs(kind):
     rng = np.random.default_rng(1)

@@ -145,6 +145,34 @@ def test_recrop_is_turned_with_a_rolled_head(astronaut):
         assert np.linalg.norm(got.landmarks[:, :2] - want[:, :2], axis=1).mean() < 0.08 * size
 
 
+def test_photo_stored_sideways_with_exif_orientation(tmp_path, astronaut):
+    """A phone portrait stored sideways with EXIF orientation 6: the face is found upright and every result stays in
+    the stored pixels' frame (what Blender shows): the landmarks match the upright photo's, turned."""
+    import cv2
+    from skimage import data
+    from test_core import jpeg_with_orientation
+
+    from prn_blender.core.image_io import load_image
+    from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
+    up = data.astronaut()
+    stored = np.ascontiguousarray(np.rot90(up, 1))                       # turned counter-clockwise
+    ok, buf = cv2.imencode(".jpg", stored[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 98])
+    assert ok
+    path = tmp_path / "portrait.jpg"
+    path.write_bytes(jpeg_with_orientation(buf.tobytes(), 6))            # "turn 90 deg clockwise to show"
+    rec = FaceReconstructor(device="cpu", options=InferenceOptions(scales=(1.0,), periphery=False))
+    face = rec(str(path), texture=False)[0]
+    ref = rec(up, texture=False)[0].landmarks
+    w = up.shape[1]
+    want = np.stack([ref[:, 1], w - 1 - ref[:, 0]], 1)                  # upright (x, y) -> stored pixels
+    size = np.sqrt(np.prod(want.max(0) - want.min(0)))
+    assert face.image_size == (stored.shape[1], stored.shape[0])
+    assert 60 < abs(face.crop.angle) < 100
+    assert np.linalg.norm(face.landmarks[:, :2] - want, axis=1).mean() < 0.05 * size
+    same = rec(load_image(path), texture=False, turns=3)[0]            # an array says its turns itself
+    np.testing.assert_allclose(same.landmarks, face.landmarks, atol=1e-3)
+
+
 def test_the_zoom_is_the_models(tmp_path, astronaut):
     """A weights file may record its inference zoom (ship --zoom; an imported PRNet checkpoint records 1): crops use
     it unless the options give one, files without it get constants.INFERENCE_ZOOM, and at zoom 1 there is no wider

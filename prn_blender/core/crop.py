@@ -34,6 +34,19 @@ def crop_from_roi(roi) -> CropTransform:
                          resolution=RESOLUTION)
 
 
+def turn_crop(crop: CropTransform, turns: int, shape) -> CropTransform:
+    """A crop of ``np.rot90(image, turns)`` as the same crop of ``image`` itself ((H, W) = ``shape[:2]``): its centre
+    mapped back and its angle turned by 90 deg a quarter turn."""
+    k = turns % 4
+    if k == 0:
+        return crop
+    h, w = shape[:2]
+    x, y = crop.center
+    center = {1: (w - 1 - y, x), 2: (w - 1 - x, h - 1 - y), 3: (y, h - 1 - x)}[k]
+    return CropTransform((float(center[0]), float(center[1])), crop.size, crop.resolution,
+                         crop.angle + {1: 90.0, 2: 180.0, 3: -90.0}[k])
+
+
 def warp(image: np.ndarray, crop: CropTransform) -> np.ndarray:
     """Cut the 256x256 crop out of an (H,W,C) float image (zero outside)."""
     return cv2.warpAffine(image, crop.matrix, (crop.resolution, crop.resolution), flags=cv2.INTER_LINEAR,

@@ -1,7 +1,13 @@
-"""Image loading: any path (non-ASCII too) or array (uint8/uint16/float; gray/RGB/RGBA) -> float32 RGB in [0,1]."""
+"""Image loading: any path (non-ASCII too) or array (uint8/uint16/float; gray/RGB/RGBA) -> float32 RGB in [0,1].
+
+Pixels are kept as stored: an EXIF orientation is not applied, as Blender does not apply it to the photo it shows
+behind the face (checked with bpy 4.5), so results line up with it. ``upright_turns`` says how to turn a photo
+whose EXIF says it is stored sideways or upside down (phone portraits), so the face can be found upright.
+"""
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import cv2
@@ -31,6 +37,55 @@ def load_image(src) -> np.ndarray:
     else:
         img = np.asarray(src)
     return to_float_rgb(img)
+
+
+#: EXIF orientation -> counter-clockwise quarter turns (``np.rot90``'s k) that make the stored pixels upright; the
+#: mirrored orientations (2, 4, 5, 7) are left as stored
+_EXIF_TURNS = {3: 2, 6: 3, 8: 1}
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) in JPEG bytes (the file's start is enough), 1 when there is none or it cannot be
+    read."""
+    if data[:2] != b"\xff\xd8":
+        return 1
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker in (0xD9, 0xDA):                          # end of image / start of scan: no metadata after
+            break
+        size = struct.unpack(">H", data[i + 2:i + 4])[0]
+        seg = data[i + 4:i + 2 + size]
+        if marker == 0xE1 and seg[:6] == b"Exif\x00\x00":
+            t = seg[6:]
+            end = {b"II": "<", b"MM": ">"}.get(t[:2])
+            if end is None or len(t) < 8:
+                return 1
+            ifd = struct.unpack(end + "I", t[4:8])[0]
+            if ifd + 2 > len(t):
+                return 1
+            for k in range(struct.unpack(end + "H", t[ifd:ifd + 2])[0]):
+                e = t[ifd + 2 + 12 * k:ifd + 14 + 12 * k]
+                if len(e) < 12:
+                    break
+                tag, typ = struct.unpack(end + "HH", e[:4])
+                if tag == 0x0112 and typ == 3:                     # Orientation, SHORT
+                    v = struct.unpack(end + "H", e[8:10])[0]
+                    return v if 1 <= v <= 8 else 1
+            return 1
+        i += 2 + size
+    return 1
+
+
+def upright_turns(path) -> int:
+    """Counter-clockwise quarter turns (0-3, ``np.rot90``'s k) that make the image file at ``path`` upright, from
+    its EXIF orientation (0 without one, for mirrored orientations, or when the file cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 17)
+    except OSError:
+        return 0
+    return _EXIF_TURNS.get(exif_orientation(head), 0)
 
 
 def to_float_rgb(img: np.ndarray) -> np.ndarray:

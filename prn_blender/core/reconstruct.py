@@ -7,6 +7,7 @@ Stages (timed in ``FaceResult.timings``, milliseconds): detect, crop, net, uncro
 """
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -26,9 +27,9 @@ from .constants import (
     RESOLUTION,
     ROLL_FREE,
 )
-from .crop import crop_from_box, crop_from_landmarks, uncrop_position_map, warp
+from .crop import crop_from_box, crop_from_landmarks, turn_crop, uncrop_position_map, warp
 from .detect import Detector, make_detector
-from .image_io import load_image
+from .image_io import load_image, upright_turns
 from .layout import UVLayout
 from .pose import estimate_pose, umeyama
 from .result import CropTransform, FaceResult
@@ -161,10 +162,11 @@ class FaceReconstructor:
         return a - float(np.clip(a, -free, free))
 
     def crops_for(self, image: np.ndarray, box=None, landmarks=None, roi=None,
-                  crop: CropTransform | None = None, angle: float = 0.0) -> list[CropTransform]:
+                  crop: CropTransform | None = None, angle: float = 0.0, turns: int = 0) -> list[CropTransform]:
         """The network's crops: ``crop`` as it is, a 3DDFA roi box as it is, or one made from 68 landmarks (turned
-        by ``angle``, CropTransform.angle), a detector box, or the detector's boxes, then zoomed about its centre by
-        ``self.zoom``."""
+        by ``angle``, CropTransform.angle), a detector box, or the detector's boxes (found in the image turned by
+        ``turns`` counter-clockwise quarter turns, image_io.upright_turns, and turned back), then zoomed about its
+        centre by ``self.zoom``."""
         if crop is not None:
             return [crop]
         if roi is not None:
@@ -175,7 +177,8 @@ class FaceReconstructor:
         elif box is not None:
             crops = [crop_from_box(box)]
         else:
-            crops = [crop_from_box(b) for b in self.detector(image)[: self.max_faces]]
+            up = np.ascontiguousarray(np.rot90(image, turns)) if turns % 4 else image
+            crops = [turn_crop(crop_from_box(b), turns, image.shape) for b in self.detector(up)[: self.max_faces]]
         return [c.resized(1 / self.zoom) for c in crops]
 
     def _merge_flip(self, pos: np.ndarray, pos_mirrored: np.ndarray) -> np.ndarray:
@@ -197,7 +200,8 @@ class FaceReconstructor:
 
     def __call__(self, image, box=None, landmarks=None, roi=None, crop: CropTransform | None = None,
                  texture: bool = True, periphery: bool | None = None,
-                 carry: Sequence[tuple[FaceResult, float]] | None = None) -> list[FaceResult]:
+                 carry: Sequence[tuple[FaceResult, float]] | None = None, turns: int | None = None
+                 ) -> list[FaceResult]:
         """Reconstruct every face found (largest score first), or the one face in ``crop`` / ``roi`` / ``landmarks``
         / ``box`` (first given wins, in that order). Raises ReconstructionError when none is found. A face the
         detector found is run twice when ``options.recrop``: the second crop is made from the first pass's 68
@@ -206,10 +210,16 @@ class FaceReconstructor:
         ``periphery``: run the wide view for the surface outside the landmarks' hull (None = ``options.periphery``);
         its map is kept in ``FaceResult.wide_view``. ``carry``: earlier results of the same face that ran it (a
         video's key frames) with weights summing to 1: the surface outside the hull is the weighted mean of their
-        wide views, each carried onto this face (``carry_periphery``), instead of this call's own wide view."""
+        wide views, each carried onto this face (``carry_periphery``), instead of this call's own wide view.
+
+        ``turns``: the detector looks for faces in the image turned by this many counter-clockwise quarter turns
+        (None: the file's EXIF orientation when ``image`` is a path, image_io.upright_turns, else 0); the crops and
+        every result stay in the stored pixels' frame, which Blender shows."""
         t0 = time.perf_counter()
         img = load_image(image)
-        crops = self.crops_for(img, box, landmarks, roi, crop)
+        if turns is None:
+            turns = upright_turns(image) if isinstance(image, (str, os.PathLike)) else 0
+        crops = self.crops_for(img, box, landmarks, roi, crop, turns=turns)
         if not crops:
             raise ReconstructionError("no face found in the image")
         detect_ms = (time.perf_counter() - t0) * 1e3 / len(crops)
@@ -217,7 +227,9 @@ class FaceReconstructor:
         if self.predictor.options.recrop and crop is None and roi is None and landmarks is None and box is None:
             t = time.perf_counter()
             first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_SCALES, periphery=False)
-            crops = [self.crops_for(img, landmarks=f.landmarks, angle=self.crop_angle(f))[0] for f in first]
+            free = self.predictor.options.roll_free is not None
+            crops = [self.crops_for(img, landmarks=f.landmarks, angle=self.crop_angle(f) if free else f.crop.angle)[0]
+                     for f in first]
             first_ms = (time.perf_counter() - t) * 1e3 / len(crops)
         o = self.predictor.options
         results = self._reconstruct(img, crops, texture, detect_ms, o.scales,
