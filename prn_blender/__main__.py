@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--smoothing", help="'off' or MIN_CUTOFF,BETA for the One Euro filter")
     b.add_argument("--no-wide-view", dest="wide_view", action="store_false",
                    help="videos: skip the wider (un-zoomed) view that key frames run for the forehead, ears and "
-                        "neck (every constants.VIDEO_WIDE_EVERY frames, carried between: about a fifth of the time "
+                        "neck (every constants.VIDEO_WIDE_EVERY frames, carried between: about a quarter of the time "
                         "per frame)")
     b.add_argument("--weights")
     b.set_defaults(fn=_blend)

@@ -29,7 +29,7 @@ class PRN_PG_settings(bpy.types.PropertyGroup):
     wide_view: BoolProperty(name="Wide View (Forehead, Neck)", default=True,
                             description=f"Every {VIDEO_WIDE_EVERY} frames also run the crop un-zoomed (wider) and take "
                                         "the forehead, ears and neck from it, carried to the frames between, as "
-                                        "photos do (about a fifth more time per frame; the landmarks do not change)")
+                                        "photos do (about a quarter more time per frame; the landmarks do not change)")
     rig: BoolProperty(name="Generate Rig", default=False, description="Also build the face armature")
 
 

@@ -267,6 +267,9 @@ class FaceReconstructor:
             if wide:
                 j = len(crops) * m + i
                 wide_map = uncrop_position_map(pos_crop[j], views[j])
+            # the confidence is that of the zoomed views' face, whatever gives the periphery (a wide view run now,
+            # one carried from a key frame, or none): a video's tracking decisions must not depend on it
+            pose, resid = estimate_pose(self.layout.vertices(pos), self.layout.canonical, self._fit_idx)
             if carry:
                 outer = sum(wt * self.carry_periphery(key, pos) for key, wt in carry)
                 pos = self._inner * pos + (1 - self._inner) * outer
@@ -274,7 +277,8 @@ class FaceReconstructor:
                 pos = self._inner * pos + (1 - self._inner) * wide_map
             verts = self.layout.vertices(pos)
             lms = self.layout.landmarks(pos)
-            pose, resid = estimate_pose(verts, self.layout.canonical, self._fit_idx)
+            if carry or wide_map is not None:          # the head pose sees the periphery it shows
+                pose = estimate_pose(verts, self.layout.canonical, self._fit_idx)[0]
             t5 = time.perf_counter()
             if texture:
                 colors, tex, tmask, depth = texture_from_image(img, pos, verts, self.layout)
