@@ -134,7 +134,7 @@ class FaceReconstructor:
         face = np.flatnonzero(self.layout.regions.reshape(-1)[self.layout.face_ind] != REGION_NECK)
         self._fit_idx = face[np.linspace(0, len(face) - 1, 2000).astype(int)]
         o = self.predictor.options
-        #: crop zoom (see InferenceOptions.zoom)
+        #: crop zoom (see InferenceOptions.zoom); calibrate_zoom sets it to each candidate on one reconstructor
         self.zoom = float(o.zoom) if o.zoom is not None else inference_zoom(self.predictor.meta["meta"])
         self._inner = hull_weight(self.layout)[..., None]
         # the part of those inside the landmarks' hull (where the zoomed views alone give the surface): it places a
@@ -154,10 +154,11 @@ class FaceReconstructor:
 
     def crop_angle(self, face: FaceResult) -> float:
         """CropTransform.angle for a crop made from ``face``'s landmarks: the head's roll in the image beyond
-        +-``options.roll_free`` degrees (0 within it, or when it is None)."""
+        +-``options.roll_free`` degrees (0 within it); when that is None, the angle of ``face``'s own crop (0, or the
+        quarter turns of a detection in an EXIF-turned photo)."""
         free = self.predictor.options.roll_free
         if free is None:
-            return 0.0
+            return float(face.crop.angle)
         a = -float(face.pose.roll)                  # the eye line's angle in the image (y down)
         return a - float(np.clip(a, -free, free))
 
@@ -227,9 +228,7 @@ class FaceReconstructor:
         if self.predictor.options.recrop and crop is None and roi is None and landmarks is None and box is None:
             t = time.perf_counter()
             first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_SCALES, periphery=False)
-            free = self.predictor.options.roll_free is not None
-            crops = [self.crops_for(img, landmarks=f.landmarks, angle=self.crop_angle(f) if free else f.crop.angle)[0]
-                     for f in first]
+            crops = [self.crops_for(img, landmarks=f.landmarks, angle=self.crop_angle(f))[0] for f in first]
             first_ms = (time.perf_counter() - t) * 1e3 / len(crops)
         o = self.predictor.options
         results = self._reconstruct(img, crops, texture, detect_ms, o.scales,

@@ -44,8 +44,9 @@ def calibrate(faces, zooms=ZOOMS, weights=None) -> dict:
     from .run import roi_from_landmarks
     out = {}
     sources = [src for src, _, _ in faces]
+    rec = FaceReconstructor(weights=weights, options=InferenceOptions())
     for z in zooms:
-        rec = FaceReconstructor(weights=weights, options=InferenceOptions(zoom=z))
+        rec.zoom = z                                     # the one model, its crops zoomed by each candidate
         errs = {p: [] for p in PATHS}
         for _, img, lm in faces:
             errs["landmarks"].append(nme(rec(img, texture=False, landmarks=lm)[0].landmarks, lm))

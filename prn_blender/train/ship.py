@@ -316,6 +316,7 @@ def main(argv=None) -> int:
     epoch_size = int(meta.get("epoch_size", args.get("epoch_size", 5000)))
     loss = meta.get("loss", DEFAULT_LOSS)
     blur = context_blur_of(meta.get("generator", ""))      # train.py --context-blur: the recipe and the Limits say it
+    zoom = inference_zoom(meta)
     curve = plot_curve(run / "log.jsonl", WEIGHTS_DIR / "training_curve.png", meta.get("steps"), loss,
                        a.ancestor_logs)
     if not a.card_only:
@@ -386,7 +387,7 @@ def main(argv=None) -> int:
         + (f"--average-from {meta['average_from']} " if meta.get("averaged") else "")
         + "--eval-aflw out/eval_aflw out/eval_aflw_one_scale out/eval_aflw_single --eval-synth out/eval_synth "
         + "--eval-aflw-detector out/eval_aflw_detector",
-        "```", "", *_metrics_section(a, inference_zoom(meta)),
+        "```", "", *_metrics_section(a, zoom),
         "## Training curve", "", "![training curve](training_curve.png)", "",
         *([("The curve shows this fine-tuning run"
              + (f" after {', '.join(Path(x).parent.name for x in a.ancestor_logs)}" if a.ancestor_logs else "")
@@ -402,7 +403,7 @@ def main(argv=None) -> int:
         "- Head yaw: on real photos the predicted face turns less than the real head (the tables' under-estimate,",
         "  mean |GT yaw| - |predicted yaw|); the predicted 2D geometry itself is under-rotated (a pose fit on x, y",
         "  alone gives the same bias), so head-pose keys are damped on strongly turned heads.",
-        *_context_limit(blur, inference_zoom(meta)),
+        *_context_limit(blur, zoom),
     ]
     (WEIGHTS_DIR / "MODEL_CARD.md").write_text("\n".join(card) + "\n")
     print(f"shipped {DEFAULT_WEIGHTS} ({digest[:12]}), card {WEIGHTS_DIR / 'MODEL_CARD.md'}")
