@@ -7,6 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 _SANDBOX = tempfile.mkdtemp(prefix="prn_blender_test_user_")
@@ -39,6 +40,31 @@ def shared() -> Path:
     if SHARED is None:
         pytest.skip("../shared (development data) not present; set PRN_BLENDER_SHARED")
     return SHARED
+
+
+@pytest.fixture
+def sideways_clip(tmp_path) -> tuple[Path, np.ndarray]:
+    """(an MP4 whose frames are stored turned a quarter clockwise, with the rotation metadata a phone writes to show
+    them upright; the upright 96x128 frame): the frame is black with a white square in its top-left corner."""
+    import struct
+
+    import cv2
+    up = np.zeros((128, 96, 3), np.uint8)
+    up[8:32, 8:32] = 255
+    path = tmp_path / "sideways.mp4"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (128, 96))
+    assert vw.isOpened()
+    for _ in range(6):
+        vw.write(np.ascontiguousarray(np.rot90(up, -1)))
+    vw.release()
+    b = bytearray(path.read_bytes())
+    i = b.index(b"tkhd")
+    assert b[i + 4] == 0                                      # version 0: 32-bit times
+    m = i + 4 + 4 + 20 + 8 + 8                                # flags, times/ids/duration, reserved, layer..volume
+    assert struct.unpack(">9i", b[m:m + 36]) == (0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    b[m:m + 36] = struct.pack(">9i", 0, -0x10000, 0, 0x10000, 0, 0, 0, 128 << 16, 0x40000000)   # show turned back
+    path.write_bytes(bytes(b))
+    return path, up
 
 
 @pytest.fixture

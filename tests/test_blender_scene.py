@@ -342,3 +342,18 @@ def test_video_runs_the_wide_view_on_key_frames(bpy_empty, monkeypatch, tmp_path
     for wide in (True, False):
         assert run_blend(clip, tmp_path / "x.blend", wide_view=wide) == 1
     assert asked == [VIDEO_WIDE_EVERY, 0] and not (tmp_path / "x.blend").exists()
+
+
+def test_blender_shows_a_sideways_clip_as_the_tracker_reads_it(bpy_empty, sideways_clip):
+    """Blender 4.5 applies a clip's rotation metadata: the movie clip it shows behind the keyed face has the size
+    and the pixels of the frames core.video reads (upright), so landmarks line up with the footage."""
+    import bpy
+
+    from prn_blender.core.video import video_info
+    path, up = sideways_clip
+    assert tuple(bpy.data.movieclips.load(str(path)).size) == video_info(path).size == (96, 128)
+    img = bpy.data.images.load(str(path))
+    img.source = "MOVIE"
+    w, h = img.size
+    px = np.array(img.pixels[:]).reshape(h, w, 4)[::-1, :, :3]            # Blender's rows run bottom-up
+    assert px.shape == up.shape and np.abs(px * 255 - up).mean() < 8

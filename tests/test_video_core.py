@@ -86,6 +86,22 @@ def test_video_info_and_errors(tmp_path):
         list(iter_video(tmp_path / "junk.mp4", lambda *a, **k: []))
 
 
+def test_clip_with_rotation_metadata_reads_as_shown(sideways_clip):
+    """A phone clip stored sideways with rotation metadata is read as it is shown (and as Blender shows it,
+    test_blender_scene): its size and every frame the reconstructor sees are upright."""
+    path, up = sideways_clip
+    assert video_info(path).size == (96, 128)
+    seen = []
+
+    def rec(image, crop=None, **kw):
+        seen.append(image)
+        return []
+    list(iter_video(path, rec))
+    assert len(seen) == 6
+    for im in seen:
+        assert im.shape == up.shape and np.abs(im.astype(float) - up).mean() < 8      # mp4v is lossy
+
+
 class FakeRec:
     """Stands in for FaceReconstructor: a face whose landmarks move 1 px per frame; records the calls."""
 

@@ -67,6 +67,8 @@ def _open(path) -> tuple[cv2.VideoCapture, Path]:
     if p.stat().st_size == 0:
         raise VideoError(f"cannot read video {p}: file is empty")
     cap = cv2.VideoCapture(str(p))
+    # frames as the file's rotation metadata shows them (a phone clip stored sideways): what Blender shows the clip as
+    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
     if not cap.isOpened():
         cap.release()
         raise VideoError(f"cannot read video {p}: not a readable video (unknown container or unsupported codec)")
