@@ -357,3 +357,54 @@ def test_blender_shows_a_sideways_clip_as_the_tracker_reads_it(bpy_empty, sidewa
     w, h = img.size
     px = np.array(img.pixels[:]).reshape(h, w, 4)[::-1, :, :3]            # Blender's rows run bottom-up
     assert px.shape == up.shape and np.abs(px * 255 - up).mean() < 8
+
+
+def test_video_opencv_cannot_decode_is_read_through_blender(bpy_empty, monkeypatch, tmp_path):
+    """An AV1 clip (OpenCV's FFmpeg has no AV1 decoder, Blender has one) is re-encoded by Blender into the scratch
+    folder and tracked from there: every frame, same size, same pixels within compression; the user's scenes are
+    untouched. A file neither can read keeps core.video's error, with Blender's reason added."""
+    import bpy
+    import cv2
+
+    from prn_blender.blender import operators, transcode
+    from prn_blender.core.video import VideoError, video_info
+    src = str(tmp_path / "src.avi")
+    from skimage import data
+    rng = np.random.default_rng(0)
+    base = cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), (640, 480), interpolation=cv2.INTER_AREA)
+    frames = [(base * (0.5 + 0.1 * i)).astype(np.uint8) for i in range(5)]          # each frame its own brightness
+    vw = cv2.VideoWriter(src, cv2.VideoWriter_fourcc(*"MJPG"), 24.0, (640, 480))
+    for f in frames:
+        vw.write(f)
+    vw.release()
+    monkeypatch.setattr(transcode, "CODEC", {"format": "MPEG4", "codec": "AV1", "constant_rate_factor": "HIGH"})
+    (tmp_path / "enc").mkdir()
+    av1 = tmp_path / "clip_av1.mp4"
+    os.replace(transcode.transcode(src, str(tmp_path / "enc")), av1)
+    monkeypatch.undo()
+    with pytest.raises(VideoError, match="no decodable frame"):
+        video_info(av1)
+    scenes = [s.name for s in bpy.data.scenes]
+    seen = []
+
+    def rec(image, crop=None, **kw):
+        seen.append(image)
+        return []
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (n, fps, size), it = operators.open_video(str(av1), rec, scratch=str(scratch))
+    assert (n, fps, size) == (5, 24.0, (640, 480)) and [s.name for s in bpy.data.scenes] == scenes
+    list(it)
+    assert len(seen) == 5 and list(scratch.iterdir())
+    # three lossy encodes (MJPG, AV1, H.264) and Blender's colour conversion, which alone shifts this clip by 1-2
+    # levels (a lossless re-encode of the MJPG source: mean |diff| 1.4-2.2); the next frame is 12 levels away
+    errs = [np.abs(im.astype(float) - cv2.cvtColor(f, cv2.COLOR_BGR2RGB)).mean() for im, f in zip(seen, frames)]
+    assert max(errs) < 6, errs
+    assert np.all(np.diff([im.mean() for im in seen]) > 8)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(rng.bytes(20000))
+    with pytest.raises(VideoError, match="Blender cannot read it either"):
+        operators.open_video(str(junk), rec, scratch=str(scratch))
+    with pytest.raises(VideoError, match="not a readable video"):
+        operators.open_video(str(junk), rec)
+    assert [s.name for s in bpy.data.scenes] == scenes

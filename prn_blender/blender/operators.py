@@ -64,10 +64,22 @@ def smoothing_settings(s):
     return cls(min_cutoff=float(s.min_cutoff), beta=float(s.beta))
 
 
-def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=0):
-    """(n_frames, fps, (w, h)), iterator of core.video.VideoFrame."""
-    from ..core.video import iter_video, video_info
-    info = video_info(path)
+def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=0, scratch=None):
+    """(n_frames, fps, (w, h)), iterator of core.video.VideoFrame. A clip OpenCV cannot decode but Blender can (AV1,
+    for one) is read from a copy Blender re-encodes into the folder ``scratch`` (transcode; the caller removes
+    it); without ``scratch``, or when Blender cannot read it either, core.video.VideoError."""
+    from ..core.video import VideoError, iter_video, video_info
+    try:
+        info = video_info(path)
+    except VideoError as e:
+        if scratch is None or not os.path.isfile(path) or os.path.getsize(path) == 0:
+            raise
+        from .transcode import transcode
+        try:
+            path = transcode(path, scratch)
+        except RuntimeError as why:
+            raise VideoError(f"{e}; {why}") from None
+        info = video_info(path)
     return info, iter_video(path, rec, start=start, end=end, step=step, smoothing=smoothing, wide_every=wide_every)
 
 
@@ -142,7 +154,7 @@ class VideoJob:
     vertices stream to a temporary PC2 file, landmarks and poses stay in memory; ``finish()`` builds the scene."""
 
     def __init__(self, path, frames, n_total, fps, *, metres_per_pixel=None, mesh_mode="AUTO",
-                 shape_key_max_frames=250, rig=False):
+                 shape_key_max_frames=250, rig=False, tmpdir=None):
         self.path = str(path)
         self.frames = iter(frames)
         self.total = max(int(n_total or 0), 0)
@@ -155,7 +167,7 @@ class VideoJob:
         self.poses: list = []
         self.pending = 0
         self.last_verts = None
-        self.tmpdir = tempfile.mkdtemp(prefix="prn_video_")
+        self.tmpdir = tmpdir or tempfile.mkdtemp(prefix="prn_video_")     # removed by close()
         self.pc2 = None
         self.done = 0
         self.exhausted = False
@@ -325,12 +337,19 @@ class PRN_OT_reconstruct_video(bpy.types.Operator):
             raise FileNotFoundError(f"video not found: {path or '(no file given)'}")
         rec = get_reconstructor(context, self.weights, video=True)
         end = None if s.frame_end < 0 else s.frame_end + 1      # frame_end is inclusive, core's end exclusive
-        (n, fps, _), frames = open_video(path, rec, start=s.frame_start, end=end, step=s.frame_step,
-                                         smoothing=smoothing_settings(s), wide_every=video_wide_every(s))
+        tmpdir = tempfile.mkdtemp(prefix="prn_video_")
+        try:
+            (n, fps, _), frames = open_video(path, rec, start=s.frame_start, end=end, step=s.frame_step,
+                                             smoothing=smoothing_settings(s), wide_every=video_wide_every(s),
+                                             scratch=tmpdir)
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
         last = n if end is None else min(n, end)
         total = max(0, -(-(last - s.frame_start) // s.frame_step)) if n else 0
         return VideoJob(path, frames, total, fps, metres_per_pixel=s.metres_per_pixel or None,
-                        mesh_mode=s.mesh_mode, shape_key_max_frames=s.shape_key_max_frames, rig=s.rig)
+                        mesh_mode=s.mesh_mode, shape_key_max_frames=s.shape_key_max_frames, rig=s.rig,
+                        tmpdir=tmpdir)
 
     def execute(self, context):
         try:
