@@ -346,12 +346,14 @@ def test_video_runs_the_wide_view_on_key_frames(bpy_empty, monkeypatch, tmp_path
 
 def test_blender_shows_a_sideways_clip_as_the_tracker_reads_it(bpy_empty, sideways_clip):
     """Blender 4.5 applies a clip's rotation metadata: the movie clip it shows behind the keyed face has the size
-    and the pixels of the frames core.video reads (upright), so landmarks line up with the footage."""
+    and the pixels of the frames the add-on tracks (open_video: upright), so landmarks line up with the footage."""
     import bpy
 
-    from prn_blender.core.video import video_info
+    from prn_blender.blender.operators import BLENDER_ROTATES_VIDEO, open_video
     path, up = sideways_clip
-    assert tuple(bpy.data.movieclips.load(str(path)).size) == video_info(path).size == (96, 128)
+    assert BLENDER_ROTATES_VIDEO                                              # the pinned Blender is 4.5
+    info, _ = open_video(str(path), None)
+    assert tuple(bpy.data.movieclips.load(str(path)).size) == info.size == (96, 128)
     img = bpy.data.images.load(str(path))
     img.source = "MOVIE"
     w, h = img.size

@@ -64,13 +64,20 @@ def smoothing_settings(s):
     return cls(min_cutoff=float(s.min_cutoff), beta=float(s.beta))
 
 
+#: Blender shows a movie with its rotation metadata applied since 4.5 (tests/test_blender_scene.py checks it on the
+#: pinned Blender); before, as stored. The frames tracked must be the ones it shows.
+BLENDER_ROTATES_VIDEO = bpy.app.version >= (4, 5, 0)
+
+
 def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=0, scratch=None):
-    """(n_frames, fps, (w, h)), iterator of core.video.VideoFrame. A clip OpenCV cannot decode but Blender can (AV1,
-    for one) is read from a copy Blender re-encodes into the folder ``scratch`` (transcode; the caller removes
-    it); without ``scratch``, or when Blender cannot read it either, core.video.VideoError."""
+    """(n_frames, fps, (w, h)), iterator of core.video.VideoFrame, the frames as Blender shows the clip. A clip
+    OpenCV cannot decode but Blender can (AV1, for one) is read from a copy Blender re-encodes into the folder
+    ``scratch`` (transcode; the caller removes it); without ``scratch``, or when Blender cannot read it either,
+    core.video.VideoError."""
     from ..core.video import VideoError, iter_video, video_info
+    rotated = BLENDER_ROTATES_VIDEO
     try:
-        info = video_info(path)
+        info = video_info(path, rotated)
     except VideoError as e:
         if scratch is None or not os.path.isfile(path) or os.path.getsize(path) == 0:
             raise
@@ -79,8 +86,9 @@ def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=
             path = transcode(path, scratch)
         except RuntimeError as why:
             raise VideoError(f"{e}; {why}") from None
-        info = video_info(path)
-    return info, iter_video(path, rec, start=start, end=end, step=step, smoothing=smoothing, wide_every=wide_every)
+        info = video_info(path, rotated)
+    return info, iter_video(path, rec, start=start, end=end, step=step, smoothing=smoothing, wide_every=wide_every,
+                            rotated=rotated)
 
 
 def face_collection(context, name: str = ""):

@@ -19,7 +19,9 @@ def transcode(path: str, out_dir: str) -> str:
     scene = bpy.data.scenes.new("prn_transcode")
     try:
         try:
-            strip = scene.sequence_editor_create().strips.new_movie("source", str(path), channel=1, frame_start=1)
+            ed = scene.sequence_editor_create()
+            strips = ed.strips if hasattr(ed, "strips") else ed.sequences          # renamed in Blender 4.4
+            strip = strips.new_movie("source", str(path), channel=1, frame_start=1)
         except RuntimeError as e:
             raise RuntimeError(f"Blender cannot read it either ({e})") from None
         el = strip.elements[0] if len(strip.elements) else None

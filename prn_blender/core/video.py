@@ -60,15 +60,16 @@ class VideoFrame:
 DEFAULT_FPS = 30.0
 
 
-def _open(path) -> tuple[cv2.VideoCapture, Path]:
+def _open(path, rotated: bool = True) -> tuple[cv2.VideoCapture, Path]:
     p = Path(os.fspath(path))
     if not p.is_file():
         raise VideoError(f"cannot read video {p}: file not found")
     if p.stat().st_size == 0:
         raise VideoError(f"cannot read video {p}: file is empty")
     cap = cv2.VideoCapture(str(p))
-    # frames as the file's rotation metadata shows them (a phone clip stored sideways): what Blender shows the clip as
-    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
+    # rotated: frames as the file's rotation metadata shows them (a phone clip stored sideways), as Blender 4.5
+    # shows the clip; else as stored
+    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, int(rotated))
     if not cap.isOpened():
         cap.release()
         raise VideoError(f"cannot read video {p}: not a readable video (unknown container or unsupported codec)")
@@ -80,9 +81,10 @@ def _fps(cap) -> float:
     return fps if np.isfinite(fps) and 0.5 < fps < 1000 else DEFAULT_FPS
 
 
-def video_info(path) -> VideoInfo:
-    """Metadata of a video file; raises VideoError when it cannot be opened or its first frame not decoded."""
-    cap, p = _open(path)
+def video_info(path, rotated: bool = True) -> VideoInfo:
+    """Metadata of a video file (the size of its frames as ``iter_video`` reads them with the same ``rotated``);
+    raises VideoError when it cannot be opened or its first frame not decoded."""
+    cap, p = _open(path, rotated)
     try:
         ok, frame = cap.read()
         if not ok or frame is None:
@@ -153,7 +155,7 @@ def _wide_view_args(keys: list[FaceResult], since_key: int, every: int, due: boo
 
 def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step: int = 1,
                smoothing: OneEuroSettings | None = None, redetect_every: int = 0,
-               min_confidence: float = 0.3, wide_every: int = 0) -> Iterator[VideoFrame]:
+               min_confidence: float = 0.3, wide_every: int = 0, rotated: bool = True) -> Iterator[VideoFrame]:
     """Stream frames ``start, start+step, ... < end`` (``end`` None = to the end) through ``rec`` with tracking.
 
     ``rec(image_rgb_uint8, crop=None) -> list[FaceResult]`` (FaceReconstructor; it detects without ``crop``).
@@ -164,13 +166,14 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
     hull is then a cross-fade of the last two key frames' wide views, each carried rigidly onto the frame's face
     (FaceReconstructor's ``periphery=True | False, carry=[(key FaceResult, weight), ...]``): the newer key's weight
     grows by 1/wide_every a frame, so a new key frame never makes the periphery jump. 0 leaves the wide view to
-    ``rec``'s own options."""
+    ``rec``'s own options. ``rotated``: frames as the file's rotation metadata shows them (a phone clip stored
+    sideways comes out upright), else as stored; either way every result is in the frames' pixels."""
     if step < 1:
         raise ValueError("step must be >= 1")
     if wide_every < 0:
         raise ValueError("wide_every must be >= 0")
     start = max(int(start), 0)
-    cap, p = _open(path)
+    cap, p = _open(path, rotated)
     try:
         fps = _fps(cap)
         lm_filter = vx_filter = None
