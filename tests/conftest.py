@@ -68,6 +68,61 @@ def sideways_clip(tmp_path) -> tuple[Path, np.ndarray]:
 
 
 @pytest.fixture
+def vfr_clip(tmp_path) -> tuple[Path, list[float]]:
+    """(an MP4 with a variable frame rate, as phones record in low light: 30 frames, each a flat grey of level 8 * its
+    index; 30 fps for frames 0-9 and 20-29, 15 fps for 10-19; their times in seconds). Written at 30 fps by OpenCV,
+    then its sample table (stts) and durations are rewritten."""
+    import struct
+
+    import cv2
+    path = tmp_path / "vfr.mp4"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (64, 48))
+    assert vw.isOpened()
+    for i in range(30):
+        vw.write(np.full((48, 64, 3), 8 * i, np.uint8))
+    vw.release()
+    b = bytearray(path.read_bytes())
+
+    def boxes(lo, hi):                              # (type, start, size) of the boxes in b[lo:hi]
+        while lo + 8 <= hi:
+            size, kind = struct.unpack(">I4s", b[lo:lo + 8])
+            yield kind.decode(), lo, size
+            lo += size
+
+    def find(path_, lo=0, hi=None):                 # chain of (start, size) down a box path like moov/trak/...
+        out = []
+        for name in path_.split("/"):
+            lo, size = next((s, z) for k, s, z in boxes(lo, len(b) if hi is None else hi) if k == name)
+            out.append((lo, size))
+            lo, hi = lo + 8, lo + size
+        return out
+
+    chain = find("moov/trak/mdia/minf/stbl/stts")
+    at, size = chain[-1]
+    n, delta = struct.unpack(">II", b[at + 16:at + 24])
+    assert struct.unpack(">I", b[at + 12:at + 16])[0] == 1 and n == 30   # one entry: 30 samples of one duration
+    new = struct.pack(">I4sII", 8 + 8 + 3 * 8, b"stts", 0, 3) + struct.pack(">6I", 10, delta, 10, 2 * delta, 10, delta)
+    b[at:at + size] = new
+    for lo, sz in chain[:-1]:                       # the parents grow with it (moov follows mdat: no offsets move)
+        b[lo:lo + 4] = struct.pack(">I", sz + len(new) - size)
+    mdhd = find("moov/trak/mdia/mdhd")[-1][0]
+    assert b[mdhd + 8] == 0                         # version 0: 32-bit times; duration at +24 in media units
+    b[mdhd + 24:mdhd + 28] = struct.pack(">I", 40 * delta)
+    scale = struct.unpack(">I", b[mdhd + 20:mdhd + 24])[0]
+    mvhd, tkhd = find("moov/mvhd")[-1][0], find("moov/trak/tkhd")[-1][0]
+    movie_scale = struct.unpack(">I", b[mvhd + 20:mvhd + 24])[0]
+    movie_dur = struct.pack(">I", round(40 * delta * movie_scale / scale))
+    b[mvhd + 24:mvhd + 28] = movie_dur
+    b[tkhd + 28:tkhd + 32] = movie_dur
+    elst = find("moov/trak/edts/elst")[-1][0]
+    assert b[elst + 8] == 0 and struct.unpack(">I", b[elst + 12:elst + 16])[0] == 1     # one 32-bit edit
+    b[elst + 16:elst + 20] = movie_dur             # the edit list shows the whole track, not its first second
+    path.write_bytes(bytes(b))
+    times = [(i + max(0, min(i, 20) - 10)) / 30 for i in range(30)]
+    return path, times
+
+
+@pytest.fixture
 def bpy_empty():
     """bpy with a fresh empty scene."""
     import bpy

@@ -410,3 +410,34 @@ def test_video_opencv_cannot_decode_is_read_through_blender(bpy_empty, monkeypat
     with pytest.raises(VideoError, match="not a readable video"):
         operators.open_video(str(junk), rec)
     assert [s.name for s in bpy.data.scenes] == scenes
+
+
+def test_variable_frame_rate_clip_is_tracked_on_the_frames_blender_shows(bpy_empty, vfr_clip, tmp_path):
+    """Blender plays a variable-frame-rate clip at a constant rate, repeating frames where the rate drops; read in
+    order, its frames would fall behind the footage from the first slow stretch on (here by 10 frames). The add-on
+    tracks Blender's re-encoded copy instead: frame i is what Blender shows at scene frame i + 1."""
+    import bpy
+
+    from prn_blender.blender.operators import blender_timing, open_video
+    from prn_blender.core.video import video_info
+    path, times = vfr_clip
+    info = video_info(path)
+    assert (info.n_frames, info.fps) == (30, 22.5)                  # OpenCV: 30 frames, their average rate
+    assert blender_timing(path) == (40, 30.0) and not bpy.data.movieclips
+    seen = []
+
+    def rec(image, crop=None, **kw):
+        seen.append(round(float(image.mean()) / 8))
+        return []
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (n, fps, _), it = open_video(str(path), rec, scratch=str(scratch))
+    list(it)
+    assert (n, fps) == (40, 30.0)
+    # the source frame on screen at time f / 30: the latest one whose time has come
+    want = [max(i for i, t in enumerate(times) if t <= f / 30 + 1e-6) for f in range(40)]
+    assert seen == want
+    seen.clear()
+    (n, fps, _), it = open_video(str(path), rec)                    # no scratch folder: read in order
+    list(it)
+    assert (n, fps) == (30, 22.5) and seen == list(range(30))

@@ -2,6 +2,7 @@
 GUI), generate and bake the rig. Every failure reports one line and leaves the scene unchanged."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -69,23 +70,44 @@ def smoothing_settings(s):
 BLENDER_ROTATES_VIDEO = bpy.app.version >= (4, 5, 0)
 
 
+def blender_timing(path) -> tuple[int, float] | None:
+    """(frames, fps) of the movie at ``path`` as Blender plays it (a MovieClip's frame_duration and fps: with a
+    variable frame rate, its frame f is the source frame shown at time f / fps), or None when it cannot load it."""
+    try:
+        clip = bpy.data.movieclips.load(str(path))
+    except RuntimeError:
+        return None
+    try:
+        return int(clip.frame_duration), float(clip.fps)
+    finally:
+        bpy.data.movieclips.remove(clip)
+
+
 def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=0, scratch=None):
-    """(n_frames, fps, (w, h)), iterator of core.video.VideoFrame, the frames as Blender shows the clip. A clip
-    OpenCV cannot decode but Blender can (AV1, for one) is read from a copy Blender re-encodes into the folder
-    ``scratch`` (transcode; the caller removes it); without ``scratch``, or when Blender cannot read it either,
-    core.video.VideoError."""
+    """(n_frames, fps, (w, h)), iterator of core.video.VideoFrame: the frames Blender shows for the clip, frame i
+    behind scene frame i + 1. With a folder ``scratch`` (the caller removes it), a clip whose frames Blender shows
+    otherwise than OpenCV reads them in order (a variable frame rate: Blender repeats frames to play it at a
+    constant rate), or one OpenCV cannot decode but Blender can (AV1, for one), is read from a copy Blender
+    re-encodes there (transcode). core.video.VideoError when neither can read it."""
     from ..core.video import VideoError, iter_video, video_info
     rotated = BLENDER_ROTATES_VIDEO
     try:
         info = video_info(path, rotated)
+        why = None
+        timing = blender_timing(path) if scratch is not None else None
+        if timing is not None and (timing[0] != info.n_frames or not math.isclose(timing[1], info.fps, rel_tol=1e-3)):
+            why = (f"{info.n_frames} frames at {info.fps:g} fps on average, Blender plays {timing[0]} at "
+                   f"{timing[1]:g} fps")
     except VideoError as e:
         if scratch is None or not os.path.isfile(path) or os.path.getsize(path) == 0:
             raise
+        why = e
+    if why is not None:
         from .transcode import transcode
         try:
             path = transcode(path, scratch)
-        except RuntimeError as why:
-            raise VideoError(f"{e}; {why}") from None
+        except RuntimeError as e:
+            raise VideoError(f"{why}; {e}") from None
         info = video_info(path, rotated)
     return info, iter_video(path, rec, start=start, end=end, step=step, smoothing=smoothing, wide_every=wide_every,
                             rotated=rotated)
