@@ -42,6 +42,23 @@ def shared() -> Path:
     return SHARED
 
 
+def mp4_boxes(b: bytes, box_path: str) -> list[tuple[int, int]]:
+    """(start, size) of each box down ``box_path`` ("moov/trak/tkhd") in the MP4 bytes ``b``, outermost first: the
+    boxes are walked by their sizes, so bytes of the media data never pass for a box."""
+    import struct
+    out, lo, hi = [], 0, len(b)
+    for name in box_path.split("/"):
+        while True:
+            assert lo + 8 <= hi, f"no {name} box"
+            size, kind = struct.unpack(">I4s", b[lo:lo + 8])
+            if kind == name.encode():
+                break
+            lo += size
+        out.append((lo, size))
+        lo, hi = lo + 8, lo + size
+    return out
+
+
 @pytest.fixture
 def sideways_clip(tmp_path) -> tuple[Path, np.ndarray]:
     """(an MP4 whose frames are stored turned a quarter clockwise, with the rotation metadata a phone writes to show
@@ -58,9 +75,9 @@ def sideways_clip(tmp_path) -> tuple[Path, np.ndarray]:
         vw.write(np.ascontiguousarray(np.rot90(up, -1)))
     vw.release()
     b = bytearray(path.read_bytes())
-    i = b.index(b"tkhd")
-    assert b[i + 4] == 0                                      # version 0: 32-bit times
-    m = i + 4 + 4 + 20 + 8 + 8                                # flags, times/ids/duration, reserved, layer..volume
+    i = mp4_boxes(b, "moov/trak/tkhd")[-1][0]
+    assert b[i + 8] == 0                                      # version 0: 32-bit times
+    m = i + 8 + 4 + 20 + 8 + 8                                # flags, times/ids/duration, reserved, layer..volume
     assert struct.unpack(">9i", b[m:m + 36]) == (0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
     b[m:m + 36] = struct.pack(">9i", 0, -0x10000, 0, 0x10000, 0, 0, 0, 128 << 16, 0x40000000)   # show turned back
     path.write_bytes(bytes(b))
@@ -82,22 +99,7 @@ def vfr_clip(tmp_path) -> tuple[Path, list[float]]:
         vw.write(np.full((48, 64, 3), 8 * i, np.uint8))
     vw.release()
     b = bytearray(path.read_bytes())
-
-    def boxes(lo, hi):                              # (type, start, size) of the boxes in b[lo:hi]
-        while lo + 8 <= hi:
-            size, kind = struct.unpack(">I4s", b[lo:lo + 8])
-            yield kind.decode(), lo, size
-            lo += size
-
-    def find(path_, lo=0, hi=None):                 # chain of (start, size) down a box path like moov/trak/...
-        out = []
-        for name in path_.split("/"):
-            lo, size = next((s, z) for k, s, z in boxes(lo, len(b) if hi is None else hi) if k == name)
-            out.append((lo, size))
-            lo, hi = lo + 8, lo + size
-        return out
-
-    chain = find("moov/trak/mdia/minf/stbl/stts")
+    chain = mp4_boxes(b, "moov/trak/mdia/minf/stbl/stts")
     at, size = chain[-1]
     n, delta = struct.unpack(">II", b[at + 16:at + 24])
     assert struct.unpack(">I", b[at + 12:at + 16])[0] == 1 and n == 30   # one entry: 30 samples of one duration
@@ -105,16 +107,16 @@ def vfr_clip(tmp_path) -> tuple[Path, list[float]]:
     b[at:at + size] = new
     for lo, sz in chain[:-1]:                       # the parents grow with it (moov follows mdat: no offsets move)
         b[lo:lo + 4] = struct.pack(">I", sz + len(new) - size)
-    mdhd = find("moov/trak/mdia/mdhd")[-1][0]
+    mdhd = mp4_boxes(b, "moov/trak/mdia/mdhd")[-1][0]
     assert b[mdhd + 8] == 0                         # version 0: 32-bit times; duration at +24 in media units
     b[mdhd + 24:mdhd + 28] = struct.pack(">I", 40 * delta)
     scale = struct.unpack(">I", b[mdhd + 20:mdhd + 24])[0]
-    mvhd, tkhd = find("moov/mvhd")[-1][0], find("moov/trak/tkhd")[-1][0]
+    mvhd, tkhd = mp4_boxes(b, "moov/mvhd")[-1][0], mp4_boxes(b, "moov/trak/tkhd")[-1][0]
     movie_scale = struct.unpack(">I", b[mvhd + 20:mvhd + 24])[0]
     movie_dur = struct.pack(">I", round(40 * delta * movie_scale / scale))
     b[mvhd + 24:mvhd + 28] = movie_dur
     b[tkhd + 28:tkhd + 32] = movie_dur
-    elst = find("moov/trak/edts/elst")[-1][0]
+    elst = mp4_boxes(b, "moov/trak/edts/elst")[-1][0]
     assert b[elst + 8] == 0 and struct.unpack(">I", b[elst + 12:elst + 16])[0] == 1     # one 32-bit edit
     b[elst + 16:elst + 20] = movie_dur             # the edit list shows the whole track, not its first second
     path.write_bytes(bytes(b))
