@@ -3,6 +3,7 @@ Synthetic FaceResults are built from the shipped layout's canonical shape (no we
 from __future__ import annotations
 
 import os
+import pathlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -415,11 +416,12 @@ def test_video_opencv_cannot_decode_is_read_through_blender(bpy_empty, monkeypat
 def test_variable_frame_rate_clip_is_tracked_on_the_frames_blender_shows(bpy_empty, vfr_clip, tmp_path):
     """Blender plays a variable-frame-rate clip at a constant rate, repeating frames where the rate drops; read in
     order, its frames would fall behind the footage from the first slow stretch on (here by 10 frames). The add-on
-    tracks Blender's re-encoded copy instead: frame i is what Blender shows at scene frame i + 1."""
+    tracks Blender's re-encoded copy instead: frame i is what Blender shows at scene frame i + 1. A frame range
+    re-encodes that range alone."""
     import bpy
 
     from prn_blender.blender.operators import blender_timing, open_video
-    from prn_blender.core.video import video_info
+    from prn_blender.core.video import VideoError, video_info
     path, times = vfr_clip
     info = video_info(path)
     assert (info.n_frames, info.fps) == (30, 22.5)                  # OpenCV: 30 frames, their average rate
@@ -437,7 +439,45 @@ def test_variable_frame_rate_clip_is_tracked_on_the_frames_blender_shows(bpy_emp
     # the source frame on screen at time f / 30: the latest one whose time has come
     want = [max(i for i, t in enumerate(times) if t <= f / 30 + 1e-6) for f in range(40)]
     assert seen == want
+    # a frame range: only that range is re-encoded; frame indices and times stay the clip's
+    calls = []
+    for f in scratch.iterdir():
+        f.unlink()
+    seen.clear()
+    (n, fps, _), it = open_video(str(path), rec, start=13, end=31, step=4, scratch=str(scratch),
+                                 progress=lambda done, total: calls.append((done, total)))
+    got = list(it)
+    assert (n, fps) == (40, 30.0) and [fr.index for fr in got] == [13, 17, 21, 25, 29]
+    assert [fr.time_s for fr in got] == pytest.approx([i / 30 for i in (13, 17, 21, 25, 29)])
+    assert seen == [want[i] for i in (13, 17, 21, 25, 29)]
+    assert calls == [(k, 18) for k in range(1, 19)]
+    assert video_info(scratch / "decoded.mkv").n_frames == 18
+    with pytest.raises(VideoError, match="holds no frame of the clip's 40"):
+        open_video(str(path), rec, start=40, scratch=str(scratch))
+    assert not bpy.app.handlers.render_post and len(bpy.data.scenes) == 1
     seen.clear()
     (n, fps, _), it = open_video(str(path), rec)                    # no scratch folder: read in order
     list(it)
     assert (n, fps) == (30, 22.5) and seen == list(range(30))
+
+
+def test_video_job_reencodes_only_its_frame_range_with_progress(addon, vfr_clip, monkeypatch):
+    """The add-on's video job on a clip it must re-encode (variable frame rate) with a frame range: the re-encode
+    covers the range alone, shows its progress on the window manager's counter, and the job's frame numbers are the
+    clip's; closing the job removes its scratch folder with the copy."""
+    from prn_blender.blender import operators
+    bpy = addon.bpy
+    path, _ = vfr_clip
+    s = bpy.context.scene.prn_face
+    s.frame_start, s.frame_end, s.frame_step = 13, 30, 4        # frames 13, 17, 21, 25, 29 (END inclusive)
+    monkeypatch.setattr(operators, "get_reconstructor", lambda *a, **k: lambda image, **kw: [])
+    wm = FakeWM()
+    wm.progress_begin = lambda lo, hi: wm.progress.append(("begin", lo, hi))
+    ctx = SimpleNamespace(scene=bpy.context.scene, window_manager=wm)
+    job = operators.PRN_OT_reconstruct_video.make_job(SimpleNamespace(filepath=str(path), weights=""), ctx)
+    assert wm.progress == [("begin", 0, 18), *range(1, 19)] and job.total == 5
+    assert (pathlib.Path(job.tmpdir) / "decoded.mkv").is_file()
+    job.run_all()
+    assert job.indices == [13, 17, 21, 25, 29] and job.fps == 30.0
+    job.close()
+    assert not os.path.exists(job.tmpdir)

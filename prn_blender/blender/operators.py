@@ -2,6 +2,7 @@
 GUI), generate and bake the rig. Every failure reports one line and leaves the scene unchanged."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -83,18 +84,19 @@ def blender_timing(path) -> tuple[int, float] | None:
         bpy.data.movieclips.remove(clip)
 
 
-def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=0, scratch=None):
+def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=0, scratch=None, progress=None):
     """(n_frames, fps, (w, h)), iterator of core.video.VideoFrame: the frames Blender shows for the clip, frame i
-    behind scene frame i + 1. With a folder ``scratch`` (the caller removes it), a clip whose frames Blender shows
-    otherwise than OpenCV reads them in order (a variable frame rate: Blender repeats frames to play it at a
-    constant rate), or one OpenCV cannot decode but Blender can (AV1, for one), is read from a copy Blender
-    re-encodes there (transcode). core.video.VideoError when neither can read it."""
+    behind scene frame i + 1, from ``start`` to ``end`` - 1 (None: to the end) every ``step``. With a folder
+    ``scratch`` (the caller removes it), a clip whose frames Blender shows otherwise than OpenCV reads them in order
+    (a variable frame rate: Blender repeats frames to play it at a constant rate), or one OpenCV cannot decode but
+    Blender can (AV1, for one), is read from a copy of the frame range that Blender re-encodes there (transcode;
+    ``progress(done, total)`` after each frame encoded). core.video.VideoError when neither can read it."""
     from ..core.video import VideoError, iter_video, video_info
     rotated = BLENDER_ROTATES_VIDEO
+    timing = blender_timing(path) if scratch is not None else None
     try:
         info = video_info(path, rotated)
         why = None
-        timing = blender_timing(path) if scratch is not None else None
         if timing is not None and (timing[0] != info.n_frames or not math.isclose(timing[1], info.fps, rel_tol=1e-3)):
             why = (f"{info.n_frames} frames at {info.fps:g} fps on average, Blender plays {timing[0]} at "
                    f"{timing[1]:g} fps")
@@ -102,15 +104,24 @@ def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=
         if scratch is None or not os.path.isfile(path) or os.path.getsize(path) == 0:
             raise
         why = e
-    if why is not None:
-        from .transcode import transcode
-        try:
-            path = transcode(path, scratch)
-        except RuntimeError as e:
-            raise VideoError(f"{why}; {e}") from None
-        info = video_info(path, rotated)
-    return info, iter_video(path, rec, start=start, end=end, step=step, smoothing=smoothing, wide_every=wide_every,
-                            rotated=rotated)
+    if why is None:
+        return info, iter_video(path, rec, start=start, end=end, step=step, smoothing=smoothing,
+                                wide_every=wide_every, rotated=rotated)
+    from .transcode import transcode
+    first = max(int(start), 0) if timing is not None else 0      # without Blender's frame count: the whole clip
+    try:
+        copy = transcode(path, scratch, start=first, end=end if timing is not None else None, progress=progress)
+    except RuntimeError as e:
+        raise VideoError(f"{why}; {e}") from None
+    except ValueError as e:
+        raise VideoError(str(e)) from None
+    info = video_info(copy, rotated)
+    frames = iter_video(copy, rec, start=start - first, end=None if end is None else end - first, step=step,
+                        smoothing=smoothing, wide_every=wide_every, rotated=rotated)
+    if timing is not None:
+        info = dataclasses.replace(info, n_frames=timing[0])
+    return info, (dataclasses.replace(fr, index=fr.index + first, time_s=(fr.index + first) / info.fps)
+                  for fr in frames)
 
 
 def face_collection(context, name: str = ""):
@@ -368,13 +379,24 @@ class PRN_OT_reconstruct_video(bpy.types.Operator):
         rec = get_reconstructor(context, self.weights, video=True)
         end = None if s.frame_end < 0 else s.frame_end + 1      # frame_end is inclusive, core's end exclusive
         tmpdir = tempfile.mkdtemp(prefix="prn_video_")
+        wm = context.window_manager
+        shown = []
+
+        def progress(done, total):              # a re-encode (operators.open_video) on the cursor's counter
+            if not shown:
+                wm.progress_begin(0, total)
+                shown.append(total)
+            wm.progress_update(done)
         try:
             (n, fps, _), frames = open_video(path, rec, start=s.frame_start, end=end, step=s.frame_step,
                                              smoothing=smoothing_settings(s), wide_every=video_wide_every(s),
-                                             scratch=tmpdir)
+                                             scratch=tmpdir, progress=progress)
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
+        finally:
+            if shown:
+                wm.progress_end()
         last = n if end is None else min(n, end)
         total = max(0, -(-(last - s.frame_start) // s.frame_step)) if n else 0
         return VideoJob(path, frames, total, fps, metres_per_pixel=s.metres_per_pixel or None,
