@@ -49,7 +49,7 @@ def _info(a) -> int:
 def _blend(a) -> int:
     from .blender.pipeline import run_blend
     return run_blend(a.input, a.out, frames=a.frames, rig=a.rig, smoothing=a.smoothing, weights=a.weights,
-                     wide_view=a.wide_view)
+                     wide_view=a.wide_view, face=a.face)
 
 
 def _import_prnet(a) -> int:
@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="videos: skip the wider (un-zoomed) view that key frames run for the forehead, ears and "
                         "neck (every constants.VIDEO_WIDE_EVERY frames, carried between: about a quarter of the time "
                         "per frame)")
+    b.add_argument("--face", type=int, default=1,
+                   help="photos showing several faces: which to build, 1 = the largest (default), 2 = the next ...")
     b.add_argument("--weights")
     b.set_defaults(fn=_blend)
     t = sub.add_parser("import-prnet", help="convert PRNet's official TF checkpoint (no TensorFlow needed)")

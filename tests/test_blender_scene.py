@@ -245,6 +245,39 @@ def test_image_operator_and_failure_leaves_scene(addon):
     assert bpy.ops.prn.bake_rig() == {"FINISHED"}
 
 
+def test_image_operator_builds_the_chosen_face_of_a_group_photo(addon, monkeypatch):
+    """A photo with several faces: the scene's Face counts them largest first (the detector orders by score); each
+    face number is a build of its own, rebuilt in place; a number past the faces found fails and changes nothing."""
+    import dataclasses
+    bpy = addon.bpy
+    from prn_blender.blender import scene as sc
+
+    def scaled(f, k):
+        c = f.landmarks.mean(0)
+        return dataclasses.replace(f, landmarks=(f.landmarks - c) * k + c, vertices=(f.vertices - c) * k + c)
+    small, big = scaled(fake_face(), 0.5), fake_face()
+    monkeypatch.setattr(addon.ops, "get_reconstructor", lambda *a, **k: lambda path: [small, big])
+    s = bpy.context.scene.prn_face
+
+    def width(coll):
+        lm = np.array([o.location[:] for o in sc.objects_by_role(coll)["landmarks"]])
+        return float(np.ptp(lm[:, 0]))
+    assert bpy.ops.prn.reconstruct_image(filepath=addon.image) == {"FINISHED"}
+    s.face = 2
+    assert bpy.ops.prn.reconstruct_image(filepath=addon.image) == {"FINISHED"}
+    one, two = bpy.data.collections["portrait"], bpy.data.collections["portrait_face2"]
+    assert width(one) > 1.5 * width(two)
+    assert bpy.ops.prn.reconstruct_image(filepath=addon.image) == {"FINISHED"}      # face 2 again: replaced
+    assert sorted(c.name for c in bpy.data.collections) == ["portrait", "portrait_face2"]
+    before = names(bpy)
+    s.face = 3
+    with pytest.raises(RuntimeError, match="the photo shows 2 face"):
+        bpy.ops.prn.reconstruct_image(filepath=addon.image)
+    assert names(bpy) == before
+    from prn_blender.blender.pipeline import run_blend
+    assert run_blend(addon.image, addon.tmp / "x.blend", face=0) == 1 and not (addon.tmp / "x.blend").exists()
+
+
 class Recorder:
     def __init__(self, calls):
         self.calls = calls

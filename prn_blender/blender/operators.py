@@ -124,6 +124,15 @@ def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=
                   for fr in frames)
 
 
+def largest_first(faces) -> list:
+    """FaceResults ordered by the area of their 68 landmarks' box in the image, largest first (the detector's own
+    order is by score, which a small face in the background can win): what the scene setting Face counts."""
+    def area(f):
+        lm = np.asarray(f.landmarks, np.float64)[:, :2]
+        return float(np.prod(np.ptp(lm, axis=0)))
+    return sorted(faces or [], key=area, reverse=True)
+
+
 def face_collection(context, name: str = ""):
     """The face collection called ``name`` when given, else the active object's, else the most recently built one in
     the scene."""
@@ -173,19 +182,21 @@ class PRN_OT_reconstruct_image(bpy.types.Operator):
             return {"CANCELLED"}
         try:
             rec = get_reconstructor(context, self.weights)
-            faces = rec(path)
+            faces = largest_first(rec(path))
             if not faces:
                 raise RuntimeError("no face found in the image")
+            if s.face > len(faces):
+                raise RuntimeError(f"the photo shows {len(faces)} face(s); Face is {s.face}")
         except Exception as e:  # noqa: BLE001 - every failure becomes one report line
             self.report({"ERROR"}, one_line(e))
             return {"CANCELLED"}
         try:
-            coll = sc.build_face(context, faces[0], path, metres_per_pixel=s.metres_per_pixel or None,
-                                 after=_after_rig(context, s.rig))
+            coll = sc.build_face(context, faces[s.face - 1], path, metres_per_pixel=s.metres_per_pixel or None,
+                                 after=_after_rig(context, s.rig), face=s.face)
         except Exception as e:  # noqa: BLE001
             self.report({"ERROR"}, f"building the scene failed: {one_line(e)}")
             return {"CANCELLED"}
-        self.report({"INFO"}, f"reconstructed {coll.name}: {len(faces)} face(s) found, built the first")
+        self.report({"INFO"}, f"reconstructed {coll.name}: face {s.face} of the {len(faces)} found (largest first)")
         return {"FINISHED"}
 
 

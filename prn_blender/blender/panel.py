@@ -17,6 +17,7 @@ class PRN_PT_reconstruct(bpy.types.Panel):
         box = layout.box()
         box.label(text="Image", icon="IMAGE_DATA")
         box.prop(s, "image_path", text="")
+        box.prop(s, "face")
         op = box.operator("prn.reconstruct_image", icon="USER")
         op.filepath = s.image_path
         box = layout.box()

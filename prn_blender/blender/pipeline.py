@@ -48,12 +48,16 @@ def parse_smoothing(spec):
     return True, a, b
 
 
-def run_blend(input_path, out_blend, frames=None, rig=False, smoothing=None, weights=None, wide_view=True) -> int:
+def run_blend(input_path, out_blend, frames=None, rig=False, smoothing=None, weights=None, wide_view=True,
+              face: int = 1) -> int:
     """Build a .blend from a photo or a video with the add-on operators (``wide_view``: video frames get the wide
-    periphery view on key frames, the scene's Wide View setting). Returns 0, or 1 with a one-line error on stderr."""
+    periphery view on key frames, the scene's Wide View setting; ``face``: which face of a photo, 1 = the largest,
+    the scene's Face setting). Returns 0, or 1 with a one-line error on stderr."""
     try:
         start, end, step = parse_frames(frames)
         sm_on, min_cutoff, beta = parse_smoothing(smoothing)
+        if int(face) < 1:
+            raise ValueError(f"--face counts from 1 (the largest face), got {face}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -70,6 +74,7 @@ def run_blend(input_path, out_blend, frames=None, rig=False, smoothing=None, wei
     s = bpy.context.scene.prn_face
     s.rig = bool(rig)
     s.wide_view = bool(wide_view)
+    s.face = int(face)
     s.frame_start, s.frame_end, s.frame_step = start, end, step
     s.smoothing = sm_on
     if min_cutoff is not None:

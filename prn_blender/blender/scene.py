@@ -217,15 +217,16 @@ def setup_camera(b: Build, coll, name, image_size, k, depth_px, parent=None, ima
 
 # --------------------------------------------------------------------------------------------------- build
 def build_face(context, result, image_path, name: str | None = None, *, metres_per_pixel: float | None = None,
-               movie_path=None, set_scene_camera: bool = True, after=None):
+               movie_path=None, set_scene_camera: bool = True, after=None, face: int = 1):
     """Build (or rebuild) the collection of one source from a FaceResult. Replaces the previous build of the same
     source only once this one has fully succeeded; on an exception removes what it created and re-raises.
 
     ``image_path``: the source (photo; for videos the video path, with ``movie_path`` the same file: the camera
-    background is then a movie clip). ``after(collection)`` runs inside the transaction (animation, rig): its failure
-    also rolls the build back. Returns the collection."""
-    src = source_key(movie_path or image_path)
-    name = name or _name_for(movie_path or image_path)
+    background is then a movie clip). ``face``: which face of the source this is (1 = the largest); each is a source
+    of its own, named with a ``_face{n}`` suffix from 2 on. ``after(collection)`` runs inside the transaction
+    (animation, rig): its failure also rolls the build back. Returns the collection."""
+    src = source_key(movie_path or image_path) + (f"#face{face}" if face > 1 else "")
+    name = name or _name_for(movie_path or image_path) + (f"_face{face}" if face > 1 else "")
     b = Build(src)
     try:
         coll = _build(context, b, result, image_path, name, metres_per_pixel, movie_path, set_scene_camera)
