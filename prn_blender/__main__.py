@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "neck (every constants.VIDEO_WIDE_EVERY frames, carried between: about a quarter of the time "
                         "per frame)")
     b.add_argument("--face", type=int, default=1,
-                   help="photos showing several faces: which to build, 1 = the largest (default), 2 = the next ...")
+                   help="photos and videos showing several faces: which to build, 1 = the largest (default), 2 = the "
+                        "next ...")
     b.add_argument("--weights")
     b.set_defaults(fn=_blend)
     t = sub.add_parser("import-prnet", help="convert PRNet's official TF checkpoint (no TensorFlow needed)")

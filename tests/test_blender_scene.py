@@ -167,6 +167,12 @@ def test_video_keys_shape_keys_and_rig(bpy_empty, tmp_path):
     assert len(bpy_empty.data.collections) == 1 and coll2.name == "clip"
     assert len(bpy_empty.data.meshes) == 1 and len(bpy_empty.data.armatures) == 0
     assert len([o for o in bpy_empty.data.objects if o.name.startswith("lm_")]) == 68
+    # another face of the same clip is a build of its own, with its own mesh cache file name
+    job3 = operators.VideoJob(str(tmp_path / "clip.mp4"), fake_video(3), 3, 25.0, face=2, mesh_mode="MESH_CACHE")
+    job3.run_all()
+    coll3 = _finish_without_movie(job3, ctx, monkeypatch_clip=True)
+    assert coll3.name == "clip_face2" and sorted(c.name for c in bpy_empty.data.collections) == ["clip", "clip_face2"]
+    assert os.path.basename(job3.cache_file) == "clip_face2_prn.pc2"
 
 
 def test_mesh_cache_mode(bpy_empty, tmp_path):

@@ -209,6 +209,37 @@ def test_iter_video_range_step_and_smoothing(tmp_path):
     assert sm[5].face is not raw[5].face and sm[5].face.confidence == raw[5].face.confidence
 
 
+class TwoFaceRec:
+    """Two still faces: the detector lists the small one (20 px) first, as a higher score would; a tracking crop sees
+    the face whose centre is nearest to the crop's."""
+
+    def __init__(self):
+        self.faces = {"small": (70, 20, 20), "big": (25, 40, 40)}                    # x0, y0, side in pixels
+
+    def lm(self, name):
+        x0, y0, side = self.faces[name]
+        return np.stack([x0 + side * np.linspace(0, 1, 68), y0 + side * np.linspace(0, 1, 68)[::-1],
+                         np.zeros(68)], 1).astype(np.float32)
+
+    def __call__(self, image, crop=None):
+        names = ["small", "big"]
+        if crop is not None:
+            names = [min(names, key=lambda n: np.linalg.norm(self.lm(n)[:, :2].mean(0) - crop.center))]
+        return [dataclasses.replace(_face(self.lm(n), 0.9, image.shape), crop=CropTransform(
+            tuple(self.lm(n)[:, :2].mean(0).tolist()), 1.6 * self.faces[n][2])) for n in names]
+
+
+def test_iter_video_tracks_the_chosen_face_largest_first(tmp_path):
+    path = _write_indexed_clip(tmp_path / "idx.avi", n=4)
+    rec = TwoFaceRec()
+    for rank, want in ((1, "big"), (2, "small")):
+        frames = list(iter_video(path, rec, face_rank=rank))
+        assert len(frames) == 4 and all(np.array_equal(f.face.landmarks, rec.lm(want)) for f in frames), rank
+    assert [f.face for f in iter_video(path, rec, face_rank=3)] == [None] * 4
+    with pytest.raises(ValueError, match="counts from 1"):
+        list(iter_video(path, rec, face_rank=0))
+
+
 class CropBiasedRec:
     """A still face whose predicted size follows the crop it is seen in (a network's pull toward the face size it
     expects in a crop): predicted landmarks = the true ones scaled about their centre by crop side / 36."""

@@ -13,6 +13,7 @@ import numpy as np
 from bpy.props import StringProperty
 
 from ..core.constants import MULTI_SCALE, VIDEO_SCALES, VIDEO_WIDE_EVERY
+from ..core.result import largest_first
 from . import scene as sc
 from .convert import image_to_blender, metres_per_pixel_for, pose_to_blender
 from .preferences import get_preferences
@@ -84,13 +85,15 @@ def blender_timing(path) -> tuple[int, float] | None:
         bpy.data.movieclips.remove(clip)
 
 
-def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=0, scratch=None, progress=None):
+def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=0, scratch=None, progress=None,
+               face_rank=1):
     """(n_frames, fps, (w, h)), iterator of core.video.VideoFrame: the frames Blender shows for the clip, frame i
     behind scene frame i + 1, from ``start`` to ``end`` - 1 (None: to the end) every ``step``. With a folder
     ``scratch`` (the caller removes it), a clip whose frames Blender shows otherwise than OpenCV reads them in order
     (a variable frame rate: Blender repeats frames to play it at a constant rate), or one OpenCV cannot decode but
     Blender can (AV1, for one), is read from a copy of the frame range that Blender re-encodes there (transcode;
-    ``progress(done, total)`` after each frame encoded). core.video.VideoError when neither can read it."""
+    ``progress(done, total)`` after each frame encoded). ``face_rank``: whom to track, 1 = the largest face
+    (core.video.iter_video). core.video.VideoError when neither can read it."""
     from ..core.video import VideoError, iter_video, video_info
     rotated = BLENDER_ROTATES_VIDEO
     timing = blender_timing(path) if scratch is not None else None
@@ -106,7 +109,7 @@ def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=
         why = e
     if why is None:
         return info, iter_video(path, rec, start=start, end=end, step=step, smoothing=smoothing,
-                                wide_every=wide_every, rotated=rotated)
+                                wide_every=wide_every, rotated=rotated, face_rank=face_rank)
     from .transcode import transcode
     first = max(int(start), 0) if timing is not None else 0      # without Blender's frame count: the whole clip
     try:
@@ -117,20 +120,11 @@ def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=
         raise VideoError(str(e)) from None
     info = video_info(copy, rotated)
     frames = iter_video(copy, rec, start=start - first, end=None if end is None else end - first, step=step,
-                        smoothing=smoothing, wide_every=wide_every, rotated=rotated)
+                        smoothing=smoothing, wide_every=wide_every, rotated=rotated, face_rank=face_rank)
     if timing is not None:
         info = dataclasses.replace(info, n_frames=timing[0])
     return info, (dataclasses.replace(fr, index=fr.index + first, time_s=(fr.index + first) / info.fps)
                   for fr in frames)
-
-
-def largest_first(faces) -> list:
-    """FaceResults ordered by the area of their 68 landmarks' box in the image, largest first (the detector's own
-    order is by score, which a small face in the background can win): what the scene setting Face counts."""
-    def area(f):
-        lm = np.asarray(f.landmarks, np.float64)[:, :2]
-        return float(np.prod(np.ptp(lm, axis=0)))
-    return sorted(faces or [], key=area, reverse=True)
 
 
 def face_collection(context, name: str = ""):
@@ -206,13 +200,14 @@ class VideoJob:
     vertices stream to a temporary PC2 file, landmarks and poses stay in memory; ``finish()`` builds the scene."""
 
     def __init__(self, path, frames, n_total, fps, *, metres_per_pixel=None, mesh_mode="AUTO",
-                 shape_key_max_frames=250, rig=False, tmpdir=None):
+                 shape_key_max_frames=250, rig=False, tmpdir=None, face=1):
         self.path = str(path)
         self.frames = iter(frames)
         self.total = max(int(n_total or 0), 0)
         self.fps = float(fps or 0) or None
         self.k = metres_per_pixel or None
         self.mesh_mode, self.shape_key_max_frames, self.rig = mesh_mode, int(shape_key_max_frames), rig
+        self.face = int(face)                    # which face of the clip (1 = the largest): a build of its own
         self.first = None
         self.indices: list[int] = []
         self.lms: list = []
@@ -285,7 +280,7 @@ class VideoJob:
         mode = self.mesh_mode
         if mode == "AUTO":
             mode = "SHAPE_KEYS" if n <= self.shape_key_max_frames else "MESH_CACHE"
-        name = sc._name_for(self.path)
+        name = sc._name_for(self.path, self.face)
         if bpy.data.filepath:
             final = os.path.join(os.path.dirname(bpy.data.filepath), f"{name}_prn.pc2")
             rel = bpy.path.relpath(final)
@@ -303,7 +298,7 @@ class VideoJob:
                 generate_rig(context, coll)
         try:
             coll = sc.build_face(context, self.first, self.path, metres_per_pixel=self.k, movie_path=self.path,
-                                 after=after)
+                                 after=after, face=self.face)
         finally:
             self.close()
         return coll
@@ -401,7 +396,7 @@ class PRN_OT_reconstruct_video(bpy.types.Operator):
         try:
             (n, fps, _), frames = open_video(path, rec, start=s.frame_start, end=end, step=s.frame_step,
                                              smoothing=smoothing_settings(s), wide_every=video_wide_every(s),
-                                             scratch=tmpdir, progress=progress)
+                                             scratch=tmpdir, progress=progress, face_rank=s.face)
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
@@ -412,7 +407,7 @@ class PRN_OT_reconstruct_video(bpy.types.Operator):
         total = max(0, -(-(last - s.frame_start) // s.frame_step)) if n else 0
         return VideoJob(path, frames, total, fps, metres_per_pixel=s.metres_per_pixel or None,
                         mesh_mode=s.mesh_mode, shape_key_max_frames=s.shape_key_max_frames, rig=s.rig,
-                        tmpdir=tmpdir)
+                        tmpdir=tmpdir, face=s.face)
 
     def execute(self, context):
         try:

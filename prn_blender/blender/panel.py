@@ -17,7 +17,6 @@ class PRN_PT_reconstruct(bpy.types.Panel):
         box = layout.box()
         box.label(text="Image", icon="IMAGE_DATA")
         box.prop(s, "image_path", text="")
-        box.prop(s, "face")
         op = box.operator("prn.reconstruct_image", icon="USER")
         op.filepath = s.image_path
         box = layout.box()
@@ -42,6 +41,7 @@ class PRN_PT_reconstruct(bpy.types.Panel):
                           icon="CANCEL" if running else "SEQUENCE")
         op.filepath = s.video_path
         col = layout.column()
+        col.prop(s, "face")
         col.prop(s, "metres_per_pixel")
         col.prop(s, "rig")
         row = col.row(align=True)

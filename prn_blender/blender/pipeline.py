@@ -51,8 +51,8 @@ def parse_smoothing(spec):
 def run_blend(input_path, out_blend, frames=None, rig=False, smoothing=None, weights=None, wide_view=True,
               face: int = 1) -> int:
     """Build a .blend from a photo or a video with the add-on operators (``wide_view``: video frames get the wide
-    periphery view on key frames, the scene's Wide View setting; ``face``: which face of a photo, 1 = the largest,
-    the scene's Face setting). Returns 0, or 1 with a one-line error on stderr."""
+    periphery view on key frames, the scene's Wide View setting; ``face``: which face, 1 = the largest, the scene's
+    Face setting). Returns 0, or 1 with a one-line error on stderr."""
     try:
         start, end, step = parse_frames(frames)
         sm_on, min_cutoff, beta = parse_smoothing(smoothing)

@@ -10,8 +10,9 @@ from ..core.constants import VIDEO_WIDE_EVERY
 class PRN_PG_settings(bpy.types.PropertyGroup):
     image_path: StringProperty(name="Image", subtype="FILE_PATH", description="Photo of a face")
     face: IntProperty(name="Face", default=1, min=1, soft_max=8,
-                      description="Which face to build when the photo shows several: 1 = the largest, 2 = the next "
-                                  "largest, ... Each face number of a photo is built (and rebuilt) on its own")
+                      description="Which face to build when the photo or video shows several: 1 = the largest, "
+                                  "2 = the next largest, ... (a video follows the face it picks at its first "
+                                  "detection). Each face number of a source is built, and rebuilt, on its own")
     video_path: StringProperty(name="Video", subtype="FILE_PATH", description="Video of a face")
     frame_start: IntProperty(name="Start", default=0, min=0, description="First video frame (0-based)")
     frame_end: IntProperty(name="End", default=-1, min=-1, description="Last video frame (-1 = to the end)")

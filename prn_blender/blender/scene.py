@@ -28,8 +28,10 @@ def source_key(path) -> str:
     return os.path.normcase(os.path.abspath(bpy.path.abspath(str(path))))
 
 
-def _name_for(path) -> str:
-    return (Path(str(path)).stem or "face")[:48]
+def _name_for(path, face: int = 1) -> str:
+    """The name of the build of face number ``face`` (1 = the largest) of the source at ``path``: its file name's
+    stem, with ``_face{n}`` from face 2 on."""
+    return (Path(str(path)).stem or "face")[:48] + (f"_face{face}" if face > 1 else "")
 
 
 # --------------------------------------------------------------------------------------------------- bookkeeping
@@ -226,7 +228,7 @@ def build_face(context, result, image_path, name: str | None = None, *, metres_p
     of its own, named with a ``_face{n}`` suffix from 2 on. ``after(collection)`` runs inside the transaction
     (animation, rig): its failure also rolls the build back. Returns the collection."""
     src = source_key(movie_path or image_path) + (f"#face{face}" if face > 1 else "")
-    name = name or _name_for(movie_path or image_path) + (f"_face{face}" if face > 1 else "")
+    name = name or _name_for(movie_path or image_path, face)
     b = Build(src)
     try:
         coll = _build(context, b, result, image_path, name, metres_per_pixel, movie_path, set_scene_camera)

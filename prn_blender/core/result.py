@@ -114,3 +114,13 @@ class FaceResult:
         """``{"landmarks68": [[x,y,z]x68], "pose": {...}, "image_size": [w,h]}`` in image pixels, y down."""
         return {"landmarks68": np.asarray(self.landmarks, float).round(3).tolist(), "pose": self.pose.as_dict(),
                 "image_size": list(self.image_size), "layout": self.layout, "confidence": self.confidence}
+
+
+def largest_first(faces) -> list:
+    """FaceResults ordered by the area of their 68 landmarks' box in the image, largest first: how the add-on's Face
+    setting counts the faces of a photo or a video (the detector's own order is by score, which a small face in the
+    background can win)."""
+    def area(f):
+        lm = np.asarray(f.landmarks, np.float64)[:, :2]
+        return float(np.prod(np.ptp(lm, axis=0)))
+    return sorted(faces or [], key=area, reverse=True)

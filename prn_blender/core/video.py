@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from .crop import crop_from_landmarks
-from .result import CropTransform, FaceResult
+from .result import CropTransform, FaceResult, largest_first
 from .smoothing import OneEuroFilter, OneEuroSettings
 
 __all__ = ["VideoError", "VideoInfo", "VideoFrame", "video_info", "iter_video", "OneEuroSettings"]
@@ -155,7 +155,8 @@ def _wide_view_args(keys: list[FaceResult], since_key: int, every: int, due: boo
 
 def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step: int = 1,
                smoothing: OneEuroSettings | None = None, redetect_every: int = 0,
-               min_confidence: float = 0.3, wide_every: int = 0, rotated: bool = True) -> Iterator[VideoFrame]:
+               min_confidence: float = 0.3, wide_every: int = 0, rotated: bool = True,
+               face_rank: int = 1) -> Iterator[VideoFrame]:
     """Stream frames ``start, start+step, ... < end`` (``end`` None = to the end) through ``rec`` with tracking.
 
     ``rec(image_rgb_uint8, crop=None) -> list[FaceResult]`` (FaceReconstructor; it detects without ``crop``).
@@ -167,9 +168,14 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
     (FaceReconstructor's ``periphery=True | False, carry=[(key FaceResult, weight), ...]``): the newer key's weight
     grows by 1/wide_every a frame, so a new key frame never makes the periphery jump. 0 leaves the wide view to
     ``rec``'s own options. ``rotated``: frames as the file's rotation metadata shows them (a phone clip stored
-    sideways comes out upright), else as stored; either way every result is in the frames' pixels."""
+    sideways comes out upright), else as stored; either way every result is in the frames' pixels.
+    ``face_rank``: whom a detection without a face to follow picks, counted largest first (result.largest_first):
+    1 = the largest face of that frame; a frame with fewer faces has none. A forced re-detection of a tracked face
+    picks the detection nearest to it."""
     if step < 1:
         raise ValueError("step must be >= 1")
+    if face_rank < 1:
+        raise ValueError("face_rank counts from 1 (the largest face)")
     if wide_every < 0:
         raise ValueError("wide_every must be >= 0")
     start = max(int(start), 0)
@@ -227,6 +233,8 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
                 if wide_every:
                     wide = _wide_view_args(keys, since_key, wide_every, due=True)
                 faces = _call(rec, img, **wide)
+                if prev is None:
+                    faces = largest_first(faces)[face_rank - 1:face_rank]
                 if faces:
                     f = _closest(faces, prev)
                     lms = np.asarray(f.landmarks)
