@@ -503,12 +503,14 @@ def test_variable_frame_rate_clip_is_tracked_on_the_frames_blender_shows(bpy_emp
 def test_video_job_reencodes_only_its_frame_range_with_progress(addon, vfr_clip, monkeypatch):
     """The add-on's video job on a clip it must re-encode (variable frame rate) with a frame range: the re-encode
     covers the range alone, shows its progress on the window manager's counter, and the job's frame numbers are the
-    clip's; closing the job removes its scratch folder with the copy."""
+    clip's; a job that found no face says so (and which Face it looked for) and removes its scratch folder with the
+    copy."""
     from prn_blender.blender import operators
     bpy = addon.bpy
     path, _ = vfr_clip
     s = bpy.context.scene.prn_face
     s.frame_start, s.frame_end, s.frame_step = 13, 30, 4        # frames 13, 17, 21, 25, 29 (END inclusive)
+    s.face = 2
     monkeypatch.setattr(operators, "get_reconstructor", lambda *a, **k: lambda image, **kw: [])
     wm = FakeWM()
     wm.progress_begin = lambda lo, hi: wm.progress.append(("begin", lo, hi))
@@ -517,6 +519,7 @@ def test_video_job_reencodes_only_its_frame_range_with_progress(addon, vfr_clip,
     assert wm.progress == [("begin", 0, 18), *range(1, 19)] and job.total == 5
     assert (pathlib.Path(job.tmpdir) / "decoded.mkv").is_file()
     job.run_all()
-    assert job.indices == [13, 17, 21, 25, 29] and job.fps == 30.0
-    job.close()
-    assert not os.path.exists(job.tmpdir)
+    assert job.indices == [13, 17, 21, 25, 29] and job.fps == 30.0 and job.face == 2
+    with pytest.raises(RuntimeError, match=r"no face found in any processed frame \(Face is 2"):
+        job.finish(ctx)
+    assert not os.path.exists(job.tmpdir) and len(bpy.data.collections) == 0

@@ -271,7 +271,10 @@ class VideoJob:
         """Build and animate the collection from the processed frames. Raises when no face was found."""
         if self.first is None:
             self.close()
-            raise RuntimeError("no face found in any processed frame" if self.done else "no frame processed")
+            if not self.done:
+                raise RuntimeError("no frame processed")
+            raise RuntimeError("no face found in any processed frame"
+                               + (f" (Face is {self.face}: no frame showed that many faces)" if self.face > 1 else ""))
         self.pc2.close()
         frames = np.asarray(self.indices, np.float64) + 1.0          # video frame i -> scene frame i + 1
         lms, poses = self._fill(self.lms), self._fill(self.poses)
