@@ -7,8 +7,9 @@
 * end-to-end image -> FaceResult with the shipped weights, split by stage, and video frames per second; with
   ``--weights A B``, those of each model, and B's times against A's (e.g. a wider model against the last one).
 * synthetic data engine throughput (samples/s) when ../shared is present.
-* ``loop`` (only when asked for, with ../shared): train.py itself, steady-state training samples/s with the data made
-  inline (``--prefetch 0``, the baseline) and ahead in a thread (``--prefetch 2``, the CUDA default), same run.
+* ``loop`` (only when asked for, with ../shared): train.py itself, steady-state training samples/s with one batch
+  rendered at a time (``--render-batches 1``, the baseline) and four at once (``--render-batches 4``, as
+  tools/gpu_train.sh trains), same run.
 Run: ``.venv/bin/python benchmarks/bench_core.py [--device cpu|cuda] [--reps N] [--only net,e2e,data,video,loop]
 [--data-batch 16,256] [--profile] [--loop WIDTH,BATCH,STEPS] [--weights BASELINE.safetensors OTHER.safetensors]``.
 """
@@ -89,7 +90,7 @@ def bench_train_step(width, dev, reps, batch=8):
     return out[torch.contiguous_format], out[torch.channels_last]
 
 
-def bench_loop(dev, width, batch, steps, prefetch):
+def bench_loop(dev, width, batch, steps, render_batches):
     """Steady-state training samples/s of train.py (a fresh width ``width`` model, batch ``batch``, ``steps``
     steps, reuse 1 and bf16 autocast as tools/gpu_train.sh trains) over its last two thirds, from the run's own log."""
     import json
@@ -98,7 +99,8 @@ def bench_loop(dev, width, batch, steps, prefetch):
     with tempfile.TemporaryDirectory() as d:
         subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "train.py"), "--out", d,
                         "--device", dev.type, "--width", str(width), "--batch", str(batch), "--steps", str(steps),
-                        "--reuse", "1", "--amp", "bf16", "--save-every", str(steps), "--prefetch", str(prefetch),
+                        "--reuse", "1", "--amp", "bf16", "--save-every", str(steps),
+                        "--render-batches", str(render_batches),
                         "--no-progress"],
                        check=True, capture_output=True, timeout=900)
         log = [json.loads(x) for x in (Path(d) / "log.jsonl").read_text().splitlines()]
@@ -226,10 +228,10 @@ def main():
                                                       and k[1].startswith("video one-euro, ")) + " time")
     if shared_dir(required=False) and "loop" in only:
         width, batch, steps = map(int, (a.loop or ("16,64,60" if dev.type == "cuda" else "8,4,12")).split(","))
-        inline, ahead = (bench_loop(dev, width, batch, steps, p) for p in (0, 2))
+        one, four = (bench_loop(dev, width, batch, steps, k) for k in (1, 4))
         print(f"\ntraining loop (train.py, width {width}, batch {batch}, reuse 1, steps {steps // 3}-{steps}): "
-              f"data inline {inline:.1f} samples/s | made ahead in a thread {ahead:.1f} samples/s | "
-              f"x{ahead / inline:.2f}")
+              f"one batch rendered at a time {one:.1f} samples/s | four at once {four:.1f} samples/s | "
+              f"x{four / one:.2f}")
     for name in names[1:]:                   # each further model's time against the first's, same run
         print(f"\n{name} vs {names[0]}: " + ", ".join(
             f"{label} x{ms / e2e[names[0], label]:.2f} time" for (n, label), ms in e2e.items() if n == name))

@@ -268,43 +268,29 @@ def test_scene_features_switch_off_one_at_a_time(shared, monkeypatch):
         data.generator_name(["hair"])
 
 
-def test_prefetcher_serves_the_streams_batches_in_order(shared):
-    """train.py's data thread: the batches a Prefetcher serves are exactly the stream's own, in its order (the
-    thread is the only user of the stream's generators), and closing it stops the thread."""
-    from prn_blender.train.data import Prefetcher, SyntheticStream
-    direct = SyntheticStream(2, seed=5, reuse=1, density=20)
-    want = [next(direct) for _ in range(3)]
-    with Prefetcher(SyntheticStream(2, seed=5, reuse=1, density=20), depth=2) as p:
-        got = [next(p) for _ in range(3)]
-    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(want, got))
-    assert not p._thread.is_alive()
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (the device tool's machine); CI has none"))])
+def test_render_batches_serve_one_render_batch_by_batch(shared, device):
+    """train.py --render-batches K: the stream renders K batches' scenes at once and serves them batch by batch,
+    each served 1 + reuse times with fresh augmentation; the scenes are those of one render of K batches."""
+    from prn_blender.train.data import SyntheticStream
+    kw = {"seed": 5, "reuse": 1, "density": 20, "device": device, "render_batches": 2}
+    bare = SyntheticStream(2, augment_on=False, **kw)
+    want = SyntheticStream(2, **kw).render(4)                       # the same seed's first render, of 2 x 2 scenes
+    got = [next(bare) for _ in range(5)]
+    assert [tuple(i.shape) for i, _ in got] == [(2, 3, 256, 256)] * 5 and got[0][0].device.type == device
+    def same(x, y):   # on a GPU, atomics may order float sums differently: the same up to a few pixels
+        return torch.equal(x, y) if device == "cpu" else ((x - y).abs() > 1e-3).float().mean() < 1e-3
 
-
-def test_prefetcher_raises_the_threads_error_and_stops():
-    """An error in the data thread is raised by the next() that would have returned its batch, naming the cause;
-    the thread is then stopped and the prefetcher is exhausted."""
-    from prn_blender.train.data import Prefetcher
-
-    class Failing:
-        device = "cpu"
-        n = 0
-
-        def __next__(self):
-            self.n += 1
-            if self.n == 2:
-                raise ValueError("no faces today")
-            return torch.zeros(1), torch.ones(1)
-
-    p = Prefetcher(Failing(), depth=1)
-    img, pos = next(p)
-    assert img.item() == 0 and pos.item() == 1
-    with pytest.raises(RuntimeError, match="no faces today"):
-        next(p)
-    assert not p._thread.is_alive()
-    with pytest.raises(StopIteration):
-        next(p)
-    with pytest.raises(ValueError, match="depth"):
-        Prefetcher(Failing(), depth=0)
+    for k, (img, pos) in enumerate(got[:4]):                        # batches 1, 2, then both again (reuse 1)
+        assert same(img, want.image[2 * (k % 2):2 * (k % 2) + 2])
+        assert same(pos, want.pos[2 * (k % 2):2 * (k % 2) + 2])
+    assert not torch.equal(got[4][1], want.pos[:2])                  # then a new render
+    dressed = SyntheticStream(2, context_blur=0.5, **kw)
+    a, b, c = (next(dressed) for _ in range(3))                       # re-augmented on its second serving
+    assert a[0].shape == (2, 3, 256, 256) and not torch.equal(a[1], c[1]) and not torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="render_batches 0"):
+        SyntheticStream(2, seed=5, render_batches=0)
 
 
 def _train_cmd(out, *extra):
@@ -319,7 +305,7 @@ def _train(out, *extra):
 
 def test_training_deterministic_and_resumable(tmp_path):
     a = _train(tmp_path / "a", "--keep-every", "1")
-    b = _train(tmp_path / "b", "--prefetch", "2")                 # the data made ahead in a thread: the same run
+    b = _train(tmp_path / "b")                                    # the same run again
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert (tmp_path / "a/weights.safetensors").exists() and (tmp_path / "a/checkpoint.pt").exists()
     c = _train(tmp_path / "a", "--steps", "3", "--resume", "--keep-every", "1")
@@ -572,18 +558,16 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     assert md["meta"]["seed"] == read_metadata(DEFAULT_WEIGHTS)["meta"]["seed"] + 1   # a new synthetic stream
     assert md["meta"]["averaged"].startswith("mean of") and md["meta"]["schedule"] == "cosine"
     assert md["meta"]["reuse"] == 1 and md["meta"]["hardware"].endswith("CPU threads")   # for the card
+    assert md["meta"]["render_batches"] == 4                         # gpu_train.sh's RENDER_BATCHES
     log = (tmp_path / "out/session.log").read_text()
     assert "averaging the snapshots" in log and "synthetic (n=2" in log          # and its first evaluation
     # a narrower INIT is widened to WIDTH first (function preserved, train.widen)
     from prn_blender.core.network import ResFCN256
     save_weights(ResFCN256(2), tmp_path / "w2.safetensors", "ict-face-v2", {"steps": 0})
-    # (and a run with the data thread that fails before its first snapshot trains again inline: PREFETCH=-1 is
-    # refused by train.py, as an unforeseen failure of the thread on a GPU would stop it)
     model, _, md, _ = run(tmp_path / "out2", INIT=str(tmp_path / "w2.safetensors"), WIDTH="4", TRAIN_S="2",
-                          EVAL_N="0", PREFETCH="-1")
+                          EVAL_N="0")
     assert model.width == 4 and md["meta"]["parent"]["widened"].startswith("width 2 -> 4")
     assert md["meta"]["seed"] == 17                                   # INIT records no seed
-    assert "failed before a snapshot: again with --prefetch 0" in (tmp_path / "out2/session.log").read_text()
 
 
 def test_ship_metrics_only_rewrites_the_metrics_and_context_and_nothing_else(tmp_path):

@@ -8,7 +8,7 @@
 # candidate in parts of at most 15 MB (the device returns files of at most 16 MB); whatever fails, the logs and the
 # last weights trained come back. Evaluate the candidate here on the CPU afterwards, with the model card's eval.py
 # commands. Measured on an H200: 380 s of training = 4,102 steps of batch 64, about 440 s in all (stop 21);
-# BENCH=0 TRAIN_S=500: 5,424 steps, 534 s in all (stop 22, before --prefetch).
+# BENCH=0 TRAIN_S=500: 5,424 steps, 534 s in all (stop 22).
 #
 # Prepare here, once (the device gets the checkout, not ../shared):
 #   mkdir -p .carry/shared/face-model/ict-facekit
@@ -19,17 +19,14 @@
 #             python -m prn_blender.evaluate.calibrate_zoom --weights runs/gpu/weights.safetensors   # its zoom
 #             evaluate (eval.py --zoom Z, as on the model card), then, if it is to ship:
 #             python -m prn_blender.train.ship --run runs/gpu --bn-batches 0 --zoom Z --eval-aflw ... --eval-synth ...
-# A 15-minute lease in two calls (stop 22, each gain measured against the model it continued):
-#   1. TRAIN_S=500 BENCH=0 bash tools/gpu_train.sh                      (lr 1e-4; about 535 s)
-#   2. at once, while the machine is warm (its .carry stays there; carry only the new run, < 64 MiB in all):
-#      reassemble call 1's parts into runs/gpu3/weights.safetensors here, then
-#      TRAIN_S=190 BENCH=0 LR=5e-5 WARMUP=100 INIT=runs/gpu3/weights.safetensors bash tools/gpu_train.sh,
-#      carry ["runs/gpu3"]                                              (about 220 s), then give the machine back
-#   Choose between the two on the validation set (eval.py --dataset synthetic --seed 4242), test the winner.
-# The context experiment (runs/s24_rule.txt; its CPU pilot was too small to decide), in the same two-call shape:
-#   1. TRAIN_S=280 BENCH=0 SEED=24 bash tools/gpu_train.sh                              the control
-#   2. at once: TRAIN_S=280 BENCH=0 SEED=24 CONTEXT_BLUR=0.5 bash tools/gpu_train.sh    the same scenes, half of
-#      them with a blurred surround; choose on synthetic validation and on eval.py --dataset pseudo --crop detector
+# Two arms in one call (stop 29, 900 s of device time in all): both trainings at once on the one GPU, each with its
+# own OUT (8 files come back: 4 each), TRAIN_S=470: 506.6 s wall, about 3,030 steps (194k images) per arm, GPU 99 %
+# busy, 12.6 GB; the lease held the machine 541 s for it, the start included:
+#   for a in A:0.5 B:0.75; do n=${a%%:*}; (OUT=$OUT/$n TRAIN_S=470 BENCH=0 LR=1e-4 WARMUP=200 SEED=29 \
+#     CONTEXT_BLUR=${a#*:} bash tools/gpu_train.sh > /tmp/$n.txt 2>&1) & done; wait
+#   That run had the data thread (removed since; the arms trained inline after it failed) and no RENDER_BATCHES.
+#   Context blur 0.75 vs 0.5: pseudo set 3.223 vs 3.229, no difference (runs/s29_rule.txt).
+# Before a long run with RENDER_BATCHES, BENCH=loop measures it against one batch at a time (about 60 s).
 # CPU dry run of the same glue (no GPU; tests/test_synth_train.py runs it):
 #   DEVICE=cpu BATCH=2 TRAIN_S=4 KEEP=1 BENCH=0 BN_BATCHES=1 EVAL_N=2 PY=.venv/bin/python bash tools/gpu_train.sh
 set -uo pipefail
@@ -51,8 +48,8 @@ REUSE=${REUSE:-1}            # each rendered batch is served 1 + REUSE times, re
 SEED=${SEED:-}               # train.py --seed, the synthetic stream; default: INIT's seed + 1 (17 for a model without
 #                              one), so a continuation never re-sees its parent's first images (stop 21's gpu1 and gpu2
 #                              both used 17)
-PREFETCH=${PREFETCH:-2}      # train.py --prefetch: batches made ahead in a thread; if a run with it fails before its
-#                              first snapshot, the rest of TRAIN_S trains again without (--prefetch 0)
+RENDER_BATCHES=${RENDER_BATCHES:-4}   # train.py --render-batches: scenes rendered and augmented 4 batches at a time
+#                              (the GPU data engine is launch-bound: 3,146 samples/s at batch 256 vs 1,330 at 64)
 BN_BATCHES=${BN_BATCHES:-24}
 BENCH=${BENCH:-data,loop}    # bench_core sections run first (at most 90 s; 0 = none): data = the data engine's
 #                              samples/s and top operators (--profile); loop = train.py's samples/s with the data
@@ -80,24 +77,11 @@ m = r('$INIT'); s = m['meta'].get('seed'); print(m['width'], 17 if s is None els
   then cp "$INIT" "$W/init.safetensors"                         # a continuation: already this wide
   else $PY -m prn_blender.train.widen --init "$INIT" --width "$WIDTH" --out "$W/init.safetensors" || return
   fi
-  train() {   # $1 = --prefetch, $2 = --max-time
-    $PY train.py --device "$DEVICE" --out "$W/run" --width "$WIDTH" --batch "$BATCH" --init "$W/init.safetensors" \
-      --preset paper-neck --lr "$LR" --loss "$LOSS" --without "$WITHOUT" --context-blur "$CONTEXT_BLUR" --warmup "$WARMUP" --schedule cosine \
-      --max-time "$2" --reuse "$REUSE" --amp bf16 --save-every "$KEEP" --keep-every "$KEEP" --seed "$SEED" \
-      --prefetch "$1" --no-progress
-  }
-  local t0=$SECONDS
-  if ! train "$PREFETCH" "$TRAIN_S"; then
-    if [ "$PREFETCH" != 0 ] && ! ls "$W/run/snapshots" 2>/dev/null | grep -q .; then
-      echo "[gpu_train] training with --prefetch $PREFETCH failed before a snapshot: again with --prefetch 0"
-      rm -rf "$W/run"
-      local left=$((TRAIN_S - (SECONDS - t0)))
-      train 0 $((left > 1 ? left : 1)) \
-        || { echo "[gpu_train] training failed: returning what it saved"; touch "$W/failed"; }
-    else
-      echo "[gpu_train] training failed: returning what it saved"; touch "$W/failed"
-    fi
-  fi
+  $PY train.py --device "$DEVICE" --out "$W/run" --width "$WIDTH" --batch "$BATCH" --init "$W/init.safetensors" \
+    --preset paper-neck --lr "$LR" --loss "$LOSS" --without "$WITHOUT" --context-blur "$CONTEXT_BLUR" --warmup "$WARMUP" \
+    --schedule cosine --max-time "$TRAIN_S" --reuse "$REUSE" --render-batches "$RENDER_BATCHES" --amp bf16 \
+    --save-every "$KEEP" --keep-every "$KEEP" --seed "$SEED" --no-progress \
+    || { echo "[gpu_train] training failed: returning what it saved"; touch "$W/failed"; }
   local last from
   last=$(ls "$W/run/snapshots" 2>/dev/null | sed 's/[^0-9]//g' | sort -n | tail -1)
   [ -n "$last" ] || return

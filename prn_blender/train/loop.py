@@ -30,7 +30,7 @@ from ..core.network import ResFCN256, count_parameters
 from ..core.weights import save_weights
 from ..synth.sampler import YAW_UNIFORM
 from ..synth.uvmap import LAYOUT_NAME
-from .data import SCENE_FEATURES, Prefetcher, SyntheticStream, generator_name
+from .data import SCENE_FEATURES, SyntheticStream, generator_name
 
 PRESETS = {  # name -> (region weights, lr)
     "paper": ("paper", 1e-4), "paper-neck": ("paper-neck", 1e-4), "uniform": ("uniform", 1e-4),
@@ -150,9 +150,10 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--init", help="initialize from a weights file (fine-tuning)")
     ap.add_argument("--shared", help="development data folder (default $PRN_BLENDER_SHARED or ../shared)")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--prefetch", type=int, default=None, metavar="N",
-                    help="make the data N batches ahead in a background thread while the network trains "
-                         "(default: 2 on CUDA, 0 = inline on the CPU, where both share the same cores)")
+    ap.add_argument("--render-batches", type=int, default=1, metavar="K",
+                    help="render and augment K batches at once, then train on them one by one: on a GPU the data "
+                         "engine is launch-bound and a K times larger pass costs far less than K passes "
+                         "(tools/gpu_train.sh uses 4); 1 = one batch at a time")
     return ap
 
 
@@ -161,8 +162,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     preset's unless given."""
     ap = build_argparser()
     a = ap.parse_args(argv)
-    if a.prefetch is not None and a.prefetch < 0:
-        ap.error(f"--prefetch {a.prefetch}: give a number of batches >= 0")
+    if a.render_batches < 1:
+        ap.error(f"--render-batches {a.render_batches}: give a number of batches >= 1")
     if a.steps is None and not a.max_time:
         a.steps = 1000
     if not a.lr:
@@ -291,10 +292,7 @@ def main(argv=None) -> int:
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and dev.type == "cuda" else None
     data = SyntheticStream(a.batch, seed=a.seed + 7919 * step, rank=rank, device=dev, reuse=a.reuse,
                            max_yaw=a.max_yaw, shared=a.shared, yaw_uniform=a.yaw_uniform, without=without,
-                           context_blur=a.context_blur)
-    prefetch = a.prefetch if a.prefetch is not None else (2 if dev.type == "cuda" else 0)
-    if prefetch:
-        data = Prefetcher(data, prefetch)
+                           context_blur=a.context_blur, render_batches=a.render_batches)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = None
     if rank == 0 and not a.no_progress:
@@ -370,6 +368,7 @@ def main(argv=None) -> int:
                         **({"schedule": a.schedule} if a.schedule != "halve" else {}),
                         **({"max_time": a.max_time} if a.max_time else {}), "device": str(dev), "amp": amp,
                         "hardware": hardware, "reuse": a.reuse, "epoch_size": a.epoch_size,
+                        **({"render_batches": a.render_batches} if a.render_batches > 1 else {}),
                         **({"yaw_uniform": a.yaw_uniform} if a.yaw_uniform != YAW_UNIFORM else {}),
                         **({"loss": a.loss} if a.loss != DEFAULT_LOSS else {}),
                         **({"bn_frozen": True} if a.freeze_bn else {}),
@@ -379,8 +378,6 @@ def main(argv=None) -> int:
                     shutil.copyfile(out / "weights.safetensors", out / "snapshots" / f"weights_{step:06d}.safetensors")
         if last:
             break
-    if prefetch:
-        data.close()
     if bar is not None:
         bar.close()
     if rank == 0:

@@ -370,6 +370,7 @@ def main(argv=None) -> int:
             "this command and the snapshot averaging (train.ship) in one device call")]
           if parent and meta.get("device", "").startswith("cuda") else []),
         f"python train.py --out runs/{run.name} --width {model.width} --batch {batch} --reuse {reuse} "
+        + (f"--render-batches {meta['render_batches']} " if int(meta.get("render_batches", 1)) > 1 else "")
         + (f"--preset {meta['preset']} " if cosine else "") + f"--lr {first_lr:g}"
         + (f" --warmup {warmup}" if warmup else "")
         + (f" --loss {loss}" if loss != DEFAULT_LOSS else "")
