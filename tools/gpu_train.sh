@@ -52,8 +52,8 @@ RENDER_BATCHES=${RENDER_BATCHES:-4}   # train.py --render-batches: scenes render
 #                              (the GPU data engine is launch-bound: 3,146 samples/s at batch 256 vs 1,330 at 64)
 BN_BATCHES=${BN_BATCHES:-24}
 BENCH=${BENCH:-data,loop}    # bench_core sections run first (at most 90 s; 0 = none): data = the data engine's
-#                              samples/s and top operators (--profile); loop = train.py's samples/s with the data
-#                              inline and made ahead, same run; net = the network's (measured in stop 21)
+#                              samples/s and top operators (--profile); loop = train.py's samples/s with one batch
+#                              rendered at a time and four at once, same run; net = the network's (measured in stop 21)
 EVAL_N=${EVAL_N:-0}          # > 0: a first look at the candidate on the held-out synthetic set, at most 90 s (the
 #                              ship decision is made here on the CPU, with the model card's commands)
 OUT=${OUT:-out/gpu}
