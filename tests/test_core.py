@@ -119,6 +119,107 @@ def test_widen_command_on_the_shipped_weights(tmp_path):
         resolve_width(None, str(tmp_path / "missing.safetensors"), None)
 
 
+def test_soup_is_the_mean_of_fine_tunes_of_one_model_and_refuses_unrelated_ones(tmp_path):
+    """``python -m prn_blender.train.soup``: the uniform mean of weights that share an ancestor (an ingredient may
+    be the ancestor itself), each ingredient recorded; two networks with no common ancestor, a width mismatch, the
+    same file twice or an ingredient as --out are refused before anything is written."""
+    from prn_blender.core.weights import WeightsError, load_model, save_weights, sha256
+    from prn_blender.train.soup import main, make_soup
+
+    def net(seed, width=2, parent=None, path=None):
+        torch.manual_seed(seed)
+        m = ResFCN256(width)
+        for b in m.modules():
+            if isinstance(b, torch.nn.BatchNorm2d):
+                b.running_mean.normal_()
+        meta = {"steps": seed, "images_seen": 10 * seed, "wall_time_s": 1.0, "generator": "ictsynth-11",
+                "parent": parent}
+        return save_weights(m, tmp_path / path, "ict-face-v2", meta, dtype=torch.float32), m
+
+    base, _ = net(1, path="base.safetensors")
+    up = {"file": base.name, "sha256": sha256(base), "steps": 1, "images_seen": 10, "wall_time_s": 1.0,
+          "preset_history": "paper", "parent": None}
+    a, ma = net(2, parent=up, path="a.safetensors")
+    b, mb = net(3, parent=up, path="b.safetensors")
+    model, layout, meta = make_soup([a, b])
+    assert layout == "ict-face-v2" and meta["soup_ancestor"] == up["sha256"] and meta["parent"] == up
+    assert [i["sha256"] for i in meta["soup"]] == [sha256(a), sha256(b)] and meta["images_seen"] == 50
+    assert meta["steps"] == 5 and meta["preset_history"].startswith("the mean (model soup) of 2 fine-tunes: a.")
+    assert "seed" not in meta                                          # none of them records one
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (ma.state_dict()[k] + mb.state_dict()[k]) / 2)
+    assert make_soup([base, a])[2]["soup_ancestor"] == up["sha256"]       # the ancestor is an ingredient
+    out = tmp_path / "soup.safetensors"
+    assert main([str(a), str(b), str(base), "--out", str(out), "--bn-batches", "0"]) == 0
+    assert len(load_model(out)[2]["meta"]["soup"]) == 3
+    other, _ = net(4, path="other.safetensors")
+    with pytest.raises(WeightsError, match="share no ancestor"):
+        make_soup([a, other])
+    wide, _ = net(5, width=4, parent=up, path="wide.safetensors")
+    with pytest.raises(WeightsError, match="width 4"):
+        make_soup([a, wide])
+    with pytest.raises(WeightsError, match="twice"):
+        make_soup([a, a])
+    with pytest.raises(SystemExit, match="share no ancestor"):
+        main([str(a), str(other), "--out", str(tmp_path / "no.safetensors"), "--bn-batches", "0"])
+    assert not (tmp_path / "no.safetensors").exists()
+    with pytest.raises(SystemExit):
+        main([str(a), str(b), "--out", str(a), "--bn-batches", "0"])
+    assert load_model(a)[2]["meta"]["steps"] == 2                         # untouched
+
+
+def test_ship_a_soup_with_its_ingredients_card_and_curve(tmp_path, monkeypatch):
+    """``ship --soup S --ingredients RUN...``: fp16 weights equal to the soup's, a card that names each ingredient
+    (checked against the soup's sha256 record) and their common ancestor, and their curves; run folders whose
+    weights are not the ingredients, or too few of them, are refused before anything is written."""
+    import json
+
+    from prn_blender.core.weights import load_model, save_weights, sha256
+    from prn_blender.train import ship
+    from prn_blender.train.soup import main as soup_main
+    up = {"file": "base.safetensors", "sha256": "b" * 64, "steps": 7, "images_seen": 70, "wall_time_s": 3600.0,
+          "preset_history": "paper (ictsynth-11) from step 0", "parent": None}
+    runs = []
+    for k, (device, hw) in enumerate((("cuda", "NVIDIA H200"), ("cpu", "x86_64, 1 CPU threads"))):
+        torch.manual_seed(k)
+        run = tmp_path / f"r{k}"
+        meta = {"steps": 4, "images_seen": 32, "wall_time_s": 60.0, "generator": "ictsynth-11", "batch": 8,
+                "reuse": 0, "seed": k, "lr": 1e-4, "warmup": 1, "schedule": "cosine", "preset": "paper",
+                "preset_history": "paper (ictsynth-11) from step 0", "amp": "bf16", "device": device,
+                "hardware": hw, "max_time": 60, "parent": up}
+        save_weights(ResFCN256(2), run / "weights.safetensors", "ict-face-v2", meta, dtype=torch.float32)
+        (run / "log.jsonl").write_text("".join(json.dumps({"step": s, "samples": 8 * s, "loss": 1.0 / s, "lr": 1e-4,
+                                                           "elapsed": 15.0 * s}) + "\n" for s in range(1, 5)))
+        runs.append(run)
+    soup = tmp_path / "soup" / "weights.safetensors"
+    assert soup_main([str(r / "weights.safetensors") for r in runs] + ["--out", str(soup), "--bn-batches", "0"]) == 0
+    monkeypatch.setattr(ship, "WEIGHTS_DIR", tmp_path / "assets")
+    monkeypatch.setattr(ship, "DEFAULT_WEIGHTS", tmp_path / "assets" / "w.safetensors")
+    with pytest.raises(SystemExit, match="2 ingredients; --ingredients gives 1"):
+        ship.main(["--soup", str(soup), "--ingredients", str(runs[0])])
+    with pytest.raises(SystemExit, match="not the ingredient the soup averaged"):
+        ship.main(["--soup", str(soup), "--ingredients", str(runs[1]), str(runs[0])])
+    assert not (tmp_path / "assets").exists()
+    assert ship.main(["--soup", str(soup), "--ingredients", *map(str, runs), "--recipe", "# the ancestor"]) == 0
+    shipped, _, md = load_model(tmp_path / "assets" / "w.safetensors")
+    for k, v in load_model(soup)[0].state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(shipped.state_dict()[k], v.half().float())
+    assert md["meta"]["shipped_from"] == "soup" and md["meta"]["hardware"] == "NVIDIA H200, x86_64, 1 CPU threads"
+    assert md["meta"]["seed"] == 1                                     # the newest stream: a continuation takes 2
+    card = (tmp_path / "assets" / "MODEL_CARD.md").read_text()
+    for r in runs:
+        assert f"| ingredient `{r.name}` | sha256 `{sha256(r / 'weights.safetensors')[:12]}...`; 4 steps, batch 8, " \
+               "32 images seen" in card
+        assert f"python train.py --out runs/{r.name} --width 2 --batch 8 " in card
+    assert "the uniform mean of the weights of 2 fine-tunes of the model below" in card
+    assert f"| fine-tuned from | `base.safetensors` sha256 `{'b' * 12}...`: 7 steps" in card
+    assert "| in all | 15 steps, 134 images seen, 1.03 h of training |" in card        # 7 + 2x4, 70 + 2x32
+    assert "# the ancestor" in card and "--soup " + soup.as_posix() + " --ingredients" in card
+    assert (tmp_path / "assets" / "training_curve.png").stat().st_size > 1000
+
+
 def test_card_lines_for_a_lineage_and_a_schedule():
     """The model card's totals add up every generation of a fine-tuning chain (a GPU continuation of a widened
     CPU model has two), its lr line names a cosine schedule once instead of one phase per step, and a snapshot

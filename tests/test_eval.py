@@ -94,18 +94,56 @@ def test_eval_synthetic_same_seed_same_metrics(tmp_path):
 def test_eval_pseudo_labelled_real_set(tmp_path, shared):
     """The real validation set labelled by the peer: its sources, every one weighing the same, no peer row (it made
     the labels), and an agreement of ours with the labels that a label or frame mix-up could not give."""
-    p = _run(["--dataset", "pseudo", "--scales", "1", "--no-flip", "--out", str(tmp_path)])
+    extra = _photos(tmp_path / "extra")
+    p = _run(["--dataset", "pseudo", "--scales", "1", "--no-flip", "--pseudo-extra", str(extra),
+              "--out", str(tmp_path / "out")])
     assert p.returncode == 0, p.stderr[-2000:]
-    m = json.loads((tmp_path / "metrics.json").read_text())
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     _check_schema(m)
     assert m["dataset"] == "pseudo" and m["n"] >= 50 and list(m["models"]) == ["ours_single_pass"]
     rec = m["models"]["ours_single_pass"]
     names = list(rec["per_image"])
     assert sum(n.startswith("photos/") for n in names) == 6 and "photos/5.jpg" not in names   # no cartoon
-    assert set(rec["nme2d_sources"]) == {"photos", "webcam", "talking"}
-    assert rec["nme2d_mean_of_sources"] == pytest.approx(sum(rec["nme2d_sources"].values()) / 3)
+    assert sorted(n for n in names if n.startswith("people/")) == ["people/one.png#0", "people/sub/two.png#0",
+                                                                  "people/sub/two.png#1"]
+    assert set(rec["nme2d_sources"]) == {"photos", "webcam", "talking", "people"}
+    assert rec["nme2d_mean_of_sources"] == pytest.approx(sum(rec["nme2d_sources"].values()) / 4)
     assert rec["nme2d"]["all"] < 8.0, rec["nme2d"]
-    assert "mean of sources" in (tmp_path / "metrics.md").read_text()
+    assert "mean of sources" in (tmp_path / "out" / "metrics.md").read_text()
+
+
+def _photos(folder):
+    """A folder of photos for --pseudo-extra: one face, two faces side by side (in a sub-folder), a face too small
+    to count, and a face in a hidden folder (a download cache) that must be ignored."""
+    import cv2
+    import numpy as np
+    from skimage import data
+    face = cv2.cvtColor(data.astronaut()[:300, 50:350], cv2.COLOR_RGB2BGR)
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".cache").mkdir()
+    cv2.imwrite(str(folder / "one.png"), face)
+    cv2.imwrite(str(folder / "sub" / "two.png"), np.concatenate([face, face[:, ::-1]], 1))
+    cv2.imwrite(str(folder / "small.png"), cv2.resize(face, (60, 60)))
+    cv2.imwrite(str(folder / ".cache" / "hidden.png"), face)
+    return folder
+
+
+def test_pseudo_extra_cuts_out_each_face_of_each_photo(tmp_path):
+    """--pseudo-extra: every face whose box is at least EXTRA_MIN_BOX wide, widest first, each cut out with its
+    context (the detector finds it again in the cut-out, and finds one face there); hidden folders and small faces
+    are left out; a folder without photos is an error."""
+    from prn_blender.core.detect import make_detector
+    from prn_blender.evaluate.run import EXTRA_MIN_BOX, extra_faces
+    faces = dict(extra_faces(_photos(tmp_path / "x")))
+    assert sorted(faces) == ["people/one.png#0", "people/sub/two.png#0", "people/sub/two.png#1"]
+    det = make_detector("auto")
+    for name, img in faces.items():
+        boxes = det(img)
+        assert len(boxes) == 1 and boxes[0][2] - boxes[0][0] >= EXTRA_MIN_BOX, name
+        assert max(img.shape[:2]) <= 300                    # a cut-out, not the two-face photo
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no photos"):
+        list(extra_faces(tmp_path / "empty"))
 
 
 @pytest.mark.shared

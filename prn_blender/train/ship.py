@@ -112,6 +112,28 @@ def _lineage(parent: dict) -> str:
     return out + (f"; itself fine-tuned from {_lineage(parent['parent'])}" if parent.get("parent") else "")
 
 
+def _train_command(meta: dict, run: str, width: int, batch: int, reuse: int, first_lr: float, warmup: int,
+                   epoch_size: int, args: dict) -> str:
+    """The train.py command of the run ``run`` whose weights record ``meta``."""
+    cosine = meta.get("schedule") == "cosine"
+    loss = meta.get("loss", DEFAULT_LOSS)
+    without = without_of(meta.get("generator", ""))
+    blur = context_blur_of(meta.get("generator", ""))
+    parent = meta.get("parent")
+    return (f"python train.py --out runs/{run} --width {width} --batch {batch} --reuse {reuse} "
+            + (f"--render-batches {meta['render_batches']} " if int(meta.get("render_batches", 1)) > 1 else "")
+            + (f"--preset {meta['preset']} " if cosine else "") + f"--lr {first_lr:g}"
+            + (f" --warmup {warmup}" if warmup else "")
+            + (f" --loss {loss}" if loss != DEFAULT_LOSS else "")
+            + (f" --without {','.join(without)}" if without else "")
+            + (f" --context-blur {blur:g}" if blur else "")
+            + (" --freeze-bn" if meta.get("bn_frozen") else "")
+            + (f" --schedule cosine --max-time {float(meta.get('max_time', 0)):g} --amp {meta.get('amp')}" if cosine
+               else f" --epoch-size {epoch_size}") + f" --seed {meta.get('seed')}" + ("" if cosine else " --steps N")
+            + (f" --keep-every {meta.get('average_every') or args.get('keep_every') or 'K'}" if meta.get("averaged")
+               else "") + (f" --init {parent['file']}   # the model above" if parent else ""))
+
+
 def _chain_totals(parent: dict | None) -> tuple[int, int, float]:
     """(steps, images seen, training wall time s) of a fine-tuning run's ancestors (train.py --init), all
     generations."""
@@ -204,7 +226,12 @@ def _metrics_section(a, zoom: float) -> list[str]:
     ]
 
 
-def _context_limit(blur: float, zoom: float) -> list[str]:
+def context_blurs(meta: dict) -> tuple[float, ...]:
+    """The context-blur share (train.py --context-blur) of a model's training: one per soup ingredient."""
+    return tuple(context_blur_of(i.get("generator", "")) for i in meta.get("soup") or [meta])
+
+
+def _context_limit(blurs: tuple[float, ...], zoom: float) -> list[str]:
     """The Limits section's last entry: context and crops."""
     return [
         f"{CONTEXT_HEAD} the background, hair and clothes around a real face mislead the model more than those of",
@@ -214,12 +241,50 @@ def _context_limit(blur: float, zoom: float) -> list[str]:
         "  more forehead and neck, which the wider view gives back; video runs that view on every",
         f"  {VIDEO_WIDE_EVERY}th frame only and carries it rigidly to the frames between (`blend --no-wide-view`: the",
         "  zoomed crop's own forehead and neck), so non-rigid change out there (the neck as the head turns) lags.",
-        *([f"  This run blurred the surround of {blur:.0%} of its training scenes (`train.py --context-blur`), so",
-           "  that the model trusts it less."] if blur else []),
+        *([f"  This run blurred the surround of {blurs[0]:.0%} of its training scenes (`train.py --context-blur`), so",
+           "  that the model trusts it less."] if len(blurs) == 1 and blurs[0] else []),
+        *([("  The soup's ingredients blurred the surround of " + " / ".join(f"{b:.0%}" for b in blurs)
+            + " of their training"), "  scenes (`train.py --context-blur`), so that the model trusts it less."]
+          if len(blurs) > 1 and any(blurs) else []),
     ]
 
 
-def rewrite_metrics(card: Path, a, blur: float, zoom: float) -> None:
+def _card_head(model, lay, digest: str) -> list[str]:
+    """The card's title, summary and first table rows (file, sha256, architecture, layout)."""
+    n_params = sum(p.numel() for p in model.parameters())
+    return [
+        "# Model card: prn-ict-default", "",
+        "PRN (ResFCN256 position-map regression) trained only on synthetic faces rendered from the MIT-licensed",
+        "ICT-FaceKit model by prn_blender's own data engine. No PRNet weights, 300W-LP, BFM model or evaluation images",
+        "were used for training. The layout's 68 landmark pixels follow the iBUG-68 3D convention of BFM-based data",
+        "(AFLW2000-3D, 300W-LP): they are the landmarks of the mean face in PRNet's MIT-licensed uv-data, moved onto",
+        "the ICT surface (`synth/uvmap.py`; ICT-FaceKit's own landmark vertices sit up to 1.7 cm off on the jaw).", "",
+        "| field | value |", "|---|---|",
+        f"| file | `{DEFAULT_WEIGHTS.name}` (fp16 safetensors, {DEFAULT_WEIGHTS.stat().st_size / 1e6:.1f} MB) |",
+        f"| sha256 | `{digest}` |",
+        f"| architecture | ResFCN256, width {model.width} (full PRN = 16), {n_params:,} parameters |",
+        f"| UV layout | `{lay.name}` ({lay.n_vertices} vertices, {len(lay.triangles)} triangles) |",
+    ]
+
+
+def _limits(images: int, blurs: tuple[float, ...], zoom: float) -> list[str]:
+    """The card's Limits section; ``images``: synthetic images seen in all."""
+    return [
+        "## Limits", "",
+        f"- Trained on {images:,} synthetic images in all, far fewer than PRN's 300W-LP schedule; expect",
+        "  larger errors than the paper on real photos, especially at large yaw (see the table).",
+        "- Synthetic appearance is a domain gap: procedural skin, no beards beyond stubble; hair volume, fringes,",
+        "  locks and glasses are drawn in 2D over the bald ICT head (generator 3). Hair over the face, sunglasses",
+        "  and in-plane rotation beyond about 45 deg (below it the re-crop turns with the head's roll,",
+        "  `core.constants.ROLL_FREE`) are where real photos fail most.",
+        "- Head yaw: on real photos the predicted face turns less than the real head (the tables' under-estimate,",
+        "  mean |GT yaw| - |predicted yaw|); the predicted 2D geometry itself is under-rotated (a pose fit on x, y",
+        "  alone gives the same bias), so head-pose keys are damped on strongly turned heads.",
+        *_context_limit(blurs, zoom),
+    ]
+
+
+def rewrite_metrics(card: Path, a, blurs: tuple[float, ...], zoom: float) -> None:
     """Replace an existing card's evaluation commands, Metrics section and Limits' context entry (after an
     inference change: the weights, their training and its logs stay as the card says)."""
     lines = card.read_text().split("\n")
@@ -232,14 +297,133 @@ def rewrite_metrics(card: Path, a, blur: float, zoom: float) -> None:
     except (ValueError, StopIteration):
         raise SystemExit(f"{card}: no Metrics section, Training curve section or context limit to replace") from None
     c1 = next((i for i in range(c0 + 1, len(lines)) if not lines[i].startswith("  ")), len(lines))
-    out = lines[:m0] + _metrics_section(a, zoom) + lines[m1:c0] + _context_limit(blur, zoom) + lines[c1:]
+    out = lines[:m0] + _metrics_section(a, zoom) + lines[m1:c0] + _context_limit(blurs, zoom) + lines[c1:]
     card.write_text("\n".join(out))
+
+
+def soup_ingredients(meta: dict, runs: list) -> list[tuple[Path, dict, dict]]:
+    """(run folder, its weights' metadata, its log summary) of each ingredient of a soup's ``meta``, from ``runs``
+    (their folders, in the soup's order). Refuses folders whose weights are not the ones the soup averaged."""
+    ing = meta.get("soup")
+    if not ing:
+        raise SystemExit("not a model soup (no 'soup' in its metadata): ship it with --run")
+    if len(runs) != len(ing):
+        raise SystemExit(f"the soup has {len(ing)} ingredients; --ingredients gives {len(runs)} run folders")
+    out = []
+    for i, run in zip(ing, map(Path, runs)):
+        w = run / "weights.safetensors"
+        if not w.is_file() or sha256(w) != i["sha256"]:
+            raise SystemExit(f"{w}: not the ingredient the soup averaged ({i['file']}, sha256 {i['sha256'][:12]}...)")
+        md = read_metadata(w)["meta"]
+        recs = _read_log(run / "log.jsonl", md.get("steps"))
+        loss = np.array([r["loss"] for r in recs[-max(1, len(recs) // 100):]])
+        out.append((run, md, {"steps": int(recs[-1]["step"]), "samples": int(recs[-1]["samples"]),
+                              "elapsed_s": float(recs[-1]["elapsed"]), "final_loss_mean": float(loss.mean())}))
+    return out
+
+
+def plot_ingredients(ingredients: list, out: Path, loss_kind: str = DEFAULT_LOSS) -> None:
+    """The training curves of a soup's ingredients (fine-tunes of one model, side by side from 0) against images
+    seen."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, (run, md, _) in enumerate(ingredients):
+        recs = _read_log(run / "log.jsonl", md.get("steps"))
+        seen, loss = np.array([r["samples"] for r in recs]) / 1000, np.array([r["loss"] for r in recs])
+        k = max(1, len(loss) // 100)
+        ax.plot(seen, loss, alpha=0.15, lw=0.6, color=f"C{i}")
+        ax.plot(seen[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.5, color=f"C{i}",
+                ls=("-", "--", ":")[i % 3], label=f"{run.name} ({md.get('preset')}): running mean ({k})")
+    ax.set_yscale("log")
+    ax.set_xlabel("images seen (thousands)")
+    ax.set_ylabel(LOSSES[loss_kind])
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def ship_soup(a) -> int:
+    """Ship a model soup (train.soup) with its card: its ingredients' runs, their common ancestor, the recipe."""
+    soup = Path(a.soup)
+    model, lay, md = load_model(soup)
+    meta = dict(md["meta"])
+    ingredients = soup_ingredients(meta, a.ingredients)
+    hardware = sorted({m.get("hardware", "?") for _, m, _ in ingredients})
+    meta.update({"hardware": ", ".join(hardware), "shipped_from": soup.parent.name if soup.name ==
+                 "weights.safetensors" else soup.stem})
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    plot_ingredients(ingredients, WEIGHTS_DIR / "training_curve.png")
+    save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=torch.float16)
+    digest = sha256(DEFAULT_WEIGHTS)
+    parent = meta["parent"]
+    before = _chain_totals(parent)
+    zoom = inference_zoom(meta)
+    images = sum(c["samples"] for _, _, c in ingredients)
+    rows, recipe = [], []
+    for run, m, c in ingredients:
+        rows.append(
+            f"| ingredient `{run.name}` | sha256 `{sha256(run / 'weights.safetensors')[:12]}...`; {c['steps']} steps, "
+            f"batch {m.get('batch')}, {c['samples']:,} images seen (each render served {int(m.get('reuse', 0)) + 1}x), "
+            f"generator `{m.get('generator')}`, seed {m.get('seed')}, region weights {m.get('preset_history')}, "
+            f"Adam lr {_lr_text(m, [], int(m.get('warmup') or 0), c['steps'])}, autocast {m.get('amp')}; "
+            + (f"{m['averaged']}; " if m.get("averaged") else "")
+            + ("BatchNorm frozen; " if m.get("bn_frozen") else "")
+            + f"{m.get('hardware')}, {c['elapsed_s'] / 3600:.2f} h; final loss {c['final_loss_mean']:.5f} |")
+        recipe += [f"# {run.name}: {m.get('hardware')}"
+                   + (" (tools/gpu_train.sh: this command, then the snapshot mean)" if m.get("device") == "cuda"
+                      else ""),
+                   _train_command(m, run.name, model.width, int(m.get("batch", 16)), int(m.get("reuse", 0)),
+                                  float(m["lr"]), int(m.get("warmup") or 0), int(m.get("epoch_size", 5000)), {})]
+        if m.get("averaged"):
+            recipe.append(f"python -m prn_blender.train.ship --run runs/{run.name} --average-from "
+                          f"{m['average_from']} --device {m.get('device', 'cpu')} --out-weights "
+                          f"runs/{run.name}/weights.safetensors")
+    runs = " ".join(f"runs/{r.name}" for r, _, _ in ingredients)
+    card = [
+        *_card_head(model, lay, digest),
+        f"| data | {meta.get('data')}; generators "
+        + ", ".join(f"`{g}`" for g in dict.fromkeys(m.get("generator") for _, m, _ in ingredients)) + " |",
+        (f"| training | a model soup (`python -m prn_blender.train.soup`): the uniform mean of the weights of "
+         f"{len(ingredients)} fine-tunes of the model below (Wortsman et al. 2022, \"Model soups\"), BatchNorm "
+         f"recalibrated on {meta.get('bn_recalibrated_batches', 0)} fresh synthetic batches of 16 of "
+         f"`{meta.get('generator')}` after averaging |"),
+        *rows,
+        f"| fine-tuned from | {_lineage(parent)} |",
+        (f"| in all | {before[0] + sum(c['steps'] for _, _, c in ingredients)} steps, {before[1] + images:,} images "
+         f"seen, {(before[2] + sum(c['elapsed_s'] for _, _, c in ingredients)) / 3600:.2f} h of training |"),
+        "| license | weights: GPL-3.0-or-later with the add-on; inputs: ICT-FaceKit (MIT) |", "",
+        "## How it was made", "",
+        "```", "python -m prn_blender.synth.uvmap            # layout asset: ICT-FaceKit UVs, landmarks from prnet-bfm",
+        *a.recipe, *recipe,
+        f"python -m prn_blender.train.soup --out {soup.as_posix()} "
+        + " ".join(f"runs/{r.name}/weights.safetensors" for r, _, _ in ingredients),
+        *EVAL_COMMANDS,
+        (f"python -m prn_blender.train.ship --soup {soup.as_posix()} --ingredients {runs} "
+         "--eval-aflw out/eval_aflw out/eval_aflw_one_scale out/eval_aflw_single --eval-synth out/eval_synth "
+         "--eval-aflw-detector out/eval_aflw_detector"),
+        "```", "", *_metrics_section(a, zoom),
+        "## Training curve", "", "![training curve](training_curve.png)", "",
+        ("The curves are the soup's ingredients, each a fine-tune of the model above; the earlier models' curves are "
+         "in the git history of this file."), "",
+        *_limits(before[1] + images, context_blurs(meta), zoom),
+    ]
+    (WEIGHTS_DIR / "MODEL_CARD.md").write_text("\n".join(card) + "\n")
+    print(f"shipped the soup {soup} as {DEFAULT_WEIGHTS} ({digest[:12]}), card {WEIGHTS_DIR / 'MODEL_CARD.md'}")
+    return 0
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="training output folder (weights.safetensors, log.jsonl); required unless "
-                                   "--metrics-only")
+                                   "--metrics-only or --soup")
+    ap.add_argument("--soup", help="ship this model soup (python -m prn_blender.train.soup) instead of a run")
+    ap.add_argument("--ingredients", nargs="+", default=[],
+                    help="with --soup: the run folders of its ingredients, in the soup's order (their weights must "
+                         "be the ones averaged; their logs draw the training curve)")
     ap.add_argument("--eval-aflw", nargs="+", help="eval.py output folder(s) on AFLW2000-3D")
     ap.add_argument("--eval-synth", nargs="+", help="eval.py output folder(s) on the held-out synthetic set")
     ap.add_argument("--eval-aflw-detector", nargs="+",
@@ -275,12 +459,16 @@ def main(argv=None) -> int:
         if a.zoom is not None:
             ap.error("--zoom writes the weights: not with --metrics-only")
         meta = read_metadata(DEFAULT_WEIGHTS)["meta"]
-        rewrite_metrics(WEIGHTS_DIR / "MODEL_CARD.md", a, context_blur_of(meta.get("generator", "")),
+        rewrite_metrics(WEIGHTS_DIR / "MODEL_CARD.md", a, context_blurs(meta),
                         inference_zoom(meta))
         print(f"rewrote the metrics of {WEIGHTS_DIR / 'MODEL_CARD.md'}")
         return 0
+    if a.soup:
+        if a.run or a.average_from is not None or a.card_only or a.zoom is not None:
+            ap.error("--soup ships the soup file as it is: not with --run, --average-from, --card-only or --zoom")
+        return ship_soup(a)
     if not a.run:
-        ap.error("--run is required (unless --metrics-only)")
+        ap.error("--run is required (unless --metrics-only or --soup)")
     run = Path(a.run)
     model, lay, md = load_model(DEFAULT_WEIGHTS if a.card_only else run / "weights.safetensors")
     meta = dict(md["meta"])
@@ -322,7 +510,6 @@ def main(argv=None) -> int:
     if not a.card_only:
         save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=torch.float16)
     digest = sha256(DEFAULT_WEIGHTS)
-    n_params = sum(p.numel() for p in model.parameters())
     parent = meta.get("parent")
     warmup = int(meta.get("warmup") or args.get("warmup") or 0)
     lr_text = _lr_text(meta, curve["lr_steps"], warmup, curve["steps"])
@@ -331,17 +518,7 @@ def main(argv=None) -> int:
     phases = (meta.get("preset_history") or "").count(" from step ")
     first_lr = float(meta["lr"]) if cosine else _lr_phases(curve["lr_steps"], warmup)[0][1]
     card = [
-        "# Model card: prn-ict-default", "",
-        "PRN (ResFCN256 position-map regression) trained only on synthetic faces rendered from the MIT-licensed",
-        "ICT-FaceKit model by prn_blender's own data engine. No PRNet weights, 300W-LP, BFM model or evaluation images",
-        "were used for training. The layout's 68 landmark pixels follow the iBUG-68 3D convention of BFM-based data",
-        "(AFLW2000-3D, 300W-LP): they are the landmarks of the mean face in PRNet's MIT-licensed uv-data, moved onto",
-        "the ICT surface (`synth/uvmap.py`; ICT-FaceKit's own landmark vertices sit up to 1.7 cm off on the jaw).", "",
-        "| field | value |", "|---|---|",
-        f"| file | `{DEFAULT_WEIGHTS.name}` (fp16 safetensors, {DEFAULT_WEIGHTS.stat().st_size / 1e6:.1f} MB) |",
-        f"| sha256 | `{digest}` |",
-        f"| architecture | ResFCN256, width {model.width} (full PRN = 16), {n_params:,} parameters |",
-        f"| UV layout | `{lay.name}` ({lay.n_vertices} vertices, {len(lay.triangles)} triangles) |",
+        *_card_head(model, lay, digest),
         f"| data | {meta.get('data')}; generator `{meta.get('generator')}`; seed {meta.get('seed')}"
         + (f"; yaw uniform over +-90 deg in {float(meta['yaw_uniform']):.0%} of the scenes (train.py --yaw-uniform)"
            if "yaw_uniform" in meta else "") + " |",
@@ -369,18 +546,7 @@ def main(argv=None) -> int:
         *([(f"# on a GPU: tools/gpu_train.sh ran{' the widening (train.widen),' if parent.get('widened') else ''} "
             "this command and the snapshot averaging (train.ship) in one device call")]
           if parent and meta.get("device", "").startswith("cuda") else []),
-        f"python train.py --out runs/{run.name} --width {model.width} --batch {batch} --reuse {reuse} "
-        + (f"--render-batches {meta['render_batches']} " if int(meta.get("render_batches", 1)) > 1 else "")
-        + (f"--preset {meta['preset']} " if cosine else "") + f"--lr {first_lr:g}"
-        + (f" --warmup {warmup}" if warmup else "")
-        + (f" --loss {loss}" if loss != DEFAULT_LOSS else "")
-        + (f" --without {','.join(without)}" if (without := without_of(meta.get("generator", ""))) else "")
-        + (f" --context-blur {blur:g}" if blur else "")
-        + (" --freeze-bn" if meta.get("bn_frozen") else "")
-        + (f" --schedule cosine --max-time {float(meta.get('max_time', 0)):g} --amp {meta.get('amp')}" if cosine
-           else f" --epoch-size {epoch_size}") + f" --seed {meta.get('seed')}" + ("" if cosine else " --steps N")
-        + (f" --keep-every {meta.get('average_every') or args.get('keep_every') or 'K'}" if meta.get("averaged")
-           else "") + (f" --init {parent['file']}   # the model above" if parent else ""),
+        _train_command(meta, run.name, model.width, batch, reuse, first_lr, warmup, epoch_size, args),
         *([(f"# ... resumed with --resume and the --preset / --lr of each phase above; stopped after "
             f"{curve['steps']} steps")] if phases > 1 or not cosine else []),
         *EVAL_COMMANDS,
@@ -393,18 +559,7 @@ def main(argv=None) -> int:
         *([("The curve shows this fine-tuning run"
              + (f" after {', '.join(Path(x).parent.name for x in a.ancestor_logs)}" if a.ancestor_logs else "")
              + "; the earlier models' curves are in the git history of this file."), ""] if parent else []),
-        "## Limits", "",
-        (f"- Trained on {before[1] + curve['samples']:,} synthetic images in all, far "
-         "fewer than PRN's 300W-LP schedule; expect"),
-        "  larger errors than the paper on real photos, especially at large yaw (see the table).",
-        "- Synthetic appearance is a domain gap: procedural skin, no beards beyond stubble; hair volume, fringes,",
-        "  locks and glasses are drawn in 2D over the bald ICT head (generator 3). Hair over the face, sunglasses",
-        "  and in-plane rotation beyond about 45 deg (below it the re-crop turns with the head's roll,",
-        "  `core.constants.ROLL_FREE`) are where real photos fail most.",
-        "- Head yaw: on real photos the predicted face turns less than the real head (the tables' under-estimate,",
-        "  mean |GT yaw| - |predicted yaw|); the predicted 2D geometry itself is under-rotated (a pose fit on x, y",
-        "  alone gives the same bias), so head-pose keys are damped on strongly turned heads.",
-        *_context_limit(blur, zoom),
+        *_limits(before[1] + curve["samples"], (blur,), zoom),
     ]
     (WEIGHTS_DIR / "MODEL_CARD.md").write_text("\n".join(card) + "\n")
     print(f"shipped {DEFAULT_WEIGHTS} ({digest[:12]}), card {WEIGHTS_DIR / 'MODEL_CARD.md'}")
