@@ -34,6 +34,19 @@ def _read_log(log: Path, upto: int | None = None) -> list[dict]:
     return [by_step[k] for k in sorted(by_step)]
 
 
+def _save_loss_plot(fig, ax, out: Path, xlabel: str, loss_kind: str) -> None:
+    """Finish a training-loss figure (log loss axis, grid, legend) and write it to ``out``."""
+    import matplotlib.pyplot as plt
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(LOSSES[loss_kind])
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def plot_curve(log: Path, out: Path, upto: int | None = None,
                loss_kind: str = DEFAULT_LOSS, ancestors: list | None = None) -> dict:
     """Plot the run's loss against images seen to ``out`` (runs of different batch sizes share the axis) and
@@ -59,14 +72,7 @@ def plot_curve(log: Path, out: Path, upto: int | None = None,
         if offset:
             ax.axvline(offset, color="gray", lw=0.8, ls=":")
         offset = int(seen[-1])
-    ax.set_yscale("log")
-    ax.set_xlabel("images seen")
-    ax.set_ylabel(LOSSES[loss_kind])
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save_loss_plot(fig, ax, out, "images seen", loss_kind)
     lr_steps = [(r["step"], r["lr"]) for i, r in enumerate(recs) if i == 0 or r["lr"] != recs[i - 1]["lr"]]
     return {"steps": int(recs[-1]["step"]), "final_loss_mean": float(smooth[-1]), "elapsed_s": recs[-1]["elapsed"],
             "samples": recs[-1]["samples"], "lr_steps": lr_steps}
@@ -336,14 +342,7 @@ def plot_ingredients(ingredients: list, out: Path, loss_kind: str = DEFAULT_LOSS
         ax.plot(seen, loss, alpha=0.15, lw=0.6, color=f"C{i}")
         ax.plot(seen[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.5, color=f"C{i}",
                 ls=("-", "--", ":")[i % 3], label=f"{run.name} ({md.get('preset')}): running mean ({k})")
-    ax.set_yscale("log")
-    ax.set_xlabel("images seen (thousands)")
-    ax.set_ylabel(LOSSES[loss_kind])
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save_loss_plot(fig, ax, out, "images seen (thousands)", loss_kind)
 
 
 def ship_soup(a) -> int:
