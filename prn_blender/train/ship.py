@@ -316,10 +316,11 @@ def soup_ingredients(meta: dict, runs: list) -> list[tuple[Path, dict, dict]]:
     if len(runs) != len(ing):
         raise SystemExit(f"the soup has {len(ing)} ingredients; --ingredients gives {len(runs)} run folders")
     out = []
-    for i, run in zip(ing, map(Path, runs)):
+    for n, (i, run) in enumerate(zip(ing, map(Path, runs)), 1):
         w = run / "weights.safetensors"
         if not w.is_file() or sha256(w) != i["sha256"]:
-            raise SystemExit(f"{w}: not the ingredient the soup averaged ({i['file']}, sha256 {i['sha256'][:12]}...)")
+            raise SystemExit(f"{w}: not the soup's ingredient {n} of {len(ing)} ({i['file']}, sha256 "
+                             f"{i['sha256'][:12]}...): give the run folders in the soup's order")
         md = read_metadata(w)["meta"]
         recs = _read_log(run / "log.jsonl", md.get("steps"))
         loss = np.array([r["loss"] for r in recs[-max(1, len(recs) // 100):]])

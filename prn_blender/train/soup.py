@@ -56,7 +56,7 @@ def make_soup(paths: list[str | Path]) -> tuple[torch.nn.Module, str, dict]:
                                f"width {models[0][0].width}, layout {models[0][1]}")
         models.append((model, lay.name, md["meta"]))
         chains.append(lineage(md["meta"], digest))
-        ingredients.append({"file": Path(p).name, "sha256": digest,
+        ingredients.append({"file": Path(p).as_posix(), "sha256": digest,                # as given: a run's path
                             **{k: md["meta"][k] for k in INGREDIENT_KEYS if k in md["meta"]}})
     if len({i["sha256"] for i in ingredients}) < len(ingredients):
         raise WeightsError("the same weights were given twice")
