@@ -48,6 +48,9 @@ def test_eval_bad_arguments_exit_nonzero(tmp_path):
     for form in (False, True):
         p = _run(["--dataset", "aflw2000", "--out", str(tmp_path)], blender_form=form)
         assert p.returncode != 0 and "--data" in (p.stderr + p.stdout)
+    p = _run(["--dataset", "synthetic", "--pseudo-extra", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert p.returncode != 0 and "--pseudo-extra adds faces to --dataset pseudo, not to synthetic" in p.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.shared

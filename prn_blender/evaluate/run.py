@@ -449,6 +449,8 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     if a.dataset in ("aflw2000", "pts") and not a.data:
         raise SystemExit("--data is required for this dataset")
+    if a.pseudo_extra and a.dataset != "pseudo":
+        raise SystemExit(f"--pseudo-extra adds faces to --dataset pseudo, not to {a.dataset}")
     default = VIDEO_SCALES if a.dataset == "video" else MULTI_SCALE
     scales = tuple(a.scales or default)
     models = [OursModel(a.weights, a.device, name=model_name(a.flip, scales, default), flip=a.flip, zoom=a.zoom,
