@@ -20,6 +20,7 @@ from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, inference_zoom, load_model, read_metadata, save_weights, sha256
 from .data import context_blur_of, run_stream, without_of
 from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
+from .soup import mean_state
 
 
 def _read_log(log: Path, upto: int | None = None) -> list[dict]:
@@ -47,6 +48,21 @@ def _save_loss_plot(fig, ax, out: Path, xlabel: str, loss_kind: str) -> None:
     plt.close(fig)
 
 
+def _running_mean(loss: np.ndarray) -> tuple[int, np.ndarray]:
+    """(window k, the loss's running mean over k records) for the training curves: k = 1 % of the records."""
+    k = max(1, len(loss) // 100)
+    return k, np.convolve(loss, np.ones(k) / k, mode="valid")
+
+
+def _log_summary(recs: list[dict]) -> dict:
+    """A run's steps, final loss (the last running mean), training time, images seen and lr changes (step, lr), from
+    its log records (_read_log)."""
+    _, smooth = _running_mean(np.array([r["loss"] for r in recs]))
+    lr_steps = [(r["step"], r["lr"]) for i, r in enumerate(recs) if i == 0 or r["lr"] != recs[i - 1]["lr"]]
+    return {"steps": int(recs[-1]["step"]), "final_loss_mean": float(smooth[-1]), "elapsed_s": recs[-1]["elapsed"],
+            "samples": recs[-1]["samples"], "lr_steps": lr_steps}
+
+
 def plot_curve(log: Path, out: Path, upto: int | None = None,
                loss_kind: str = DEFAULT_LOSS, ancestors: list | None = None) -> dict:
     """Plot the run's loss against images seen to ``out`` (runs of different batch sizes share the axis) and
@@ -63,8 +79,7 @@ def plot_curve(log: Path, out: Path, upto: int | None = None,
         recs = _read_log(path, limit)
         seen = np.array([r["samples"] for r in recs]) + offset
         loss = np.array([r["loss"] for r in recs])
-        k = max(1, len(loss) // 100)
-        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        k, smooth = _running_mean(loss)
         own = i == len(segments) - 1
         name = "" if len(segments) == 1 else f" ({path.parent.name})"
         ax.plot(seen, loss, alpha=0.25, lw=0.6, color="C0", label="loss" if own else None)
@@ -73,9 +88,7 @@ def plot_curve(log: Path, out: Path, upto: int | None = None,
             ax.axvline(offset, color="gray", lw=0.8, ls=":")
         offset = int(seen[-1])
     _save_loss_plot(fig, ax, out, "images seen", loss_kind)
-    lr_steps = [(r["step"], r["lr"]) for i, r in enumerate(recs) if i == 0 or r["lr"] != recs[i - 1]["lr"]]
-    return {"steps": int(recs[-1]["step"]), "final_loss_mean": float(smooth[-1]), "elapsed_s": recs[-1]["elapsed"],
-            "samples": recs[-1]["samples"], "lr_steps": lr_steps}
+    return _log_summary(recs)
 
 
 def average_snapshots(run: Path, first: int, last: int | None = None) -> tuple[dict, list[int]]:
@@ -87,17 +100,11 @@ def average_snapshots(run: Path, first: int, last: int | None = None) -> tuple[d
     snaps = [(s, p) for s, p in snaps if s >= first and (last is None or s <= last)]
     if len(snaps) < 2:
         raise SystemExit(f"fewer than 2 snapshots in {run / 'snapshots'} from step {first}: nothing to average")
-    acc = None
-    for _, p in snaps:
-        sd = load_file(str(p))
-        if acc is None:
-            acc = {k: v.double() for k, v in sd.items()}
-        else:
-            if sd.keys() != acc.keys():
-                raise SystemExit(f"{p.name} has other tensors than the first snapshot")
-            for k, v in sd.items():
-                acc[k] += v.double()
-    return {k: (v / len(snaps)).float() for k, v in acc.items()}, [s for s, _ in snaps]
+    try:
+        sd = mean_state((f"snapshot {p.name}", load_file(str(p))) for _, p in snaps)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    return sd, [s for s, _ in snaps]
 
 
 def averaged_text(steps: list[int]) -> tuple[str, int]:
@@ -138,6 +145,11 @@ def _train_command(meta: dict, run: str, width: int, batch: int, reuse: int, fir
                else f" --epoch-size {epoch_size}") + f" --seed {meta.get('seed')}" + ("" if cosine else " --steps N")
             + (f" --keep-every {meta.get('average_every') or args.get('keep_every') or 'K'}" if meta.get("averaged")
                else "") + (f" --init {parent['file']}   # the model above" if parent else ""))
+
+
+def _first_lr(meta: dict, lr_steps: list, warmup: int) -> float:
+    """The lr a run's train.py command gives (--lr): a cosine run's peak, else its first phase's after the warm-up."""
+    return float(meta["lr"]) if meta.get("schedule") == "cosine" else _lr_phases(lr_steps, warmup)[0][1]
 
 
 def _chain_totals(parent: dict | None) -> tuple[int, int, float]:
@@ -307,9 +319,10 @@ def rewrite_metrics(card: Path, a, blurs: tuple[float, ...], zoom: float) -> Non
     card.write_text("\n".join(out))
 
 
-def soup_ingredients(meta: dict, runs: list) -> list[tuple[Path, dict, dict]]:
-    """(run folder, its weights' metadata, its log summary) of each ingredient of a soup's ``meta``, from ``runs``
-    (their folders, in the soup's order). Refuses folders whose weights are not the ones the soup averaged."""
+def soup_ingredients(meta: dict, runs: list) -> list[tuple[Path, dict, list]]:
+    """(run folder, its weights' metadata, its log records up to its weights' step) of each ingredient of a soup's
+    ``meta``, from ``runs`` (their folders, in the soup's order). Refuses folders whose weights are not the ones the
+    soup averaged."""
     ing = meta.get("soup")
     if not ing:
         raise SystemExit("not a model soup (no 'soup' in its metadata): ship it with --run")
@@ -322,10 +335,7 @@ def soup_ingredients(meta: dict, runs: list) -> list[tuple[Path, dict, dict]]:
             raise SystemExit(f"{w}: not the soup's ingredient {n} of {len(ing)} ({i['file']}, sha256 "
                              f"{i['sha256'][:12]}...): give the run folders in the soup's order")
         md = read_metadata(w)["meta"]
-        recs = _read_log(run / "log.jsonl", md.get("steps"))
-        loss = np.array([r["loss"] for r in recs[-max(1, len(recs) // 100):]])
-        out.append((run, md, {"steps": int(recs[-1]["step"]), "samples": int(recs[-1]["samples"]),
-                              "elapsed_s": float(recs[-1]["elapsed"]), "final_loss_mean": float(loss.mean())}))
+        out.append((run, md, _read_log(run / "log.jsonl", md.get("steps"))))
     return out
 
 
@@ -336,13 +346,12 @@ def plot_ingredients(ingredients: list, out: Path, loss_kind: str = DEFAULT_LOSS
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for i, (run, md, _) in enumerate(ingredients):
-        recs = _read_log(run / "log.jsonl", md.get("steps"))
+    for i, (run, md, recs) in enumerate(ingredients):
         seen, loss = np.array([r["samples"] for r in recs]) / 1000, np.array([r["loss"] for r in recs])
-        k = max(1, len(loss) // 100)
+        k, smooth = _running_mean(loss)
         ax.plot(seen, loss, alpha=0.15, lw=0.6, color=f"C{i}")
-        ax.plot(seen[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.5, color=f"C{i}",
-                ls=("-", "--", ":")[i % 3], label=f"{run.name} ({md.get('preset')}): running mean ({k})")
+        ax.plot(seen[k - 1:], smooth, lw=1.5, color=f"C{i}", ls=("-", "--", ":")[i % 3],
+                label=f"{run.name} ({md.get('preset')}): running mean ({k})")
     _save_loss_plot(fig, ax, out, "images seen (thousands)", loss_kind)
 
 
@@ -362,14 +371,16 @@ def ship_soup(a) -> int:
     parent = meta["parent"]
     before = _chain_totals(parent)
     zoom = inference_zoom(meta)
-    images = sum(c["samples"] for _, _, c in ingredients)
+    curves = [_log_summary(recs) for _, _, recs in ingredients]
+    images = sum(c["samples"] for c in curves)
     rows, recipe = [], []
-    for run, m, c in ingredients:
+    for i, (run, m, _), c in zip(meta["soup"], ingredients, curves):
+        warmup = int(m.get("warmup") or 0)
         rows.append(
-            f"| ingredient `{run.name}` | sha256 `{sha256(run / 'weights.safetensors')[:12]}...`; {c['steps']} steps, "
+            f"| ingredient `{run.name}` | sha256 `{i['sha256'][:12]}...`; {c['steps']} steps, "
             f"batch {m.get('batch')}, {c['samples']:,} images seen (each render served {int(m.get('reuse', 0)) + 1}x), "
             f"generator `{m.get('generator')}`, seed {m.get('seed')}, region weights {m.get('preset_history')}, "
-            f"Adam lr {_lr_text(m, [], int(m.get('warmup') or 0), c['steps'])}, autocast {m.get('amp')}; "
+            f"Adam lr {_lr_text(m, c['lr_steps'], warmup, c['steps'])}, autocast {m.get('amp')}; "
             + (f"{m['averaged']}; " if m.get("averaged") else "")
             + ("BatchNorm frozen; " if m.get("bn_frozen") else "")
             + f"{m.get('hardware')}, {c['elapsed_s'] / 3600:.2f} h; final loss {c['final_loss_mean']:.5f} |")
@@ -377,7 +388,7 @@ def ship_soup(a) -> int:
                    + (" (tools/gpu_train.sh: this command, then the snapshot mean)" if m.get("device") == "cuda"
                       else ""),
                    _train_command(m, run.name, model.width, int(m.get("batch", 16)), int(m.get("reuse", 0)),
-                                  float(m["lr"]), int(m.get("warmup") or 0), int(m.get("epoch_size", 5000)), {})]
+                                  _first_lr(m, c["lr_steps"], warmup), warmup, int(m.get("epoch_size", 5000)), {})]
         if m.get("averaged"):
             recipe.append(f"python -m prn_blender.train.ship --run runs/{run.name} --average-from "
                           f"{m['average_from']} --device {m.get('device', 'cpu')} --out-weights "
@@ -393,8 +404,8 @@ def ship_soup(a) -> int:
          f"`{meta.get('generator')}` after averaging |"),
         *rows,
         f"| fine-tuned from | {_lineage(parent)} |",
-        (f"| in all | {before[0] + sum(c['steps'] for _, _, c in ingredients)} steps, {before[1] + images:,} images "
-         f"seen, {(before[2] + sum(c['elapsed_s'] for _, _, c in ingredients)) / 3600:.2f} h of training |"),
+        (f"| in all | {before[0] + sum(c['steps'] for c in curves)} steps, {before[1] + images:,} images "
+         f"seen, {(before[2] + sum(c['elapsed_s'] for c in curves)) / 3600:.2f} h of training |"),
         "| license | weights: GPL-3.0-or-later with the add-on; inputs: ICT-FaceKit (MIT) |", "",
         "## How it was made", "",
         "```", "python -m prn_blender.synth.uvmap            # layout asset: ICT-FaceKit UVs, landmarks from prnet-bfm",
@@ -516,7 +527,7 @@ def main(argv=None) -> int:
     cosine = meta.get("schedule") == "cosine"
     before = _chain_totals(parent)
     phases = (meta.get("preset_history") or "").count(" from step ")
-    first_lr = float(meta["lr"]) if cosine else _lr_phases(curve["lr_steps"], warmup)[0][1]
+    first_lr = _first_lr(meta, curve["lr_steps"], warmup)
     card = [
         *_card_head(model, lay, digest),
         f"| data | {meta.get('data')}; generator `{meta.get('generator')}`; seed {meta.get('seed')}"

@@ -42,9 +42,29 @@ def common_ancestor(chains: list[list[str]]) -> str | None:
     return next((s for s in chains[0] if s in shared), None)
 
 
+def mean_state(named_states) -> dict:
+    """The mean (accumulated in float64, returned as float32) of the floating tensors of state dicts given as
+    (name, state dict) pairs, one at a time: only the running sum is held (snapshot averaging reads its files
+    lazily). Raises ValueError naming a state dict whose tensors differ from the first's."""
+    acc, n = None, 0
+    for name, sd in named_states:
+        sd = {k: v for k, v in sd.items() if v.is_floating_point()}
+        if acc is None:
+            acc, first = {k: v.double() for k, v in sd.items()}, name
+        elif sd.keys() != acc.keys():
+            raise ValueError(f"{name} has other tensors than {first}")
+        else:
+            for k, v in sd.items():
+                acc[k] += v.double()
+        n += 1
+    if not n:
+        raise ValueError("no state dicts to average")
+    return {k: (v / n).float() for k, v in acc.items()}
+
+
 def make_soup(paths: list[str | Path]) -> tuple[torch.nn.Module, str, dict]:
     """(the mean model, its layout name, its metadata) of the weights files ``paths`` (>= 2, one width and layout,
-    one common ancestor). Floating tensors are averaged in float64."""
+    one common ancestor). Floating tensors are averaged in float64 (mean_state)."""
     if len(paths) < 2:
         raise WeightsError("a soup needs at least two weights files")
     models, chains, ingredients = [], [], []
@@ -64,13 +84,8 @@ def make_soup(paths: list[str | Path]) -> tuple[torch.nn.Module, str, dict]:
     if ancestor is None:
         raise WeightsError("these weights share no ancestor (no sha256 in every file's fine-tuning lineage): their "
                            "mean is not a model")
-    acc = {k: v.double() for k, v in models[0][0].state_dict().items() if v.is_floating_point()}
-    for model, _, _ in models[1:]:
-        for k, v in model.state_dict().items():
-            if k in acc:
-                acc[k] += v.double()
     soup = models[0][0]
-    soup.load_state_dict({k: (v / len(models)).float() for k, v in acc.items()}, strict=False)
+    soup.load_state_dict(mean_state((p, m.state_dict()) for p, (m, _, _) in zip(paths, models)), strict=False)
     first = models[0][2]
     meta = {k: first[k] for k in ("data", "generator", "width", "yaw_uniform", "inference_zoom") if k in first}
     meta.update({"soup": ingredients, "soup_ancestor": ancestor, "parent": first.get("parent"),
