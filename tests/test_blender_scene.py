@@ -36,13 +36,22 @@ def fake_face(t: float = 0.0) -> FaceResult:
 
 
 class FakeRec:
-    def __init__(self, fail=None):
-        self.fail = fail
+    """core.reconstruct.FaceReconstructor's stand-in for the scene tests: ``faces`` (default: one fake face) in every
+    image, or the error ``fail``; ``pick`` ranks them as the real one does (result.largest_first)."""
+    def __init__(self, fail=None, faces=None):
+        self.fail, self.faces = fail, faces
 
-    def __call__(self, image):
+    def __call__(self, image, **kw):
         if self.fail:
             raise RuntimeError(self.fail)
-        return [fake_face()]
+        return list(self.faces) if self.faces is not None else [fake_face()]
+
+    def pick(self, image, rank=1):
+        from prn_blender.core.result import largest_first
+        faces = largest_first(self(image))
+        if rank > len(faces):
+            raise RuntimeError(f"the image shows {len(faces)} face(s); face {rank} was asked for")
+        return faces[rank - 1], len(faces)
 
 
 @pytest.fixture
@@ -262,7 +271,7 @@ def test_image_operator_builds_the_chosen_face_of_a_group_photo(addon, monkeypat
         c = f.landmarks.mean(0)
         return dataclasses.replace(f, landmarks=(f.landmarks - c) * k + c, vertices=(f.vertices - c) * k + c)
     small, big = scaled(fake_face(), 0.5), fake_face()
-    monkeypatch.setattr(addon.ops, "get_reconstructor", lambda *a, **k: lambda path: [small, big])
+    monkeypatch.setattr(addon.ops, "get_reconstructor", lambda *a, **k: FakeRec(faces=[small, big]))
     s = bpy.context.scene.prn_face
 
     def width(coll):
@@ -277,7 +286,7 @@ def test_image_operator_builds_the_chosen_face_of_a_group_photo(addon, monkeypat
     assert sorted(c.name for c in bpy.data.collections) == ["portrait", "portrait_face2"]
     before = names(bpy)
     s.face = 3
-    with pytest.raises(RuntimeError, match="the photo shows 2 face"):
+    with pytest.raises(RuntimeError, match=r"the image shows 2 face\(s\); face 3 was asked for"):
         bpy.ops.prn.reconstruct_image(filepath=addon.image)
     assert names(bpy) == before
     from prn_blender.blender.pipeline import run_blend

@@ -94,6 +94,46 @@ def test_detected_faces_get_a_second_pass_from_their_landmarks(rec, astronaut):
     np.testing.assert_allclose(given.landmarks, once(str(astronaut), box=box, texture=False)[0].landmarks)
 
 
+def test_pick_reconstructs_only_the_chosen_face_of_a_group_photo(rec, monkeypatch):
+    """pick(image, k): the k-th face counted largest first and how many were found, the same result as
+    reconstructing every face and ranking them (result.largest_first), with the full pass run on that face alone;
+    a rank past the faces found is a clear error."""
+    import cv2
+    from skimage import data
+
+    from prn_blender.core.reconstruct import ReconstructionError
+    from prn_blender.core.result import largest_first
+    a = data.astronaut()
+    img = np.zeros((512, 812, 3), np.uint8)
+    img[:, :512], img[100:400, 512:] = a, cv2.resize(a, (300, 300), interpolation=cv2.INTER_AREA)
+
+    class Spy:                                        # the network's batch sizes, one per pass
+        def __init__(self, predictor):
+            self.predictor, self.sizes = predictor, []
+
+        def __getattr__(self, name):
+            return getattr(self.predictor, name)
+
+        def __call__(self, crops):
+            self.sizes.append(len(crops))
+            return self.predictor(crops)
+    spy = Spy(rec.predictor)
+    monkeypatch.setattr(rec, "predictor", spy)
+    every = largest_first(rec(img))
+    assert len(every) == 2 and every[0].crop.center[0] < 512 < every[1].crop.center[0]
+    full_pass = spy.sizes[-1] // 2                     # the views of one face in the full pass
+    for k in (1, 2):
+        spy.sizes = []
+        face, found = rec.pick(img, k)
+        assert found == 2 and spy.sizes[-1] == full_pass and len(spy.sizes) == 2
+        np.testing.assert_allclose(face.landmarks, every[k - 1].landmarks, atol=1e-3)
+        assert face.crop == every[k - 1].crop and face.texture_mask.any() and "first_pass" in face.timings
+    with pytest.raises(ReconstructionError, match=r"shows 2 face\(s\); face 3 was asked for"):
+        rec.pick(img, 3)
+    with pytest.raises(ValueError, match="counts from 1"):
+        rec.pick(img, 0)
+
+
 def test_made_crops_are_zoomed_about_their_centre_given_ones_are_not():
     """Crops made from landmarks or a detector box are shrunk by the zoom about their centre; a 3DDFA roi box
     and an explicit crop are used as given."""

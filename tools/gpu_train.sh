@@ -26,7 +26,14 @@
 #     CONTEXT_BLUR=${a#*:} bash tools/gpu_train.sh > /tmp/$n.txt 2>&1) & done; wait
 #   That run had the data thread (removed since; the arms trained inline after it failed) and no RENDER_BATCHES.
 #   Context blur 0.75 vs 0.5: pseudo set 3.223 vs 3.229, no difference (runs/s29_rule.txt).
-# Before a long run with RENDER_BATCHES, BENCH=loop measures it against one batch at a time (about 60 s).
+# Three arms in one call (stop 31; INIT = the shipped model, SEED 30/31/32): TRAIN_S=490, 541.5 s wall, the lease
+# held the machine 584 s with the start. RENDER_BATCHES=4 arms: 2,610 and 2,594 steps; the RENDER_BATCHES=1 arm:
+# 1,543 steps, starved by its data (405.9 s rendering vs 62.2 s in the network). Three candidates (27 MB each) are
+# more than one call returns (8 files, 64 MiB): train into an ignored folder of the checkout (K=out/s31; OUT=$K/A
+# ...), copy two to $OUT, and fetch the third with the next call at once (a warm machine keeps the folder; it goes
+# back after 30 s idle). Their soups did not beat the shipped model on the pseudo set (stop 31 closing note).
+# BENCH=loop measures RENDER_BATCHES=4 against one batch at a time (about 60 s): on the H200, one training alone,
+# 1,081 vs 956 samples/s (x1.13, stop 31).
 # CPU dry run of the same glue (no GPU; tests/test_synth_train.py runs it):
 #   DEVICE=cpu BATCH=2 TRAIN_S=4 KEEP=1 BENCH=0 BN_BATCHES=1 EVAL_N=2 PY=.venv/bin/python bash tools/gpu_train.sh
 set -uo pipefail

@@ -13,7 +13,6 @@ import numpy as np
 from bpy.props import StringProperty
 
 from ..core.constants import MULTI_SCALE, VIDEO_SCALES, VIDEO_WIDE_EVERY
-from ..core.result import largest_first
 from . import scene as sc
 from .convert import image_to_blender, metres_per_pixel_for, pose_to_blender
 from .preferences import get_preferences
@@ -175,22 +174,17 @@ class PRN_OT_reconstruct_image(bpy.types.Operator):
             self.report({"ERROR"}, f"image not found: {path or '(no file given)'}")
             return {"CANCELLED"}
         try:
-            rec = get_reconstructor(context, self.weights)
-            faces = largest_first(rec(path))
-            if not faces:
-                raise RuntimeError("no face found in the image")
-            if s.face > len(faces):
-                raise RuntimeError(f"the photo shows {len(faces)} face(s); Face is {s.face}")
+            face, found = get_reconstructor(context, self.weights).pick(path, s.face)
         except Exception as e:  # noqa: BLE001 - every failure becomes one report line
             self.report({"ERROR"}, one_line(e))
             return {"CANCELLED"}
         try:
-            coll = sc.build_face(context, faces[s.face - 1], path, metres_per_pixel=s.metres_per_pixel or None,
+            coll = sc.build_face(context, face, path, metres_per_pixel=s.metres_per_pixel or None,
                                  after=_after_rig(context, s.rig), face=s.face)
         except Exception as e:  # noqa: BLE001
             self.report({"ERROR"}, f"building the scene failed: {one_line(e)}")
             return {"CANCELLED"}
-        self.report({"INFO"}, f"reconstructed {coll.name}: face {s.face} of the {len(faces)} found (largest first)")
+        self.report({"INFO"}, f"reconstructed {coll.name}: face {s.face} of the {found} found (largest first)")
         return {"FINISHED"}
 
 
