@@ -197,3 +197,95 @@ def test_calibrate_zoom_crops_each_path_at_each_zoom(shared):
     for p in PATHS:
         assert res[1.0][p] == pytest.approx(np.nanmean(want[p]), rel=1e-5), p
         assert abs(res[1.3][p] - res[1.0][p]) > 1e-3, p
+
+
+def _faces_read_at(lay, offsets, n_faces=6, seed=0):
+    """Position maps and labels whose landmarks sit exactly at the layout's pixels + ``offsets`` (dx, dy)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    maps = rng.uniform(0, 200, (n_faces, 256, 256, 3)).astype(np.float32)
+    xy = lay.kpt_xy + offsets
+    labels = maps[:, xy[:, 1], xy[:, 0]].astype(np.float64)
+    return maps, labels
+
+
+def _offsets_on_face(lay, radius):
+    """(68,2) offsets within ``radius`` whose pixels are on the face, varied per landmark."""
+    import numpy as np
+    rng = np.random.default_rng(1)
+    out = np.zeros((68, 2), np.int64)
+    for i, (x, y) in enumerate(lay.kpt_xy):
+        while True:
+            d = rng.integers(-radius, radius + 1, 2)
+            if lay.mask[y + d[1], x + d[0]]:
+                out[i] = d
+                break
+    return out
+
+
+def test_landmark_calibration_finds_the_pixels_the_labels_sit_at():
+    """calibrate_landmarks: each landmark's pixel within the radius with the lowest source-weighted error is the one
+    the labels were read at; cross-validation across two sources measures the held-out side before and after."""
+    import numpy as np
+
+    from prn_blender.core.layout import load_layout
+    from prn_blender.evaluate import calibrate_landmarks as C
+    lay = load_layout()
+    true = _offsets_on_face(lay, 2)
+    maps, labels = _faces_read_at(lay, true)
+    sources = np.array(["people"] * 3 + ["webcam"] * 3)
+    err = C.candidate_errors(maps, labels, lay.kpt_xy, lay.mask, 3)
+    assert err.shape == (68, 6, 7, 7)
+    np.testing.assert_array_equal(C.fit(err, sources), true)
+    assert C.nme_at(err, true, sources) == 0 < C.nme_at(err, np.zeros_like(true), sources)
+    cvs = C.cross_validate(err, sources)
+    assert [(c["fitted_on"], c["measured_on"]) for c in cvs] == [
+        ("people", "webcam"), ("photos, webcam, talking", "people"), ("webcam, talking", "people")]
+    assert all(c["after"] == 0 < c["before"] for c in cvs)
+    off = np.isinf(err)                                        # candidates off the face are never picked
+    assert off.any() and not off[:, :, 3, 3].any()
+
+
+def test_landmark_calibration_writes_the_pixels_the_reconstructor_reads(tmp_path, monkeypatch):
+    """--write records the fitted pixels in the weights (tensors unchanged); a FaceReconstructor of those weights
+    reads its landmarks there, from the same surface and the same crops as before."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from prn_blender.core.layout import load_layout
+    from prn_blender.core.network import ResFCN256
+    from prn_blender.core.reconstruct import FaceReconstructor
+    from prn_blender.core.weights import WeightsError, load_model, read_metadata, save_weights
+    from prn_blender.evaluate import calibrate_landmarks as C
+    lay = load_layout()
+    true = _offsets_on_face(lay, 3)
+    maps, labels = _faces_read_at(lay, true)
+    names = [f"people/{i}" for i in range(3)] + [f"photos/{i}" for i in range(3)]
+    monkeypatch.setattr(C, "collect", lambda rec, shared=None, extra=None: (names, labels, maps))
+    w = save_weights(ResFCN256(2), tmp_path / "w.safetensors", lay.name, {"seed": 5})
+    before = load_file(w)
+    assert C.main(["--weights", str(w), "--radius", "3", "--write"]) == 0
+    meta = read_metadata(w)["meta"]
+    np.testing.assert_array_equal(meta["landmark_uv"], lay.kpt_xy + true)
+    assert meta["seed"] == 5 and meta["landmark_calibration"]["radius"] == 3
+    assert meta["landmark_calibration"]["nme_after_in_sample"] == 0
+    after = load_file(w)
+    assert all((after[k] == before[k]).all() and after[k].dtype == before[k].dtype for k in before)
+    from skimage import data
+    img = data.astronaut().astype(np.float32) / 255
+    model = load_model(w)[0]
+    plain = save_weights(model, tmp_path / "plain.safetensors", lay.name, {})    # the same tensors, no pixels
+    a = FaceReconstructor(plain, device="cpu")(img, texture=False)[0]
+    rec = FaceReconstructor(w, device="cpu")
+    b = rec(img, texture=False)[0]
+    assert a.crop == b.crop and "first_pass" in b.timings      # the re-crop reads the network's own pixels
+    np.testing.assert_array_equal(a.vertices, b.vertices)
+    np.testing.assert_array_equal(b.landmarks, b.vertices[rec.layout.kpt_vertex])
+    assert not np.array_equal(a.landmarks, b.landmarks)
+    bad = dict(meta, landmark_uv=[[0, 0]] * 68)                 # off the face
+    save_weights(model, tmp_path / "bad.safetensors", lay.name, bad)
+    with pytest.raises(WeightsError, match="off the ict-face-v2 face"):
+        FaceReconstructor(tmp_path / "bad.safetensors", device="cpu")
+    save_weights(model, tmp_path / "bad.safetensors", lay.name, dict(meta, landmark_uv=[[1.5, 2]] * 68))
+    with pytest.raises(WeightsError, match="68 integer"):
+        FaceReconstructor(tmp_path / "bad.safetensors", device="cpu")

@@ -587,9 +587,14 @@ def test_ship_metrics_only_rewrites_the_metrics_and_context_and_nothing_else(tmp
     b = {"0-30": 1.25, "30-60": 2.5, "60-90": 3.75, "mean": 2.5, "all": 1.5}
     (ev / "metrics.json").write_text(json.dumps({"dataset": "aflw2000", "n": 2, "crop": "roi", "models": {"ours": {
         "nme2d": b, "nme3d": b, "per_image": {"image1": 1.0, "image2": 2.0}}}}))
+    cal = {"landmark_calibration": {"radius": 3, "faces": 165, "sources": ["people", "photos"], "nme_before": 3.45,
+                                    "nme_after_in_sample": 3.09, "cross_validation": [
+                                        {"fitted_on": "people", "measured_on": "photos", "before": 3.17, "after": 3.07}]}}
     rewrite_metrics(card, Namespace(eval_aflw=[str(ev)], eval_aflw_detector=None, eval_synth=None),
-                    blurs=(0.5, 0.75, 0.75), zoom=INFERENCE_ZOOM)
+                    blurs=(0.5, 0.75, 0.75), zoom=INFERENCE_ZOOM, meta=cal)
     new = card.read_text()
+    assert "Landmarks are read at the 68 UV pixels the weights record (`landmark_uv`), each within 3 UV" in new
+    assert "NME there 3.45 -> 3.09 % in-sample. Cross-validated (fitted on people, photos 3.17 -> 3.07 %)." in new
     assert "| ours | 1.25 | 2.50 | 3.75 | 2.50 | 1.50 | 1.50 | - |" in new and "| image2 | 2.00 |" in new
     assert f"shrunk by {INFERENCE_ZOOM:g}" in new
     assert "The soup's ingredients blurred the surround of 50% / 75% / 75% of their training" in new
@@ -599,8 +604,9 @@ def test_ship_metrics_only_rewrites_the_metrics_and_context_and_nothing_else(tmp
     tail = lambda text: text[text.index("## Training curve"):text.index(CONTEXT_HEAD)]
     assert tail(new) == tail(old)
     rewrite_metrics(card, Namespace(eval_aflw=[str(ev)], eval_aflw_detector=None, eval_synth=None),
-                    blurs=(0.5, 0.75, 0.75), zoom=INFERENCE_ZOOM)
+                    blurs=(0.5, 0.75, 0.75), zoom=INFERENCE_ZOOM, meta=cal)
     assert card.read_text() == new                                    # idempotent: the sections are found again
     rewrite_metrics(card, Namespace(eval_aflw=[str(ev)], eval_aflw_detector=None, eval_synth=None), blurs=(0.5,),
-                    zoom=INFERENCE_ZOOM)
+                    zoom=INFERENCE_ZOOM, meta={})
     assert "  This run blurred the surround of 50% of its training scenes" in card.read_text()
+    assert "Landmarks are read" not in card.read_text()

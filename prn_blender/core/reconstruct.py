@@ -33,7 +33,7 @@ from .image_io import load_image, upright_turns
 from .layout import UVLayout
 from .pose import estimate_pose, umeyama
 from .result import CropTransform, FaceResult, largest_first
-from .weights import inference_zoom, load_model
+from .weights import inference_zoom, landmark_layout, load_model
 
 
 class ReconstructionError(RuntimeError):
@@ -125,7 +125,9 @@ class FaceReconstructor:
     def __init__(self, weights=None, device: str = "auto", detector: str | Detector = "auto",
                  max_faces: int = 8, options: InferenceOptions | None = None):
         self.predictor = PRNPredictor(weights, device, options)
-        self.layout: UVLayout = self.predictor.layout
+        #: the network's layout reading the landmarks where the weights say (weights.landmark_layout): the results'
+        #: landmarks; the surface, its mirror averaging and the periphery's hull keep the network's own layout
+        self.layout: UVLayout = landmark_layout(self.predictor.meta["meta"], self.predictor.layout)
         self._detector_spec = detector
         self._detector = detector if isinstance(detector, Detector) else None
         self.max_faces = max_faces
@@ -136,7 +138,7 @@ class FaceReconstructor:
         o = self.predictor.options
         #: crop zoom (see InferenceOptions.zoom); calibrate_zoom sets it to each candidate on one reconstructor
         self.zoom = float(o.zoom) if o.zoom is not None else inference_zoom(self.predictor.meta["meta"])
-        self._inner = hull_weight(self.layout)[..., None]
+        self._inner = hull_weight(self.predictor.layout)[..., None]
         # the part of those inside the landmarks' hull (where the zoomed views alone give the surface): it places a
         # carried periphery (carry_periphery)
         core = self._fit_idx[self.layout.vertices(np.repeat(self._inner, 3, -1))[self._fit_idx, 0] >= 1]
@@ -162,6 +164,12 @@ class FaceReconstructor:
         a = -float(face.pose.roll)                  # the eye line's angle in the image (y down)
         return a - float(np.clip(a, -free, free))
 
+    def crop_landmarks(self, face: FaceResult) -> np.ndarray:
+        """(68,3) landmarks of ``face`` to make the second pass's crop from: read at the network's own layout
+        pixels, which the crop convention and the zoom were calibrated with, wherever ``face.landmarks`` is read
+        (weights.landmark_layout)."""
+        return self.predictor.layout.landmarks(face.position_map)
+
     def crops_for(self, image: np.ndarray, box=None, landmarks=None, roi=None,
                   crop: CropTransform | None = None, angle: float = 0.0, turns: int = 0) -> list[CropTransform]:
         """The network's crops: ``crop`` as it is, a 3DDFA roi box as it is, or one made from 68 landmarks (turned
@@ -184,7 +192,7 @@ class FaceReconstructor:
 
     def _merge_flip(self, pos: np.ndarray, pos_mirrored: np.ndarray) -> np.ndarray:
         """Average a crop's position map with the un-mirrored prediction for the mirrored crop."""
-        lay = self.layout
+        lay = self.predictor.layout
         v = lay.vertices(pos)
         vm = lay.vertices(pos_mirrored).copy()
         vm[:, 0] = (RESOLUTION - 1) - vm[:, 0]
@@ -228,7 +236,8 @@ class FaceReconstructor:
         if self.predictor.options.recrop and crop is None and roi is None and landmarks is None and box is None:
             t = time.perf_counter()
             first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_SCALES, periphery=False)
-            crops = [self.crops_for(img, landmarks=f.landmarks, angle=self.crop_angle(f))[0] for f in first]
+            crops = [self.crops_for(img, landmarks=self.crop_landmarks(f), angle=self.crop_angle(f))[0]
+                     for f in first]
             first_ms = (time.perf_counter() - t) * 1e3 / len(crops)
         o = self.predictor.options
         results = self._reconstruct(img, crops, texture, detect_ms, o.scales,
@@ -265,7 +274,8 @@ class FaceReconstructor:
             t = time.perf_counter()
             first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_SCALES, periphery=False)
             face = largest_first(first)[rank - 1]
-            crops = ([self.crops_for(img, landmarks=face.landmarks, angle=self.crop_angle(face))[0]] if o.recrop
+            crops = ([self.crops_for(img, landmarks=self.crop_landmarks(face), angle=self.crop_angle(face))[0]]
+                     if o.recrop
                      else [face.crop])
             first_ms = (time.perf_counter() - t) * 1e3
         result = self._reconstruct(img, crops, texture, detect_ms, o.scales,

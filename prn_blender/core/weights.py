@@ -4,11 +4,13 @@ Shipped default: ``prn_blender/assets/weights/prn-ict-default.safetensors`` (see
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .constants import INFERENCE_ZOOM
@@ -57,6 +59,22 @@ def inference_zoom(meta: dict) -> float:
     if not 0.5 <= z <= 2.0:
         raise WeightsError(f"the weights record an inference zoom of {z:g}; expected 0.5-2")
     return z
+
+
+def landmark_layout(meta: dict, layout: UVLayout) -> UVLayout:
+    """``layout`` reading its 68 landmarks at the UV pixels a weights file's ``meta`` records (``landmark_uv``, (68,2)
+    x, y: what ``python -m prn_blender.evaluate.calibrate_landmarks`` fitted on real faces, where the network's
+    surface meets the iBUG-68 annotation convention), else ``layout`` itself. The surface is the same; only which
+    vertex each landmark is changes. Raises WeightsError when the pixels are malformed or off the layout's face."""
+    uv = meta.get("landmark_uv")
+    if uv is None:
+        return layout
+    xy = np.asarray(uv)
+    if xy.shape != (68, 2) or not np.issubdtype(xy.dtype, np.integer):
+        raise WeightsError(f"the weights' landmark_uv must be 68 integer (x, y) UV pixels, got shape {xy.shape}")
+    if not (((xy >= 0) & (xy < layout.mask.shape[0])).all() and layout.mask[xy[:, 1], xy[:, 0]].all()):
+        raise WeightsError(f"the weights' landmark_uv has pixels off the {layout.name} face")
+    return dataclasses.replace(layout, kpt_xy=xy.astype(np.int32))
 
 
 def read_metadata(path: str | Path) -> dict:

@@ -220,9 +220,28 @@ METRICS_HEAD = "## Metrics (68-point NME %, normalized by sqrt(w*h) of the GT bo
 CONTEXT_HEAD = "- Context:"
 
 
-def _metrics_section(a, zoom: float) -> list[str]:
+def _landmark_text(meta: dict) -> list[str]:
+    """The Metrics section's paragraph on where the landmarks are read, when the weights record calibrated pixels
+    (evaluate.calibrate_landmarks)."""
+    c = meta.get("landmark_calibration")
+    if not c:
+        return []
+    cv = "; ".join(f"fitted on {x['fitted_on']}, {x['measured_on']} {x['before']:.2f} -> {x['after']:.2f} %"
+                   for x in c["cross_validation"])
+    return [
+        ("Landmarks are read at the 68 UV pixels the weights record (`landmark_uv`), each within "
+         f"{c['radius']} UV pixels of the layout's own: fitted by `python -m prn_blender.evaluate.calibrate_landmarks`"),
+        (f"on {c['faces']} real faces that are not evaluation images (the pseudo set: "
+         f"{', '.join(c['sources'])}; labels by the 3DDFA_V2 peer), NME there {c['nme_before']:.2f} -> "
+         f"{c['nme_after_in_sample']:.2f} % in-sample. Cross-validated ({cv})."),
+        ("The surface, the mesh and the crops are unchanged (crops from landmarks read the layout's own pixels). The "
+         "held-out synthetic set's labels are the layout's own pixels, so its NME includes the calibration's "
+         "offsets."), ""]
+
+
+def _metrics_section(a, zoom: float, meta: dict) -> list[str]:
     """The card's Metrics section, from the eval.py folders of ``a`` (ship's arguments); the inference it describes
-    is the code's defaults with the model's crop ``zoom``."""
+    is the code's defaults with the model's crop ``zoom`` and its landmark pixels (``meta``)."""
     return [
         METRICS_HEAD, "",
         (f"Default inference (`ours`): crops made from a detector box or from landmarks shrunk by {zoom:g} "
@@ -234,6 +253,7 @@ def _metrics_section(a, zoom: float) -> list[str]:
         (f"{zoom:g}x wider view, the un-zoomed crop, for the surface outside the landmarks' hull (it does not move "
          "the landmarks). `ours_one_scale`"),
         "is mirror averaging only, which is what video runs; `ours_single_pass` is neither.", "",
+        *_landmark_text(meta),
         *_metrics_table(a.eval_aflw, "Real photos: the 16 AFLW2000-3D images in ../shared"),
         *([("With the face detector's crops instead of the dataset's roi boxes: what `reconstruct` and the add-on do "
             "with a photo"),
@@ -302,7 +322,7 @@ def _limits(images: int, blurs: tuple[float, ...], zoom: float) -> list[str]:
     ]
 
 
-def rewrite_metrics(card: Path, a, blurs: tuple[float, ...], zoom: float) -> None:
+def rewrite_metrics(card: Path, a, blurs: tuple[float, ...], zoom: float, meta: dict) -> None:
     """Replace an existing card's evaluation commands, Metrics section and Limits' context entry (after an
     inference change: the weights, their training and its logs stay as the card says)."""
     lines = card.read_text().split("\n")
@@ -315,7 +335,7 @@ def rewrite_metrics(card: Path, a, blurs: tuple[float, ...], zoom: float) -> Non
     except (ValueError, StopIteration):
         raise SystemExit(f"{card}: no Metrics section, Training curve section or context limit to replace") from None
     c1 = next((i for i in range(c0 + 1, len(lines)) if not lines[i].startswith("  ")), len(lines))
-    out = lines[:m0] + _metrics_section(a, zoom) + lines[m1:c0] + _context_limit(blurs, zoom) + lines[c1:]
+    out = lines[:m0] + _metrics_section(a, zoom, meta) + lines[m1:c0] + _context_limit(blurs, zoom) + lines[c1:]
     card.write_text("\n".join(out))
 
 
@@ -412,11 +432,12 @@ def ship_soup(a) -> int:
         *a.recipe, *recipe,
         f"python -m prn_blender.train.soup --out {soup.as_posix()} "
         + " ".join(f"runs/{r.name}/weights.safetensors" for r, _, _ in ingredients),
+        *([meta["landmark_calibration"]["command"]] if meta.get("landmark_calibration") else []),
         *EVAL_COMMANDS,
         (f"python -m prn_blender.train.ship --soup {soup.as_posix()} --ingredients {runs} "
          "--eval-aflw out/eval_aflw out/eval_aflw_one_scale out/eval_aflw_single --eval-synth out/eval_synth "
          "--eval-aflw-detector out/eval_aflw_detector"),
-        "```", "", *_metrics_section(a, zoom),
+        "```", "", *_metrics_section(a, zoom, meta),
         "## Training curve", "", "![training curve](training_curve.png)", "",
         ("The curves are the soup's ingredients, each a fine-tune of the model above; the earlier models' curves are "
          "in the git history of this file."), "",
@@ -471,7 +492,7 @@ def main(argv=None) -> int:
             ap.error("--zoom writes the weights: not with --metrics-only")
         meta = read_metadata(DEFAULT_WEIGHTS)["meta"]
         rewrite_metrics(WEIGHTS_DIR / "MODEL_CARD.md", a, context_blurs(meta),
-                        inference_zoom(meta))
+                        inference_zoom(meta), meta)
         print(f"rewrote the metrics of {WEIGHTS_DIR / 'MODEL_CARD.md'}")
         return 0
     if a.soup:
@@ -565,7 +586,7 @@ def main(argv=None) -> int:
         + (f"--average-from {meta['average_from']} " if meta.get("averaged") else "")
         + "--eval-aflw out/eval_aflw out/eval_aflw_one_scale out/eval_aflw_single --eval-synth out/eval_synth "
         + "--eval-aflw-detector out/eval_aflw_detector",
-        "```", "", *_metrics_section(a, zoom),
+        "```", "", *_metrics_section(a, zoom, meta),
         "## Training curve", "", "![training curve](training_curve.png)", "",
         *([("The curve shows this fine-tuning run"
              + (f" after {', '.join(Path(x).parent.name for x in a.ancestor_logs)}" if a.ancestor_logs else "")
