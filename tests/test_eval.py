@@ -261,6 +261,8 @@ def test_landmark_calibration_writes_the_pixels_the_reconstructor_reads(tmp_path
     true = _offsets_on_face(lay, 3)
     maps, labels = _faces_read_at(lay, true)
     names = [f"people/{i}" for i in range(3)] + [f"photos/{i}" for i in range(3)]
+    with pytest.raises(SystemExit, match="^error: weights file not found"):
+        C.main(["--weights", str(tmp_path / "missing.safetensors")])
     monkeypatch.setattr(C, "collect", lambda rec, shared=None, extra=None: (names, labels, maps))
     w = save_weights(ResFCN256(2), tmp_path / "w.safetensors", lay.name, {"seed": 5})
     before = load_file(w)

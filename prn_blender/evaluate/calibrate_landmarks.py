@@ -100,6 +100,15 @@ def cross_validate(errors: np.ndarray, sources: np.ndarray) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    from ..core.paths import SharedDataMissing
+    from ..core.weights import WeightsError
+    try:
+        return _main(argv)
+    except (WeightsError, SharedDataMissing) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", required=True, help="the model to calibrate (its layout's own pixels are the start)")
     ap.add_argument("--pseudo-extra", help="a folder of photos of other people (tools/fetch_registry_faces.py)")
