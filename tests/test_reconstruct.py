@@ -65,7 +65,9 @@ def test_face_result_fields(rec, astronaut):
     flat = rec(np.full((512, 512, 3), 128, np.uint8), box=(150, 60, 260, 190), texture=False)[0]
     assert flat.confidence < 0.3, flat.confidence
     assert set(f.timings) == {"detect", "first_pass", "crop", "net", "uncrop", "texture"}   # detected: two passes
-    np.testing.assert_allclose(f.landmarks, lay.landmarks(f.position_map))
+    np.testing.assert_allclose(f.landmarks, rec.layout.landmarks(f.position_map))   # at the calibrated pixels
+    np.testing.assert_allclose(f.landmarks, f.vertices[rec.layout.kpt_vertex])
+    assert (rec.layout.kpt_xy != lay.kpt_xy).any(1).sum() > 60        # the shipped weights record their own
     np.testing.assert_allclose(np.linalg.det(f.pose.rotation), 1.0, atol=1e-6)
     # explicit box and landmark crops give results too; the image may be an array of any dtype
     g = rec((np.asarray(__import__("PIL").Image.open(astronaut)).astype(np.uint16) * 257), box=(150, 60, 260, 190))[0]
@@ -84,8 +86,9 @@ def test_detected_faces_get_a_second_pass_from_their_landmarks(rec, astronaut):
     first = FaceReconstructor(device="cpu", options=InferenceOptions(recrop=False, scales=FIRST_PASS_SCALES,
                                                                      periphery=False))(str(astronaut), texture=False)[0]
     twice = rec(str(astronaut), texture=False)[0]
-    again = rec(str(astronaut), landmarks=first.landmarks, texture=False)[0]
-    assert twice.crop == again.crop == rec.crops_for(None, landmarks=first.landmarks)[0] != first.crop
+    own = rec.crop_landmarks(first)                     # the network's own landmark pixels make the crop
+    again = rec(str(astronaut), landmarks=own, texture=False)[0]
+    assert twice.crop == again.crop == rec.crops_for(None, landmarks=own)[0] != first.crop
     np.testing.assert_allclose(twice.landmarks, again.landmarks)
     assert "first_pass" in twice.timings and "first_pass" not in first.timings | again.timings
     box = (150, 60, 260, 190)
@@ -255,8 +258,9 @@ def test_periphery_view_gives_the_surface_outside_the_landmark_hull(astronaut):
     inner = FaceReconstructor(**kw, options=InferenceOptions(**base, periphery=False))
     alone = inner(str(astronaut), crop=crop, texture=False)[0]
     outer = inner(str(astronaut), crop=wide, texture=False)[0]
-    lay = load_layout(both.layout)
-    w = hull_weight(lay).reshape(-1)[lay.face_ind]
+    lay = inner.layout                                    # with the shipped model's calibrated landmark pixels
+    w = hull_weight(inner.predictor.layout, lay).reshape(-1)[lay.face_ind]
+    assert (w[lay.kpt_vertex] == 1).all() and (w[inner.predictor.layout.kpt_vertex] == 1).all()
     assert (w == 1).sum() > 10000 and (w == 0).sum() > 5000 and ((w > 0) & (w < 1)).sum() > 1000
     np.testing.assert_array_equal(both.landmarks, alone.landmarks)
     np.testing.assert_allclose(both.vertices[w == 1], alone.vertices[w == 1], atol=1e-4)
@@ -279,8 +283,8 @@ def test_carried_periphery(astronaut):
     alone = rec(str(astronaut), crop=crop, texture=False)[0]
     key = rec(str(astronaut), crop=crop, texture=False, periphery=True)[0]
     assert alone.wide_view is None and key.wide_view.shape == (256, 256, 3)
-    lay = load_layout(key.layout)
-    w = hull_weight(lay).reshape(-1)[lay.face_ind]
+    lay = rec.layout
+    w = hull_weight(rec.predictor.layout, lay).reshape(-1)[lay.face_ind]
     # the whole face moved rigidly with a change of size: the carried wide view is the moved one
     a = np.radians(12.0)
     R = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]) * 0.9

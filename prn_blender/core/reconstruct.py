@@ -138,7 +138,7 @@ class FaceReconstructor:
         o = self.predictor.options
         #: crop zoom (see InferenceOptions.zoom); calibrate_zoom sets it to each candidate on one reconstructor
         self.zoom = float(o.zoom) if o.zoom is not None else inference_zoom(self.predictor.meta["meta"])
-        self._inner = hull_weight(self.predictor.layout)[..., None]
+        self._inner = hull_weight(self.predictor.layout, self.layout)[..., None]
         # the part of those inside the landmarks' hull (where the zoomed views alone give the surface): it places a
         # carried periphery (carry_periphery)
         core = self._fit_idx[self.layout.vertices(np.repeat(self._inner, 3, -1))[self._fit_idx, 0] >= 1]
@@ -200,11 +200,12 @@ class FaceReconstructor:
         out = np.zeros_like(pos).reshape(-1, 3)
         out[lay.face_ind] = avg
         out = out.reshape(pos.shape)
-        # the 68 landmarks average through the iBUG mirror map (exact semantic pairs)
-        km = lay.landmarks(pos_mirrored).copy()
-        km[:, 0] = (RESOLUTION - 1) - km[:, 0]
-        k = 0.5 * (lay.landmarks(pos) + km[list(IBUG68_MIRROR)])
-        out[lay.kpt_xy[:, 1], lay.kpt_xy[:, 0]] = k
+        # the 68 landmarks average through the iBUG mirror map (exact semantic pairs): at the network's own pixels
+        # (the crops made from landmarks read them) and at the results' (weights.landmark_layout), when they differ
+        for kl in dict.fromkeys((lay, self.layout)):
+            km = kl.landmarks(pos_mirrored).copy()
+            km[:, 0] = (RESOLUTION - 1) - km[:, 0]
+            out[kl.kpt_xy[:, 1], kl.kpt_xy[:, 0]] = 0.5 * (kl.landmarks(pos) + km[list(IBUG68_MIRROR)])
         return out
 
     def __call__(self, image, box=None, landmarks=None, roi=None, crop: CropTransform | None = None,
@@ -360,11 +361,13 @@ class FaceReconstructor:
         return (ref.reshape(-1, 3) @ (s * R).T.astype(np.float32) + t.astype(np.float32)).reshape(ref.shape)
 
 
-def hull_weight(layout: UVLayout, fade: float = PERIPHERY_FADE) -> np.ndarray:
-    """(256,256) float32 UV weight: 1 inside the convex hull of the layout's 68 landmark pixels, falling linearly
+def hull_weight(*layouts: UVLayout, fade: float = PERIPHERY_FADE) -> np.ndarray:
+    """(256,256) float32 UV weight: 1 inside the convex hull of the layouts' 68 landmark pixels (the network's own
+    and, with calibrated landmark pixels, those too, so no landmark is in the periphery's fade), falling linearly
     to 0 at ``fade`` UV pixels outside it."""
     inside = np.zeros((RESOLUTION, RESOLUTION), np.uint8)
-    cv2.fillConvexPoly(inside, cv2.convexHull(layout.kpt_xy.astype(np.int32)), 1)
+    pts = np.concatenate([lay.kpt_xy for lay in layouts]).astype(np.int32)
+    cv2.fillConvexPoly(inside, cv2.convexHull(pts), 1)
     dist = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5)
     return np.clip(1 - dist / fade, 0, 1).astype(np.float32)
 
