@@ -200,9 +200,9 @@ class FaceReconstructor:
         out = np.zeros_like(pos).reshape(-1, 3)
         out[lay.face_ind] = avg
         out = out.reshape(pos.shape)
-        # the 68 landmarks average through the iBUG mirror map (exact semantic pairs): at the network's own pixels
-        # (the crops made from landmarks read them) and at the results' (weights.landmark_layout), when they differ
-        for kl in dict.fromkeys((lay, self.layout)):
+        # the 68 landmarks average through the iBUG mirror map (exact semantic pairs): at the results' pixels
+        # (weights.landmark_layout), then at the network's own, which the crops made from landmarks read
+        for kl in dict.fromkeys((self.layout, lay)):
             km = kl.landmarks(pos_mirrored).copy()
             km[:, 0] = (RESOLUTION - 1) - km[:, 0]
             out[kl.kpt_xy[:, 1], kl.kpt_xy[:, 0]] = 0.5 * (kl.landmarks(pos) + km[list(IBUG68_MIRROR)])
