@@ -170,6 +170,19 @@ class FaceReconstructor:
         (weights.landmark_layout)."""
         return self.predictor.layout.landmarks(face.position_map)
 
+    def _recrop(self, img: np.ndarray, face: FaceResult) -> CropTransform:
+        """The second pass's crop of a first-pass ``face`` (``options.recrop``): made from its landmarks at the
+        network's own pixels (crop_landmarks), turned by crop_angle."""
+        return self.crops_for(img, landmarks=self.crop_landmarks(face), angle=self.crop_angle(face))[0]
+
+    @staticmethod
+    def _load(image, turns: int | None) -> tuple[np.ndarray, int]:
+        """(``image`` as an RGB array, the quarter turns the detector looks at it with: ``turns``, else the file's
+        EXIF orientation when ``image`` is a path, image_io.upright_turns, else 0)."""
+        if turns is None:
+            turns = upright_turns(image) if isinstance(image, (str, os.PathLike)) else 0
+        return load_image(image), turns
+
     def crops_for(self, image: np.ndarray, box=None, landmarks=None, roi=None,
                   crop: CropTransform | None = None, angle: float = 0.0, turns: int = 0) -> list[CropTransform]:
         """The network's crops: ``crop`` as it is, a 3DDFA roi box as it is, or one made from 68 landmarks (turned
@@ -226,9 +239,7 @@ class FaceReconstructor:
         (None: the file's EXIF orientation when ``image`` is a path, image_io.upright_turns, else 0); the crops and
         every result stay in the stored pixels' frame, which Blender shows."""
         t0 = time.perf_counter()
-        img = load_image(image)
-        if turns is None:
-            turns = upright_turns(image) if isinstance(image, (str, os.PathLike)) else 0
+        img, turns = self._load(image, turns)
         crops = self.crops_for(img, box, landmarks, roi, crop, turns=turns)
         if not crops:
             raise ReconstructionError("no face found in the image")
@@ -237,8 +248,7 @@ class FaceReconstructor:
         if self.predictor.options.recrop and crop is None and roi is None and landmarks is None and box is None:
             t = time.perf_counter()
             first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_SCALES, periphery=False)
-            crops = [self.crops_for(img, landmarks=self.crop_landmarks(f), angle=self.crop_angle(f))[0]
-                     for f in first]
+            crops = [self._recrop(img, f) for f in first]
             first_ms = (time.perf_counter() - t) * 1e3 / len(crops)
         o = self.predictor.options
         results = self._reconstruct(img, crops, texture, detect_ms, o.scales,
@@ -259,9 +269,7 @@ class FaceReconstructor:
         if rank < 1:
             raise ValueError("rank counts from 1 (the largest face)")
         t0 = time.perf_counter()
-        img = load_image(image)
-        if turns is None:
-            turns = upright_turns(image) if isinstance(image, (str, os.PathLike)) else 0
+        img, turns = self._load(image, turns)
         crops = self.crops_for(img, turns=turns)
         n = len(crops)
         if not n:
@@ -275,9 +283,7 @@ class FaceReconstructor:
             t = time.perf_counter()
             first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_SCALES, periphery=False)
             face = largest_first(first)[rank - 1]
-            crops = ([self.crops_for(img, landmarks=self.crop_landmarks(face), angle=self.crop_angle(face))[0]]
-                     if o.recrop
-                     else [face.crop])
+            crops = [self._recrop(img, face) if o.recrop else face.crop]
             first_ms = (time.perf_counter() - t) * 1e3
         result = self._reconstruct(img, crops, texture, detect_ms, o.scales,
                                    o.periphery if periphery is None else periphery)[0]

@@ -122,7 +122,7 @@ def _main(argv=None) -> int:
     if a.radius < 1:
         ap.error("--radius must be at least 1")
     from ..core.reconstruct import FaceReconstructor
-    from ..core.weights import landmark_layout, load_model, save_weights
+    from ..core.weights import landmark_layout, save_weights
     t0 = time.time()
     rec = FaceReconstructor(weights=a.weights, device=a.device)
     base = rec.predictor.layout                                   # the network's own pixels, not a calibration's
@@ -145,8 +145,7 @@ def _main(argv=None) -> int:
         print(json.dumps(pixels.tolist()))
         return 0
     from safetensors import safe_open
-    model, lay, md = load_model(a.weights)
-    meta = dict(md["meta"])
+    meta = dict(rec.predictor.meta["meta"])                        # the weights as loaded above, not read again
     meta["landmark_uv"] = pixels.tolist()
     meta["landmark_calibration"] = {
         "command": "python -m prn_blender.evaluate.calibrate_landmarks " + shlex.join(
@@ -157,7 +156,7 @@ def _main(argv=None) -> int:
     landmark_layout(meta, base)                                    # on the face
     with safe_open(a.weights, "pt") as f:
         dtype = f.get_tensor(next(iter(f.keys()))).dtype           # written back as it was stored
-    save_weights(model, a.weights, lay.name, meta, dtype=dtype)
+    save_weights(rec.predictor.model, a.weights, base.name, meta, dtype=dtype)
     print(f"recorded the 68 landmark pixels in {Path(a.weights)}")
     return 0
 
