@@ -141,7 +141,7 @@ def main():
     names = [f"{w.name} (width {read_metadata(w)['width']})" for w in weights]
     e2e = {}                                  # (weights, label) -> ms per image, or per frame for video
     if "e2e" in only:
-        from prn_blender.core.constants import MULTI_SCALE, VIDEO_SCALES
+        from prn_blender.core.constants import PHOTO_TURNS, VIDEO_TURNS
         from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
         if a.image:
             img = a.image
@@ -150,21 +150,21 @@ def main():
             img = data.astronaut()
         for w, name in zip(weights, names):
             totals = {}
-            for label, scales, wide in (("one scale, no periphery view, as video", VIDEO_SCALES, False),
-                                        ("multi-scale, no periphery view", MULTI_SCALE, False),
-                                        ("multi-scale + periphery view, the default for photos", MULTI_SCALE, True)):
-                rec = FaceReconstructor(w, device=a.device, options=InferenceOptions(scales=scales, periphery=wide))
+            for label, turns, wide in (("one view, no periphery view, as video", VIDEO_TURNS, False),
+                                       ("turned views, no periphery view", PHOTO_TURNS, False),
+                                       ("turned views + periphery view, the default for photos", PHOTO_TURNS, True)):
+                rec = FaceReconstructor(w, device=a.device, options=InferenceOptions(turns=turns, periphery=wide))
                 rec(img)
                 acc = {}
                 for _ in range(a.reps):
                     for k, v in rec(img)[0].timings.items():
                         acc.setdefault(k, []).append(v)
                 totals[label] = e2e[name, label] = tot = sum(np.median(v) for v in acc.values())
-                print(f"\nend-to-end image -> FaceResult ({name}, mirror averaging, {label} {scales}), "
+                print(f"\nend-to-end image -> FaceResult ({name}, mirror averaging, {label} {turns}), "
                       "median ms by stage:")
                 print("  " + ", ".join(f"{k} {np.median(v):.1f}" for k, v in acc.items()) + f"; total {tot:.1f} ms")
             one, multi, photo = totals.values()
-            print(f"  multi-scale / one scale: x{multi / one:.2f} time; the periphery view: x{photo / multi:.2f}")
+            print(f"  turned views / one view: x{multi / one:.2f} time; the periphery view: x{photo / multi:.2f}")
     from prn_blender.core.paths import shared_dir
     if shared_dir(required=False) and "data" in only:
         from prn_blender.synth.ict import load_ict
@@ -200,7 +200,7 @@ def main():
             print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=40))
     if shared_dir(required=False) and "video" in only:
         import tempfile
-        from prn_blender.core.constants import VIDEO_SCALES, VIDEO_WIDE_EVERY
+        from prn_blender.core.constants import VIDEO_TURNS, VIDEO_WIDE_EVERY
         from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
         from prn_blender.core.smoothing import OneEuroSettings
         from prn_blender.core.video import iter_video
@@ -209,9 +209,9 @@ def main():
             path, gt = make_synthetic_clip(Path(d) / "clip.avi", n_frames=40, seed=0)
             for w, name in zip(weights, names):
                 rec = FaceReconstructor(w, device=a.device,
-                                        options=InferenceOptions(scales=VIDEO_SCALES, periphery=False))
+                                        options=InferenceOptions(turns=VIDEO_TURNS, periphery=False))
                 wide = FaceReconstructor(w, device=a.device,
-                                         options=InferenceOptions(scales=VIDEO_SCALES, periphery=True))
+                                         options=InferenceOptions(turns=VIDEO_TURNS, periphery=True))
                 for label, sm, r, every in (("raw", None, rec, 0), ("one-euro", OneEuroSettings(), rec, 0),
                                             (f"one-euro, wide view every {VIDEO_WIDE_EVERY} frames (default)",
                                              OneEuroSettings(), rec, VIDEO_WIDE_EVERY),

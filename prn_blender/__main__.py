@@ -7,14 +7,14 @@ from pathlib import Path
 
 
 def _reconstruct(a) -> int:
-    from .core.constants import MULTI_SCALE
+    from .core.constants import PHOTO_TURNS, VIDEO_TURNS
     from .core.export import write_outputs
     from .core.image_io import ImageError, load_image, upright_turns
     from .core.reconstruct import FaceReconstructor, InferenceOptions, ReconstructionError
     from .core.weights import WeightsError
     try:
         rec = FaceReconstructor(weights=a.weights, device=a.device, detector=a.detector,
-                                options=InferenceOptions(flip=a.flip, scales=(1.0,) if a.one_scale else MULTI_SCALE,
+                                options=InferenceOptions(flip=a.flip, turns=VIDEO_TURNS if a.one_view else PHOTO_TURNS,
                                                          recrop=a.recrop, periphery=a.periphery))
         img = load_image(a.image)
         faces = rec(img, box=a.box, turns=upright_turns(a.image))
@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--detector", default="auto", help="auto | yuface | haar | yunet:PATH.onnx")
     r.add_argument("--no-flip", dest="flip", action="store_false",
                    help="skip the mirrored second pass (half the network time, a little less accurate)")
-    r.add_argument("--one-scale", action="store_true",
-                   help="skip multi-scale averaging (a third of the network time, a little less accurate)")
+    r.add_argument("--one-view", action="store_true",
+                   help="skip multi-view averaging, the crop turned either way (a third of the network time, less "
+                        "accurate)")
     r.add_argument("--no-periphery", dest="periphery", action="store_false",
                    help="skip the wider view that gives the forehead, ears and neck (a fifth less network time by "
                         "default, same landmarks, a worse forehead and neck)")

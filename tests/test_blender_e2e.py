@@ -20,18 +20,18 @@ ID_KINDS = ("objects", "meshes", "materials", "images", "collections", "actions"
 @pytest.fixture(scope="module")
 def core_rec():
     """An independent core reconstructor (same defaults as the add-on's photo operator: shipped weights, device
-    auto -> CPU here, mirror and multi-scale averaging)."""
+    auto -> CPU here, mirror and multi-view averaging)."""
     from prn_blender.core.reconstruct import FaceReconstructor
     return FaceReconstructor()
 
 
 @pytest.fixture(scope="module")
 def core_video_rec():
-    """The same for the video operator, which runs one scale and the periphery view on key frames only (asked for
+    """The same for the video operator, which runs one view and the periphery view on key frames only (asked for
     by core_video's iter_video)."""
-    from prn_blender.core.constants import VIDEO_SCALES
+    from prn_blender.core.constants import VIDEO_TURNS
     from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
-    return FaceReconstructor(options=InferenceOptions(scales=VIDEO_SCALES, periphery=False))
+    return FaceReconstructor(options=InferenceOptions(turns=VIDEO_TURNS, periphery=False))
 
 
 @pytest.fixture(scope="module")

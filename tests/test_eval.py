@@ -98,7 +98,7 @@ def test_eval_pseudo_labelled_real_set(tmp_path, shared):
     """The real validation set labelled by the peer: its sources, every one weighing the same, no peer row (it made
     the labels), and an agreement of ours with the labels that a label or frame mix-up could not give."""
     extra = _photos(tmp_path / "extra")
-    p = _run(["--dataset", "pseudo", "--scales", "1", "--no-flip", "--pseudo-extra", str(extra),
+    p = _run(["--dataset", "pseudo", "--turns", "0", "--no-flip", "--pseudo-extra", str(extra),
               "--out", str(tmp_path / "out")])
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -78,12 +78,13 @@ def test_face_result_fields(rec, astronaut):
 
 def test_detected_faces_get_a_second_pass_from_their_landmarks(rec, astronaut):
     """A face the detector found is reconstructed again from a crop made from the first pass's landmarks (what
-    ``landmarks=`` does), the first pass at FIRST_PASS_SCALES without the periphery view; a given box, roi or
+    ``landmarks=`` does), the first pass in FIRST_PASS_VIEWS without the periphery view; a given box, roi or
     landmarks are used as they are, in one pass."""
-    from prn_blender.core.constants import FIRST_PASS_SCALES
+    from prn_blender.core.constants import FIRST_PASS_VIEWS
     from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
     once = FaceReconstructor(device="cpu", options=InferenceOptions(recrop=False))
-    first = FaceReconstructor(device="cpu", options=InferenceOptions(recrop=False, scales=FIRST_PASS_SCALES,
+    (scale, turn), = FIRST_PASS_VIEWS
+    first = FaceReconstructor(device="cpu", options=InferenceOptions(recrop=False, scales=(scale,), turns=(turn,),
                                                                      periphery=False))(str(astronaut), texture=False)[0]
     twice = rec(str(astronaut), texture=False)[0]
     own = rec.crop_landmarks(first)                     # the network's own landmark pixels make the crop
@@ -165,7 +166,7 @@ def test_recrop_is_turned_with_a_rolled_head(astronaut):
 
     from prn_blender.core.constants import ROLL_FREE
     from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
-    rec = FaceReconstructor(device="cpu", options=InferenceOptions(scales=(1.0,), periphery=False))
+    rec = FaceReconstructor(device="cpu", options=InferenceOptions(turns=(0.0,), periphery=False))
     assert rec.predictor.options.roll_free == ROLL_FREE == 10.0
     face = rec(str(astronaut), texture=False)[0]
     for roll, want in ((-25.0, 15.0), (25.0, -15.0), (4.0, 0.0), (-10.0, 0.0)):
@@ -177,7 +178,7 @@ def test_recrop_is_turned_with_a_rolled_head(astronaut):
     up = rec(img, texture=False)[0].landmarks
     want = up.copy()
     want[:, :2] = up[:, :2] @ M[:, :2].T + M[:, 2]
-    axis = FaceReconstructor(device="cpu", options=InferenceOptions(scales=(1.0,), periphery=False, roll_free=None))
+    axis = FaceReconstructor(device="cpu", options=InferenceOptions(turns=(0.0,), periphery=False, roll_free=None))
     for r in (rec, axis):
         got = r(im, texture=False)[0]
         if r is rec:
@@ -203,7 +204,7 @@ def test_photo_stored_sideways_with_exif_orientation(tmp_path, astronaut):
     assert ok
     path = tmp_path / "portrait.jpg"
     path.write_bytes(jpeg_with_orientation(buf.tobytes(), 6))            # "turn 90 deg clockwise to show"
-    rec = FaceReconstructor(device="cpu", options=InferenceOptions(scales=(1.0,), periphery=False))
+    rec = FaceReconstructor(device="cpu", options=InferenceOptions(turns=(0.0,), periphery=False))
     face = rec(str(path), texture=False)[0]
     ref = rec(up, texture=False)[0].landmarks
     w = up.shape[1]
@@ -230,7 +231,7 @@ def test_the_zoom_is_the_models(tmp_path, astronaut):
     zoom = {}
     for name, meta in (("z13", {"inference_zoom": 1.3}), ("none", {}), ("z1", {"inference_zoom": 1.0})):
         w = save_weights(ResFCN256(2), tmp_path / f"{name}.safetensors", "ict-face-v2", meta)
-        rec = FaceReconstructor(w, device="cpu", options=InferenceOptions(flip=False, scales=(1.0,), recrop=False))
+        rec = FaceReconstructor(w, device="cpu", options=InferenceOptions(flip=False, turns=(0.0,), recrop=False))
         zoom[name] = rec.zoom
         assert rec.crops_for(None, landmarks=pts)[0].size == pytest.approx(ref / rec.zoom)
         over = FaceReconstructor(w, device="cpu", options=InferenceOptions(zoom=1.1))
@@ -251,7 +252,7 @@ def test_periphery_view_gives_the_surface_outside_the_landmark_hull(astronaut):
     from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions, hull_weight
     from prn_blender.core.result import CropTransform
     kw = {"device": "cpu"}
-    base = {"flip": False, "scales": (1.0,), "recrop": False}
+    base = {"flip": False, "turns": (0.0,), "recrop": False}
     crop = CropTransform(center=(260.0, 170.0), size=220.0)
     wide = CropTransform(crop.center, crop.size * INFERENCE_ZOOM)          # the shipped model records no zoom
     both = FaceReconstructor(**kw, options=InferenceOptions(**base))(str(astronaut), crop=crop, texture=False)[0]
@@ -277,7 +278,7 @@ def test_carried_periphery(astronaut):
     surface inside the hull stay those of the zoomed view, and a view carried onto its own frame is close to it."""
     from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions, hull_weight
     from prn_blender.core.result import CropTransform
-    rec = FaceReconstructor(device="cpu", options=InferenceOptions(flip=False, scales=(1.0,), recrop=False,
+    rec = FaceReconstructor(device="cpu", options=InferenceOptions(flip=False, turns=(0.0,), recrop=False,
                                                                   periphery=False))
     crop = CropTransform(center=(222.0, 132.0), size=121.0)                  # about what the detector gives
     alone = rec(str(astronaut), crop=crop, texture=False)[0]
@@ -331,27 +332,31 @@ def test_flip_tta_symmetric(rec, astronaut):
     assert e_single > 5 * e_flip, (e_single, e_flip)
 
 
-def test_multi_scale_is_the_mean_of_its_scales(astronaut):
-    """Multi-scale averaging (the default for photos) gives the mean of what each scale alone gives, in image pixels,
-    and keeps the unscaled crop as the face's crop."""
+def test_multi_view_is_the_mean_of_its_views(astronaut):
+    """Multi-view averaging (the default for photos: PHOTO_TURNS) gives the mean of what each view alone gives, in
+    image pixels, and keeps the unturned crop as the face's crop; scales and turns combine, every scale at every
+    turn."""
     from PIL import Image
-    from prn_blender.core.constants import MULTI_SCALE
+    from prn_blender.core.constants import PHOTO_TURNS
     from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
     img = np.asarray(Image.open(astronaut).convert("RGB"))
     box = (150, 60, 260, 190)
     rec = FaceReconstructor(device="cpu")
-    assert rec.predictor.options.scales == MULTI_SCALE and len(MULTI_SCALE) > 1
+    assert rec.predictor.options.views == tuple((1.0, a) for a in PHOTO_TURNS) and len(PHOTO_TURNS) > 1
     multi = rec(img, box=box, texture=False)[0]
     alone = []
-    for k in MULTI_SCALE:
-        rec.predictor.options = InferenceOptions(scales=(k,))
+    for a in PHOTO_TURNS:
+        rec.predictor.options = InferenceOptions(turns=(a,))
         alone.append(rec(img, box=box, texture=False)[0])
-    assert multi.crop == alone[MULTI_SCALE.index(1.0)].crop
+        assert alone[-1].crop.angle == 0.0            # the result's crop is the unturned one
+    assert multi.crop == alone[0].crop
     spread = max(np.abs(a.landmarks - alone[0].landmarks).max() for a in alone)
-    assert spread > 0.5, spread                # the scales disagree, so the mean is not any one of them
+    assert spread > 0.5, spread                # the views disagree, so the mean is not any one of them
     for field in ("landmarks", "vertices"):
         mean = np.mean([getattr(a, field) for a in alone], axis=0)
         np.testing.assert_allclose(getattr(multi, field), mean, atol=0.05, err_msg=field)
+    assert InferenceOptions(scales=(0.9, 1.1), turns=(-5.0, 5.0)).views == (
+        (0.9, -5.0), (0.9, 5.0), (1.1, -5.0), (1.1, 5.0))
 
 
 def _cli(*args):
@@ -369,8 +374,8 @@ def test_cli_reconstruct_and_info(astronaut, tmp_path):
     assert len(js["landmarks68"]) == 68 and js["image_size"] == [512, 512] and "yaw" in js["pose"]
     obj = (tmp_path / "astronaut.obj").read_text().splitlines()
     assert sum(1 for x in obj if x.startswith("v ")) == load_layout().n_vertices
-    # the fastest settings: one scale, no mirror, the detector's crop as it is -> other landmarks
-    p = _cli("reconstruct", str(astronaut), "--one-scale", "--no-flip", "--no-recrop", "--out", str(tmp_path / "fast"))
+    # the fastest settings: one view, no mirror, the detector's crop as it is -> other landmarks
+    p = _cli("reconstruct", str(astronaut), "--one-view", "--no-flip", "--no-recrop", "--out", str(tmp_path / "fast"))
     assert p.returncode == 0, p.stderr
     fast = json.loads((tmp_path / "fast" / "astronaut_landmarks.json").read_text())
     assert np.abs(np.subtract(fast["landmarks68"], js["landmarks68"])).max() > 0.5

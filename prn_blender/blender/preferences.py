@@ -5,6 +5,8 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
+from ..core.constants import PHOTO_TURNS
+
 ADDON_ID = (__package__ or "prn_blender").rsplit(".blender", 1)[0]
 
 
@@ -18,10 +20,10 @@ class PRN_AP_preferences(bpy.types.AddonPreferences):
     mirror_average: BoolProperty(name="Mirror Averaging", default=True,
                                  description="Also run the network on the mirrored crop and average (twice the network "
                                              "time, lower landmark error)")
-    multi_scale: BoolProperty(name="Multi-Scale Averaging (Photos)", default=True,
-                              description="For photos, also run each crop at 0.95x and 1.05x its size and average "
-                                          "(three times the network time, lower landmark error). Video always "
-                                          "runs one scale")
+    multi_view: BoolProperty(name="Multi-View Averaging (Photos)", default=True,
+                             description=f"For photos, also run each crop turned {max(PHOTO_TURNS):g} degrees either way and average "
+                                         "(three times the network time, lower landmark error). Video always "
+                                         "runs one view")
     recrop: BoolProperty(name="Landmark Re-Crop", default=True,
                          description="Run a detected face again, cropped from its first landmarks (a quarter more "
                                      "network time on photos, twice on the frames where video re-detects; the "
@@ -32,12 +34,12 @@ class PRN_AP_preferences(bpy.types.AddonPreferences):
         col.prop(self, "device")
         col.prop(self, "weights_path")
         col.prop(self, "mirror_average")
-        col.prop(self, "multi_scale")
+        col.prop(self, "multi_view")
         col.prop(self, "recrop")
 
 
 def get_preferences(context=None) -> tuple[str, str | None, bool, bool, bool]:
-    """(device 'auto'|'cuda'|'cpu', weights path or None, mirror averaging, multi-scale averaging for photos,
+    """(device 'auto'|'cuda'|'cpu', weights path or None, mirror averaging, multi-view averaging for photos,
     landmark re-crop of detected faces); defaults when the add-on is not enabled as such."""
     context = context or bpy.context
     addon = context.preferences.addons.get(ADDON_ID)
@@ -45,7 +47,7 @@ def get_preferences(context=None) -> tuple[str, str | None, bool, bool, bool]:
     if prefs is None:
         return "auto", None, True, True, True
     return (prefs.device.lower(), (bpy.path.abspath(prefs.weights_path) if prefs.weights_path else None),
-            bool(prefs.mirror_average), bool(prefs.multi_scale), bool(prefs.recrop))
+            bool(prefs.mirror_average), bool(prefs.multi_view), bool(prefs.recrop))
 
 
 CLASSES = (PRN_AP_preferences,)

@@ -23,19 +23,25 @@ KPT_CROP_SCALE = 1.6
 #: file may record its own (metadata ``inference_zoom``, core.weights.inference_zoom; an imported PRNet checkpoint
 #: records 1, its own crops); this is the value for those that do not (the shipped model).
 INFERENCE_ZOOM = 1.15
-#: Multi-scale averaging for still images: each crop is also run at these multiples of its side and the un-cropped
-#: position maps are averaged (3x the network time). Chosen on the held-out synthetic set (n=200, seed 777, the
-#: width-8 model shipped then, mirror averaging on): NME 4.22 % single scale, 4.12 % with (0.95, 1, 1.05), 4.11 %
-#: with five scales 0.9-1.1. For the shipped model: the model card's ours vs ours_one_scale rows.
-MULTI_SCALE = (0.95, 1.0, 1.05)
-#: Video tracking runs one scale: the crop follows the previous frame's landmarks and the One Euro filter averages
+#: Still images average several views of each crop: every crop runs at each of ``InferenceOptions.scales`` (multiples
+#: of its side) turned by each of ``InferenceOptions.turns`` (degrees, CropTransform.angle, about the crop centre),
+#: and the un-cropped position maps are averaged. The default is one scale and three turns, PHOTO_TURNS (3x the
+#: network time). Pseudo real set (165 faces, detector crops, mean NME of the sources; the shipped model at stop 32,
+#: rule runs/s32_rule.txt): the earlier default, scales 0.95 / 1 / 1.05 unturned, 3.151 %; one scale turned by
+#: -A / 0 / +A: A = 8 3.129, 12 3.048, 20 3.015, 25 3.002 (photos 3.79, people 3.86, webcam 2.17, talking 2.19),
+#: 30 3.041; the three scales plus two turned views (5 views): +-12 3.077, +-20 3.039, +-30 3.034. (The width-8
+#: model of stop 12 chose the three scales on held-out synthetic faces: 4.22 % one view, 4.12 % three scales.)
+#: For the shipped model: the model card's ours vs ours_one_view rows.
+PHOTO_TURNS = (-25.0, 0.0, 25.0)
+#: Video tracking runs one view: the crop follows the previous frame's landmarks and the One Euro filter averages
 #: over time, and footage needs the frame rate.
 VIDEO_SCALES = (1.0,)
+VIDEO_TURNS = (0.0,)
 
-#: The re-crop's first pass (a detected face is run again, cropped from the first pass's landmarks) runs one scale:
+#: The re-crop's first pass (a detected face is run again, cropped from the first pass's landmarks) runs one view:
 #: only its landmarks' box counts. Pseudo real set, detector crops, mean of the sources (stop 25): 3.104 % with the
-#: first pass at MULTI_SCALE, 3.113 % at one scale, 3.201 % at one scale without mirror averaging.
-FIRST_PASS_SCALES = (1.0,)
+#: first pass at three scales, 3.113 % at one scale, 3.201 % at one scale without mirror averaging.
+FIRST_PASS_VIEWS = ((1.0, 0.0),)
 
 #: The zoomed crops cut more of the forehead and neck, and their position maps guess those worse (held-out synthetic
 #: faces, seed 4242, n=32, dense 2D error in % of the landmark box: forehead rows 4.31 -> 5.71, neck rows 5.58 ->

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from .constants import (
-    FIRST_PASS_SCALES,
+    FIRST_PASS_VIEWS,
     IBUG68_MIRROR,
-    MULTI_SCALE,
     PERIPHERY_FADE,
+    PHOTO_TURNS,
     POS_SCALE,
     REGION_NECK,
     RESOLUTION,
@@ -64,8 +64,10 @@ class InferenceOptions:
     zoom: float | None = None     # the side of a crop made from a detector box or landmarks is divided by this (a
                                   # given roi box is used as it is); None: the weights' own (weights.inference_zoom:
                                   # their metadata, else constants.INFERENCE_ZOOM)
-    scales: tuple[float, ...] = MULTI_SCALE   # each crop also runs at these multiples of its side and the un-cropped
-                                              # position maps are averaged; (1.0,) = one pass (constants.VIDEO_SCALES)
+    scales: tuple[float, ...] = (1.0,)       # each crop runs at these multiples of its side, each view turned by
+    turns: tuple[float, ...] = PHOTO_TURNS   # these angles (degrees, about the crop centre), and the views' un-cropped
+                                             # position maps are averaged (constants.PHOTO_TURNS); one scale and
+                                             # turns (0.0,) = one view (constants.VIDEO_SCALES, VIDEO_TURNS)
     periphery: bool = True        # one more view, each crop's side x the zoom (the un-zoomed crop), gives the
                                   # surface outside the landmarks' hull (forehead, ears, neck); +1 network pass per
                                   # crop (x2 with flip); the landmarks do not change. None at zoom 1 (nothing wider to
@@ -74,9 +76,14 @@ class InferenceOptions:
                                           # are turned with the head's roll beyond +-this many degrees, so the face
                                           # in them rolls no further (constants.ROLL_FREE); None: never turned
     recrop: bool = True           # a face the detector found gets a second pass, cropped from the first pass's
-                                  # landmarks (the first pass at FIRST_PASS_SCALES). Pseudo real set (mean of the sources, the
+                                  # landmarks (the first pass at FIRST_PASS_VIEWS). Pseudo real set (mean of the sources, the
                                   # shipped model at zoom 1.15, stop 25): 3.35 % NME with the detector's crops alone,
                                   # 3.10 % with the second pass; real photos: the model card's detector-crop table
+
+    @property
+    def views(self) -> tuple[tuple[float, float], ...]:
+        """(side multiple, turn in degrees) of each view of a crop: every scale at every turn."""
+        return tuple((k, a) for k in self.scales for a in self.turns)
 
 
 class PRNPredictor:
@@ -247,11 +254,11 @@ class FaceReconstructor:
         first_ms = None
         if self.predictor.options.recrop and crop is None and roi is None and landmarks is None and box is None:
             t = time.perf_counter()
-            first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_SCALES, periphery=False)
+            first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_VIEWS, periphery=False)
             crops = [self._recrop(img, f) for f in first]
             first_ms = (time.perf_counter() - t) * 1e3 / len(crops)
         o = self.predictor.options
-        results = self._reconstruct(img, crops, texture, detect_ms, o.scales,
+        results = self._reconstruct(img, crops, texture, detect_ms, o.views,
                                     o.periphery if periphery is None else periphery, carry)
         if first_ms is not None:
             for r in results:
@@ -261,8 +268,8 @@ class FaceReconstructor:
     def pick(self, image, rank: int = 1, texture: bool = True, periphery: bool | None = None,
              turns: int | None = None) -> tuple[FaceResult, int]:
         """The ``rank``-th face the detector finds in ``image``, counted largest first (result.largest_first), and
-        how many faces it found. Only that face is reconstructed in full (``options.scales``, texture, periphery):
-        with several faces, all are ranked on a first pass (FIRST_PASS_SCALES, no texture, no periphery, the pass
+        how many faces it found. Only that face is reconstructed in full (``options.views``, texture, periphery):
+        with several faces, all are ranked on a first pass (FIRST_PASS_VIEWS, no texture, no periphery, the pass
         ``options.recrop`` makes its second crop from anyway), so a group photo costs one face plus one cheap pass
         per face instead of a full reconstruction of every face. ``turns``: as in __call__. Raises
         ReconstructionError when no face is found or fewer than ``rank``."""
@@ -281,44 +288,45 @@ class FaceReconstructor:
         first_ms = None
         if n > 1 or o.recrop:
             t = time.perf_counter()
-            first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_SCALES, periphery=False)
+            first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_VIEWS, periphery=False)
             face = largest_first(first)[rank - 1]
             crops = [self._recrop(img, face) if o.recrop else face.crop]
             first_ms = (time.perf_counter() - t) * 1e3
-        result = self._reconstruct(img, crops, texture, detect_ms, o.scales,
+        result = self._reconstruct(img, crops, texture, detect_ms, o.views,
                                    o.periphery if periphery is None else periphery)[0]
         if first_ms is not None:
             result.timings["first_pass"] = first_ms
         return result, n
 
     def _reconstruct(self, img: np.ndarray, crops: list[CropTransform], texture: bool, detect_ms: float,
-                     scales: tuple, periphery: bool, carry=None) -> list[FaceResult]:
-        """One pass of the network (each crop at ``scales``, and the wide view with ``periphery``; mirrored too
-        when ``options.flip``) over ``crops`` of ``img``; ``carry``: see __call__."""
+                     views: tuple, periphery: bool, carry=None) -> list[FaceResult]:
+        """One pass of the network (each crop in ``views``, (side multiple, turn in degrees) pairs, and the wide
+        view with ``periphery``; mirrored too when ``options.flip``) over ``crops`` of ``img``; ``carry``: see
+        __call__."""
         h, w = img.shape[:2]
         t1 = time.perf_counter()
-        views = [c.resized(k) for c in crops for k in scales]
+        m = len(views)
+        vcrops = [c.resized(k).turned(a) for c in crops for k, a in views]
         wide = [c.resized(self.zoom) for c in crops] if periphery and self.zoom > 1 else []
-        views += wide
-        batch = np.stack([warp(img, v) for v in views])
+        vcrops += wide
+        batch = np.stack([warp(img, v) for v in vcrops])
         t2 = time.perf_counter()
         if self.predictor.options.flip:
-            nv = len(views)
+            nv = len(vcrops)
             both = self.predictor(np.concatenate([batch, batch[:, :, ::-1]]))
             pos_crop = [self._merge_flip(a, b) for a, b in zip(both[:nv], both[nv:])]
         else:
             pos_crop = list(self.predictor(batch))
         t3 = time.perf_counter()
         results = []
-        m = len(scales)
         for i, c in enumerate(crops):
             t4 = time.perf_counter()
             pos = np.mean([uncrop_position_map(pc, v) for pc, v in zip(pos_crop[i * m:(i + 1) * m],
-                                                                       views[i * m:(i + 1) * m])], axis=0)
+                                                                       vcrops[i * m:(i + 1) * m])], axis=0)
             wide_map = None
             if wide:
                 j = len(crops) * m + i
-                wide_map = uncrop_position_map(pos_crop[j], views[j])
+                wide_map = uncrop_position_map(pos_crop[j], vcrops[j])
             # the confidence is that of the zoomed views' face, whatever gives the periphery (a wide view run now,
             # one carried from a key frame, or none): a video's tracking decisions must not depend on it
             pose, resid = estimate_pose(self.layout.vertices(pos), self.layout.canonical, self._fit_idx)

@@ -43,6 +43,11 @@ class CropTransform:
         """The same crop with its side multiplied by ``k`` (same centre and angle)."""
         return dataclasses.replace(self, size=self.size * k)
 
+    def turned(self, degrees: float) -> CropTransform:
+        """The same crop turned by ``degrees`` more about its centre (same side): the face in it turns the other
+        way."""
+        return dataclasses.replace(self, angle=self.angle + degrees) if degrees else self
+
     def to_crop(self, pts: np.ndarray) -> np.ndarray:
         """(...,2|3) image coords -> crop coords (z multiplied by the scale)."""
         out = np.array(pts, np.float64, copy=True)

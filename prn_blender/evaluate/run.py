@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..core.constants import MULTI_SCALE, VIDEO_SCALES
+from ..core.constants import PHOTO_TURNS, VIDEO_SCALES, VIDEO_TURNS
 from ..core.paths import SharedDataMissing, shared_dir
 from . import metrics as M
 
@@ -32,11 +32,11 @@ def roi_from_landmarks(pts: np.ndarray) -> np.ndarray:
 
 class OursModel:
     def __init__(self, weights=None, device="auto", name="ours", flip=True, zoom=None,
-                 scales=MULTI_SCALE, periphery=True):
+                 scales=(1.0,), turns=PHOTO_TURNS, periphery=True):
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         self.rec = FaceReconstructor(weights=weights, device=device,
                                      options=InferenceOptions(flip=flip, zoom=zoom, scales=tuple(scales),
-                                                              periphery=periphery))
+                                                              turns=tuple(turns), periphery=periphery))
         self.name = name
         self.stage_ms: dict[str, list] = {}
 
@@ -402,13 +402,14 @@ def write_report(res: dict, out: Path) -> None:
     (out / "metrics.md").write_text("\n".join(lines) + "\n")
 
 
-def model_name(flip: bool, scales: tuple, default: tuple) -> str:
-    """Report name of our model under these inference settings: 'ours' for the defaults."""
-    if flip and tuple(scales) == tuple(default):
+def model_name(flip: bool, scales: tuple, turns: tuple, default: tuple) -> str:
+    """Report name of our model under these inference settings: 'ours' for the default (scales, turns)."""
+    if flip and (tuple(scales), tuple(turns)) == tuple(default):
         return "ours"
-    if len(scales) == 1:
-        return "ours_one_scale" if flip else "ours_single_pass"
-    return "ours_scales_" + "_".join(f"{k:g}" for k in scales) + ("" if flip else "_no_mirror")
+    if len(scales) == 1 and len(turns) == 1:
+        return "ours_one_view" if flip else "ours_single_pass"
+    return ("ours_scales_" + "_".join(f"{k:g}" for k in scales) + "_turns_" + "_".join(f"{a:g}" for a in turns)
+            + ("" if flip else "_no_mirror"))
 
 
 def build_parser():
@@ -432,8 +433,10 @@ def build_parser():
     ap.add_argument("--zoom", type=float,
                     help="our crop zoom (default: the weights' own, core.weights.inference_zoom)")
     ap.add_argument("--scales", type=float, nargs="+",
-                    help="our multi-scale averaging (default: constants.MULTI_SCALE for images, VIDEO_SCALES for "
-                         "video; 1 = one pass)")
+                    help="our views' crop sides, multiples of the crop's (default: 1; VIDEO_SCALES for video)")
+    ap.add_argument("--turns", type=float, nargs="+",
+                    help="our views' turns in degrees, each at every scale, averaged (default: constants.PHOTO_TURNS "
+                         "for images, VIDEO_TURNS for video; --scales 1 --turns 0 = one view)")
     ap.add_argument("--no-periphery", dest="periphery", action="store_false",
                     help="our model without the wide view for the surface outside the landmarks (video runs it on "
                          "key frames only; the landmarks do not change, the head pose and the dense figures do)")
@@ -451,13 +454,14 @@ def main(argv=None) -> int:
         raise SystemExit("--data is required for this dataset")
     if a.pseudo_extra and a.dataset != "pseudo":
         raise SystemExit(f"--pseudo-extra adds faces to --dataset pseudo, not to {a.dataset}")
-    default = VIDEO_SCALES if a.dataset == "video" else MULTI_SCALE
-    scales = tuple(a.scales or default)
-    models = [OursModel(a.weights, a.device, name=model_name(a.flip, scales, default), flip=a.flip, zoom=a.zoom,
-                        scales=scales, periphery=a.periphery and a.dataset != "video")]   # video: as the add-on
+    default = (VIDEO_SCALES, VIDEO_TURNS) if a.dataset == "video" else ((1.0,), PHOTO_TURNS)
+    scales, turns = tuple(a.scales or default[0]), tuple(a.turns or default[1])
+    models = [OursModel(a.weights, a.device, name=model_name(a.flip, scales, turns, default), flip=a.flip,
+                        zoom=a.zoom, scales=scales, turns=turns,
+                        periphery=a.periphery and a.dataset != "video")]   # video: as the add-on
     if a.prnet_weights:
-        models.append(OursModel(a.prnet_weights, a.device, name="prnet_official", scales=scales))   # zoom 1: its
-        #                                                                       weights record PRNet's own crops
+        # zoom 1: its weights record PRNet's own crops
+        models.append(OursModel(a.prnet_weights, a.device, name="prnet_official", scales=scales, turns=turns))
     if not a.no_peer and a.dataset not in ("video", "pseudo"):   # pseudo: the peer made the labels
         try:
             shared_dir(a.shared)

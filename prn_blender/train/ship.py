@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.constants import MULTI_SCALE, VIDEO_WIDE_EVERY
+from ..core.constants import PHOTO_TURNS, VIDEO_WIDE_EVERY
 from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, inference_zoom, load_model, read_metadata, save_weights, sha256
 from .data import context_blur_of, run_stream, without_of
@@ -206,12 +206,12 @@ def _metrics_table(dirs: list | None, title: str) -> list[str]:
     return lines + [""] + extra + per
 
 
-#: the card's evaluation commands (the one-scale and single-pass rows run as video does: no wide periphery view)
+#: the card's evaluation commands (the one-view and single-pass rows run as video does: no wide periphery view)
 EVAL_COMMANDS = (
     "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --out out/eval_aflw",
-    ("python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --scales 1 --no-periphery --no-peer "
-     "--out out/eval_aflw_one_scale"),
-    ("python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --scales 1 --no-flip --no-periphery "
+    ("python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --turns 0 --no-periphery --no-peer "
+     "--out out/eval_aflw_one_view"),
+    ("python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop roi --turns 0 --no-flip --no-periphery "
      "--no-peer --out out/eval_aflw_single"),
     "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop detector --out out/eval_aflw_detector",
     "python eval.py --dataset synthetic --n 200 --seed 777 --out out/eval_synth",
@@ -248,16 +248,16 @@ def _metrics_section(a, zoom: float, meta: dict) -> list[str]:
          "about their centre (the weights' `inference_zoom`, else `core.constants.INFERENCE_ZOOM`; measured on real "
          "faces that are"),
         ("not evaluation images; the dataset's roi boxes are used as given), mirror averaging and "
-         f"{len(MULTI_SCALE)} crop scales, " + ", ".join(f"{x:g}x" for x in MULTI_SCALE)
-         + " (`core.constants.MULTI_SCALE`), and one"),
+         f"{len(PHOTO_TURNS)} views of each crop turned by " + ", ".join(f"{x:g}" for x in PHOTO_TURNS)
+         + " degrees (`core.constants.PHOTO_TURNS`), and one"),
         (f"{zoom:g}x wider view, the un-zoomed crop, for the surface outside the landmarks' hull (it does not move "
-         "the landmarks). `ours_one_scale`"),
+         "the landmarks). `ours_one_view`"),
         "is mirror averaging only, which is what video runs; `ours_single_pass` is neither.", "",
         *_landmark_text(meta),
         *_metrics_table(a.eval_aflw, "Real photos: the 16 AFLW2000-3D images in ../shared"),
         *([("With the face detector's crops instead of the dataset's roi boxes: what `reconstruct` and the add-on do "
             "with a photo"),
-           ("(the detector's box at one scale, `core.constants.FIRST_PASS_SCALES`, then a second pass cropped from "
+           ("(the detector's box in one view, `core.constants.FIRST_PASS_VIEWS`, then a second pass cropped from "
             "the first pass's landmarks, `InferenceOptions.recrop`)."), ""] if a.eval_aflw_detector else []),
         *_metrics_table(a.eval_aflw_detector, "Real photos, detector crops"),
         *_metrics_table(a.eval_synth, "Held-out synthetic set"),
@@ -435,7 +435,7 @@ def ship_soup(a) -> int:
         *([meta["landmark_calibration"]["command"]] if meta.get("landmark_calibration") else []),
         *EVAL_COMMANDS,
         (f"python -m prn_blender.train.ship --soup {soup.as_posix()} --ingredients {runs} "
-         "--eval-aflw out/eval_aflw out/eval_aflw_one_scale out/eval_aflw_single --eval-synth out/eval_synth "
+         "--eval-aflw out/eval_aflw out/eval_aflw_one_view out/eval_aflw_single --eval-synth out/eval_synth "
          "--eval-aflw-detector out/eval_aflw_detector"),
         "```", "", *_metrics_section(a, zoom, meta),
         "## Training curve", "", "![training curve](training_curve.png)", "",
@@ -584,7 +584,7 @@ def main(argv=None) -> int:
         *EVAL_COMMANDS,
         f"python -m prn_blender.train.ship --run runs/{run.name} "
         + (f"--average-from {meta['average_from']} " if meta.get("averaged") else "")
-        + "--eval-aflw out/eval_aflw out/eval_aflw_one_scale out/eval_aflw_single --eval-synth out/eval_synth "
+        + "--eval-aflw out/eval_aflw out/eval_aflw_one_view out/eval_aflw_single --eval-synth out/eval_synth "
         + "--eval-aflw-detector out/eval_aflw_detector",
         "```", "", *_metrics_section(a, zoom, meta),
         "## Training curve", "", "![training curve](training_curve.png)", "",
