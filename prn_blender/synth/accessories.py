@@ -39,29 +39,27 @@ def sample_accessories(B: int, g: torch.Generator) -> dict:
     )
 
 
-def _cell(u: torch.Tensor, K: int, span: float = 1.5) -> tuple:
-    """Where face coordinate u (B,H,W) falls among K noise knots over [-span, span]: the knot indices either side
-    (B,H*W) and their linear weights (B,H,W), for any number of _lookup calls with the same u and K."""
-    x = ((u + span) / (2 * span) * (K - 1)).clamp(0, K - 1)
-    i0 = x.floor().long().clamp(max=K - 2)
-    w = x - i0
-    i0 = i0.view(len(u), -1)
-    return i0, i0 + 1, 1 - w, w
+def _at(u: torch.Tensor, span: float = 1.5) -> torch.Tensor:
+    """The grid_sample grid (B,H,W,2) that reads 1D noise (``_noise``) at face coordinate u (B,H,W), the noise's
+    knots spread over [-span, span]."""
+    return torch.stack([u / span, torch.zeros_like(u)], -1)
 
 
-def _lookup(noise: torch.Tensor, cell: tuple) -> torch.Tensor:
-    """Linear interpolation of per-sample 1D noise (B,K) at a face coordinate's ``_cell`` (of the same K)."""
-    i0, i1, w0, w1 = cell
-    return noise.gather(1, i0).view_as(w0) * w0 + noise.gather(1, i1).view_as(w1) * w1
+def _noise(noise: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """Per-sample 1D noise (B,ch,K) interpolated linearly at the face coordinates of ``at`` (``_at``) and held at the
+    ends: (B,ch,H,W). One grid_sample pass for all ``ch`` channels (what a floor / gather / blend over the canvas
+    per channel gave, 2.7x faster on the CPU)."""
+    return F.grid_sample(noise[:, :, None], at, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def _box(a: torch.Tensor, r: int, dim: int) -> torch.Tensor:
-    """Mean over the 2r+1 window along ``dim`` (-1 or -2) of (B,1,H,W), zeros outside: a difference of running
-    sums (float64), so the cost does not grow with r (avg_pool2d's does: 30x slower at r = 35)."""
+    """Mean over the 2r+1 window along ``dim`` (-1 or -2) of (B,1,H,W) in [0, 1], zeros outside: a difference of
+    running sums, so the cost does not grow with r (avg_pool2d's does: 30x slower at r = 35). The sums stay below
+    a canvas side, where float32 keeps 1e-5 (float64 cost 2.4x the time for the same blur within 3e-7)."""
     n, k = a.shape[dim], 2 * r + 1
     pad = (r + 1, r, 0, 0) if dim == -1 else (0, 0, r + 1, r)
-    c = F.pad(a, pad).double().cumsum(dim)
-    return ((c.narrow(dim, k, n) - c.narrow(dim, 0, n)) / k).to(a.dtype)
+    c = F.pad(a, pad).cumsum(dim)
+    return (c.narrow(dim, k, n) - c.narrow(dim, 0, n)) / k
 
 
 def _blur(a: torch.Tensor, r: int) -> torch.Tensor:
@@ -108,9 +106,10 @@ def draw(layer: torch.Tensor, k: torch.Tensor, p: dict) -> torch.Tensor:
     v = _dot(g, centre, up) / unit[:, None, None]                                   # face units, up
     brow = ((k[:, 17:27].mean(1) - centre) * up).sum(-1) / unit                      # (B,)
     P = lambda name: p[name].to(dev)[:, None, None]  # noqa: E731
-    strand = _lookup(p["strands"].to(dev), _cell(u, STRANDS))                        # vertical strands
-    cu, cv = _cell(u, JAG), _cell(v, JAG)
-    jag = [0.05 * _lookup(p["jag"][:, i].to(dev), c) for i, c in enumerate((cu, cu, cv))]
+    at_u = _at(u)
+    strand = _noise(p["strands"].to(dev)[:, None], at_u)[:, 0]                       # vertical strands
+    jag = (0.05 * torch.cat([_noise(p["jag"][:, :2].to(dev), at_u), _noise(p["jag"][:, 2:].to(dev), _at(v))], 1)
+           ).unbind(1)
     hair_rgb = p["hair"].to(dev)[:, :, None, None] * (0.55 + 0.6 * strand)[:, None]
     alpha = layer[:, 3:]
     yaw = p["yaw"].to(dev).abs()
