@@ -141,7 +141,7 @@ def main():
     names = [f"{w.name} (width {read_metadata(w)['width']})" for w in weights]
     e2e = {}                                  # (weights, label) -> ms per image, or per frame for video
     if "e2e" in only:
-        from prn_blender.core.constants import PHOTO_TURNS, VIDEO_TURNS
+        from prn_blender.core.constants import PHOTO_SCALES, PHOTO_TURNS, VIDEO_SCALES, VIDEO_TURNS
         from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
         if a.image:
             img = a.image
@@ -150,10 +150,13 @@ def main():
             img = data.astronaut()
         for w, name in zip(weights, names):
             totals = {}
-            for label, turns, wide in (("one view, no periphery view, as video", VIDEO_TURNS, False),
-                                       ("turned views, no periphery view", PHOTO_TURNS, False),
-                                       ("turned views + periphery view, the default for photos", PHOTO_TURNS, True)):
-                rec = FaceReconstructor(w, device=a.device, options=InferenceOptions(turns=turns, periphery=wide))
+            video, photo = (VIDEO_SCALES, VIDEO_TURNS), (PHOTO_SCALES, PHOTO_TURNS)
+            for label, (scales, turns), wide in (("one view, no periphery view, as video", video, False),
+                                                 ("turned views, no periphery view", photo, False),
+                                                 ("turned views + periphery view, the default for photos", photo,
+                                                  True)):
+                rec = FaceReconstructor(w, device=a.device,
+                                        options=InferenceOptions(scales=scales, turns=turns, periphery=wide))
                 rec(img)
                 acc = {}
                 for _ in range(a.reps):
@@ -200,18 +203,17 @@ def main():
             print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=40))
     if shared_dir(required=False) and "video" in only:
         import tempfile
-        from prn_blender.core.constants import VIDEO_TURNS, VIDEO_WIDE_EVERY
+        from prn_blender.core.constants import VIDEO_SCALES, VIDEO_TURNS, VIDEO_WIDE_EVERY
         from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
         from prn_blender.core.smoothing import OneEuroSettings
         from prn_blender.core.video import iter_video
         from prn_blender.synth.clip import make_synthetic_clip
         with tempfile.TemporaryDirectory() as d:
             path, gt = make_synthetic_clip(Path(d) / "clip.avi", n_frames=40, seed=0)
+            one = {"scales": VIDEO_SCALES, "turns": VIDEO_TURNS}
             for w, name in zip(weights, names):
-                rec = FaceReconstructor(w, device=a.device,
-                                        options=InferenceOptions(turns=VIDEO_TURNS, periphery=False))
-                wide = FaceReconstructor(w, device=a.device,
-                                         options=InferenceOptions(turns=VIDEO_TURNS, periphery=True))
+                rec = FaceReconstructor(w, device=a.device, options=InferenceOptions(**one, periphery=False))
+                wide = FaceReconstructor(w, device=a.device, options=InferenceOptions(**one, periphery=True))
                 for label, sm, r, every in (("raw", None, rec, 0), ("one-euro", OneEuroSettings(), rec, 0),
                                             (f"one-euro, wide view every {VIDEO_WIDE_EVERY} frames (default)",
                                              OneEuroSettings(), rec, VIDEO_WIDE_EVERY),

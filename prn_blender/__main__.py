@@ -7,15 +7,16 @@ from pathlib import Path
 
 
 def _reconstruct(a) -> int:
-    from .core.constants import PHOTO_TURNS, VIDEO_TURNS
+    from .core.constants import PHOTO_SCALES, PHOTO_TURNS, VIDEO_SCALES, VIDEO_TURNS
     from .core.export import write_outputs
     from .core.image_io import ImageError, load_image, upright_turns
     from .core.reconstruct import FaceReconstructor, InferenceOptions, ReconstructionError
     from .core.weights import WeightsError
+    scales, turns = (VIDEO_SCALES, VIDEO_TURNS) if a.one_view else (PHOTO_SCALES, PHOTO_TURNS)
     try:
         rec = FaceReconstructor(weights=a.weights, device=a.device, detector=a.detector,
-                                options=InferenceOptions(flip=a.flip, turns=VIDEO_TURNS if a.one_view else PHOTO_TURNS,
-                                                         recrop=a.recrop, periphery=a.periphery))
+                                options=InferenceOptions(flip=a.flip, scales=scales, turns=turns, recrop=a.recrop,
+                                                         periphery=a.periphery))
         img = load_image(a.image)
         faces = rec(img, box=a.box, turns=upright_turns(a.image))
     except (ImageError, ReconstructionError, WeightsError) as e:

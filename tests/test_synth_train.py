@@ -589,7 +589,8 @@ def test_ship_metrics_only_rewrites_the_metrics_and_context_and_nothing_else(tmp
         "nme2d": b, "nme3d": b, "per_image": {"image1": 1.0, "image2": 2.0}}}}))
     cal = {"landmark_calibration": {"radius": 3, "faces": 165, "sources": ["people", "photos"], "nme_before": 3.45,
                                     "nme_after_in_sample": 3.09, "cross_validation": [
-                                        {"fitted_on": "people", "measured_on": "photos", "before": 3.17, "after": 3.07}]}}
+                                        {"fitted_on": "people", "measured_on": "photos", "before": 3.17,
+                                         "after": 3.07}]}}
     rewrite_metrics(card, Namespace(eval_aflw=[str(ev)], eval_aflw_detector=None, eval_synth=None),
                     blurs=(0.5, 0.75, 0.75), zoom=INFERENCE_ZOOM, meta=cal)
     new = card.read_text()

@@ -12,7 +12,7 @@ import bpy
 import numpy as np
 from bpy.props import StringProperty
 
-from ..core.constants import PHOTO_TURNS, VIDEO_TURNS, VIDEO_WIDE_EVERY
+from ..core.constants import PHOTO_SCALES, PHOTO_TURNS, VIDEO_SCALES, VIDEO_TURNS, VIDEO_WIDE_EVERY
 from . import scene as sc
 from .convert import image_to_blender, metres_per_pixel_for, pose_to_blender
 from .preferences import get_preferences
@@ -27,28 +27,29 @@ def one_line(e: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------ core hooks (patchable)
-def make_reconstructor(weights=None, device="auto", flip: bool = True, turns: tuple = PHOTO_TURNS,
-                       recrop: bool = True, periphery: bool = True):
-    """Cached core.reconstruct.FaceReconstructor for (weights, device, mirror averaging, turned views, re-crop, wide
-    periphery view)."""
-    key = (weights or None, device, flip, tuple(turns), recrop, periphery)
+def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: tuple = PHOTO_SCALES,
+                       turns: tuple = PHOTO_TURNS, recrop: bool = True, periphery: bool = True):
+    """Cached core.reconstruct.FaceReconstructor for (weights, device, mirror averaging, the views' scales and
+    turns, re-crop, wide periphery view)."""
+    key = (weights or None, device, flip, tuple(scales), tuple(turns), recrop, periphery)
     if key not in _REC_CACHE:
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         _REC_CACHE.clear()
         _REC_CACHE[key] = FaceReconstructor(weights=weights or None, device=device,
-                                            options=InferenceOptions(flip=flip, turns=tuple(turns), recrop=recrop,
+                                            options=InferenceOptions(flip=flip, scales=tuple(scales),
+                                                                     turns=tuple(turns), recrop=recrop,
                                                                      periphery=periphery))
     return _REC_CACHE[key]
 
 
 def get_reconstructor(context, weights_override: str = "", video: bool = False):
-    """The reconstructor for the add-on preferences; photos use the turned views (core.constants.PHOTO_TURNS) when
-    multi-view averaging is on and the wide periphery view, video one view (VIDEO_TURNS); video's wide view runs on
-    key frames only, asked for frame by frame (``video_wide_every``)."""
+    """The reconstructor for the add-on preferences; photos use their views (core.constants.PHOTO_SCALES,
+    PHOTO_TURNS) when multi-view averaging is on and the wide periphery view, video one view (VIDEO_SCALES,
+    VIDEO_TURNS); video's wide view runs on key frames only, asked for frame by frame (``video_wide_every``)."""
     device, weights, flip, multi, recrop = get_preferences(context)
-    turns = VIDEO_TURNS if video or not multi else PHOTO_TURNS
+    scales, turns = (VIDEO_SCALES, VIDEO_TURNS) if video or not multi else (PHOTO_SCALES, PHOTO_TURNS)
     return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else weights, device, flip,
-                              turns, recrop, periphery=not video)
+                              scales, turns, recrop, periphery=not video)
 
 
 def video_wide_every(s) -> int:

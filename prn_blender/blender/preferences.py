@@ -21,9 +21,9 @@ class PRN_AP_preferences(bpy.types.AddonPreferences):
                                  description="Also run the network on the mirrored crop and average (twice the network "
                                              "time, lower landmark error)")
     multi_view: BoolProperty(name="Multi-View Averaging (Photos)", default=True,
-                             description=f"For photos, also run each crop turned {max(PHOTO_TURNS):g} degrees either way and average "
-                                         "(three times the network time, lower landmark error). Video always "
-                                         "runs one view")
+                             description=f"For photos, also run each crop turned {max(PHOTO_TURNS):g} degrees "
+                                         "either way and average (three times the network time, lower landmark "
+                                         "error). Video always runs one view")
     recrop: BoolProperty(name="Landmark Re-Crop", default=True,
                          description="Run a detected face again, cropped from its first landmarks (a quarter more "
                                      "network time on photos, twice on the frames where video re-detects; the "

@@ -34,6 +34,7 @@ INFERENCE_ZOOM = 1.15
 #: instead of the mean 3.031. (The width-8 model of stop 12 chose the three scales on held-out synthetic faces:
 #: 4.22 % one view, 4.12 % three scales.)
 #: For the shipped model: the model card's ours vs ours_one_view rows.
+PHOTO_SCALES = (1.0,)
 PHOTO_TURNS = (-25.0, 0.0, 25.0)
 #: Video tracking runs one view: the crop follows the previous frame's landmarks and the One Euro filter averages
 #: over time, and footage needs the frame rate.

@@ -21,6 +21,7 @@ from .constants import (
     FIRST_PASS_VIEWS,
     IBUG68_MIRROR,
     PERIPHERY_FADE,
+    PHOTO_SCALES,
     PHOTO_TURNS,
     POS_SCALE,
     REGION_NECK,
@@ -64,10 +65,10 @@ class InferenceOptions:
     zoom: float | None = None     # the side of a crop made from a detector box or landmarks is divided by this (a
                                   # given roi box is used as it is); None: the weights' own (weights.inference_zoom:
                                   # their metadata, else constants.INFERENCE_ZOOM)
-    scales: tuple[float, ...] = (1.0,)       # each crop runs at these multiples of its side, each view turned by
-    turns: tuple[float, ...] = PHOTO_TURNS   # these angles (degrees, about the crop centre), and the views' un-cropped
-                                             # position maps are averaged (constants.PHOTO_TURNS); one scale and
-                                             # turns (0.0,) = one view (constants.VIDEO_SCALES, VIDEO_TURNS)
+    scales: tuple[float, ...] = PHOTO_SCALES  # each crop runs at these multiples of its side, each view turned by
+    turns: tuple[float, ...] = PHOTO_TURNS    # these angles (degrees, about the crop centre), and the views'
+                                              # un-cropped position maps are averaged (constants.PHOTO_SCALES,
+                                              # PHOTO_TURNS); one view: constants.VIDEO_SCALES, VIDEO_TURNS
     periphery: bool = True        # one more view, each crop's side x the zoom (the un-zoomed crop), gives the
                                   # surface outside the landmarks' hull (forehead, ears, neck); +1 network pass per
                                   # crop (x2 with flip); the landmarks do not change. None at zoom 1 (nothing wider to
@@ -76,8 +77,9 @@ class InferenceOptions:
                                           # are turned with the head's roll beyond +-this many degrees, so the face
                                           # in them rolls no further (constants.ROLL_FREE); None: never turned
     recrop: bool = True           # a face the detector found gets a second pass, cropped from the first pass's
-                                  # landmarks (the first pass at FIRST_PASS_VIEWS). Pseudo real set (mean of the sources, the
-                                  # shipped model at zoom 1.15, stop 25): 3.35 % NME with the detector's crops alone,
+                                  # landmarks (the first pass at FIRST_PASS_VIEWS). Pseudo real set (mean of the
+                                  # sources, the shipped model at zoom 1.15, stop 25): 3.35 % NME with the detector's
+                                  # crops alone,
                                   # 3.10 % with the second pass; real photos: the model card's detector-crop table
 
     @property

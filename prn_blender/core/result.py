@@ -46,7 +46,7 @@ class CropTransform:
     def turned(self, degrees: float) -> CropTransform:
         """The same crop turned by ``degrees`` more about its centre (same side): the face in it turns the other
         way."""
-        return dataclasses.replace(self, angle=self.angle + degrees) if degrees else self
+        return dataclasses.replace(self, angle=self.angle + degrees)
 
     def to_crop(self, pts: np.ndarray) -> np.ndarray:
         """(...,2|3) image coords -> crop coords (z multiplied by the scale)."""

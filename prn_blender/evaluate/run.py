@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..core.constants import PHOTO_TURNS, VIDEO_SCALES, VIDEO_TURNS
+from ..core.constants import PHOTO_SCALES, PHOTO_TURNS, VIDEO_SCALES, VIDEO_TURNS
 from ..core.paths import SharedDataMissing, shared_dir
 from . import metrics as M
 
@@ -32,7 +32,7 @@ def roi_from_landmarks(pts: np.ndarray) -> np.ndarray:
 
 class OursModel:
     def __init__(self, weights=None, device="auto", name="ours", flip=True, zoom=None,
-                 scales=(1.0,), turns=PHOTO_TURNS, periphery=True):
+                 scales=PHOTO_SCALES, turns=PHOTO_TURNS, periphery=True):
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         self.rec = FaceReconstructor(weights=weights, device=device,
                                      options=InferenceOptions(flip=flip, zoom=zoom, scales=tuple(scales),
@@ -433,7 +433,8 @@ def build_parser():
     ap.add_argument("--zoom", type=float,
                     help="our crop zoom (default: the weights' own, core.weights.inference_zoom)")
     ap.add_argument("--scales", type=float, nargs="+",
-                    help="our views' crop sides, multiples of the crop's (default: 1; VIDEO_SCALES for video)")
+                    help="our views' crop sides, multiples of the crop's (default: constants.PHOTO_SCALES for "
+                         "images, VIDEO_SCALES for video)")
     ap.add_argument("--turns", type=float, nargs="+",
                     help="our views' turns in degrees, each at every scale, averaged (default: constants.PHOTO_TURNS "
                          "for images, VIDEO_TURNS for video; --scales 1 --turns 0 = one view)")
@@ -454,7 +455,7 @@ def main(argv=None) -> int:
         raise SystemExit("--data is required for this dataset")
     if a.pseudo_extra and a.dataset != "pseudo":
         raise SystemExit(f"--pseudo-extra adds faces to --dataset pseudo, not to {a.dataset}")
-    default = (VIDEO_SCALES, VIDEO_TURNS) if a.dataset == "video" else ((1.0,), PHOTO_TURNS)
+    default = (VIDEO_SCALES, VIDEO_TURNS) if a.dataset == "video" else (PHOTO_SCALES, PHOTO_TURNS)
     scales, turns = tuple(a.scales or default[0]), tuple(a.turns or default[1])
     models = [OursModel(a.weights, a.device, name=model_name(a.flip, scales, turns, default), flip=a.flip,
                         zoom=a.zoom, scales=scales, turns=turns,

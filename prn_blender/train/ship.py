@@ -230,7 +230,8 @@ def _landmark_text(meta: dict) -> list[str]:
                    for x in c["cross_validation"])
     return [
         ("Landmarks are read at the 68 UV pixels the weights record (`landmark_uv`), each within "
-         f"{c['radius']} UV pixels of the layout's own: fitted by `python -m prn_blender.evaluate.calibrate_landmarks`"),
+         f"{c['radius']} UV pixels of the layout's own: fitted by "
+         "`python -m prn_blender.evaluate.calibrate_landmarks`"),
         (f"on {c['faces']} real faces that are not evaluation images (the pseudo set: "
          f"{', '.join(c['sources'])}; labels by the 3DDFA_V2 peer), NME there {c['nme_before']:.2f} -> "
          f"{c['nme_after_in_sample']:.2f} % in-sample. Cross-validated ({cv})."),
