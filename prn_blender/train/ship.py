@@ -216,6 +216,9 @@ EVAL_COMMANDS = (
     "python eval.py --dataset aflw2000 --data ../shared/aflw2000-3d --crop detector --out out/eval_aflw_detector",
     "python eval.py --dataset synthetic --n 200 --seed 777 --out out/eval_synth",
 )
+#: ship's arguments that read those commands' folders (the card's last recipe line)
+EVAL_ARGS = ("--eval-aflw out/eval_aflw out/eval_aflw_one_view out/eval_aflw_single --eval-synth out/eval_synth "
+             "--eval-aflw-detector out/eval_aflw_detector")
 METRICS_HEAD = "## Metrics (68-point NME %, normalized by sqrt(w*h) of the GT box)"
 CONTEXT_HEAD = "- Context:"
 
@@ -435,9 +438,7 @@ def ship_soup(a) -> int:
         + " ".join(f"runs/{r.name}/weights.safetensors" for r, _, _ in ingredients),
         *([meta["landmark_calibration"]["command"]] if meta.get("landmark_calibration") else []),
         *EVAL_COMMANDS,
-        (f"python -m prn_blender.train.ship --soup {soup.as_posix()} --ingredients {runs} "
-         "--eval-aflw out/eval_aflw out/eval_aflw_one_view out/eval_aflw_single --eval-synth out/eval_synth "
-         "--eval-aflw-detector out/eval_aflw_detector"),
+        f"python -m prn_blender.train.ship --soup {soup.as_posix()} --ingredients {runs} {EVAL_ARGS}",
         "```", "", *_metrics_section(a, zoom, meta),
         "## Training curve", "", "![training curve](training_curve.png)", "",
         ("The curves are the soup's ingredients, each a fine-tune of the model above; the earlier models' curves are "
@@ -585,8 +586,7 @@ def main(argv=None) -> int:
         *EVAL_COMMANDS,
         f"python -m prn_blender.train.ship --run runs/{run.name} "
         + (f"--average-from {meta['average_from']} " if meta.get("averaged") else "")
-        + "--eval-aflw out/eval_aflw out/eval_aflw_one_view out/eval_aflw_single --eval-synth out/eval_synth "
-        + "--eval-aflw-detector out/eval_aflw_detector",
+        + EVAL_ARGS,
         "```", "", *_metrics_section(a, zoom, meta),
         "## Training curve", "", "![training curve](training_curve.png)", "",
         *([("The curve shows this fine-tuning run"
