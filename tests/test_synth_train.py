@@ -492,7 +492,7 @@ def test_freeze_bn_keeps_the_running_statistics(tmp_path):
     """--freeze-bn: BatchNorm normalizes with and keeps its running statistics while everything else trains; the
     weights record it. Without it the statistics move."""
     from prn_blender.core.weights import load_model
-    _train(tmp_path / "f", "--freeze-bn", "--context-blur", "0.5")
+    _train(tmp_path / "f", "--freeze-bn", "--context-blur", "0.5", "--detail")
     _train(tmp_path / "t")
     frozen, _, md = load_model(tmp_path / "f/weights.safetensors")
     moved = load_model(tmp_path / "t/weights.safetensors")[0]
@@ -502,7 +502,7 @@ def test_freeze_bn_keeps_the_running_statistics(tmp_path):
     assert not all(torch.equal(m.running_mean, torch.zeros_like(m.running_mean))
                    for m in moved.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert sum(bool(m.bias.abs().max() > 0) for m in bns) > len(bns) // 2      # the affine weights trained
-    assert md["meta"]["bn_frozen"] is True and md["meta"]["generator"].endswith("with context-blur 0.5")
+    assert md["meta"]["bn_frozen"] is True and md["meta"]["generator"].endswith("with detail with context-blur 0.5")
     p = subprocess.run(_train_cmd(tmp_path / "x", "--context-blur", "2"), check=False, cwd=REPO,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode != 0 and "--context-blur 2.0: give a probability in [0, 1]" in p.stderr
@@ -611,3 +611,34 @@ def test_ship_metrics_only_rewrites_the_metrics_and_context_and_nothing_else(tmp
                     zoom=INFERENCE_ZOOM, meta={})
     assert "  This run blurred the surround of 50% of its training scenes" in card.read_text()
     assert "Landmarks are read" not in card.read_text()
+
+
+def test_detail_dresses_the_same_scenes(shared):
+    """--detail: sample_detail has a generator of its own, so a run with it trains on the scenes of the run without
+    it (same position maps), dressed: the hair gets strand streaks (its albedo varies where it was one colour), the
+    skin a mottle, a share of the faces a full beard; the generator name records it, alone and with the others."""
+    from prn_blender.synth.render import GENERATOR_VERSION
+    from prn_blender.synth.render import P_MOUTH
+    from prn_blender.synth.sampler import sample_detail, sample_params
+    from prn_blender.train import data
+    plain = data.SyntheticStream(4, seed=2, density=20)
+    dressed = data.SyntheticStream(4, seed=2, density=20, detail=True)
+    (a, pa), (b, pb) = next(plain), next(dressed)
+    assert torch.equal(pa, pb) and bool((a != b).flatten(1).any(1).all())
+    r = plain.renderer
+    p = sample_params(2, plain.ict.expression_names, torch.Generator().manual_seed(0))
+    p["hair_idx"] = torch.tensor([0, 0])                                 # the lowest hairline
+    hair = r.hair_masks[:, 0] > 0
+    flat = r.albedo(p)
+    p.update(sample_detail(2, torch.Generator().manual_seed(0), p["beard"]))
+    rich = r.albedo(p)
+    assert float(flat[:, hair].std(1).max()) < 1e-6 < float(rich[:, hair].std(1).min())
+    assert torch.equal(flat[:, r.s_part >= P_MOUTH], rich[:, r.s_part >= P_MOUTH])  # mouth, teeth and eyes undressed
+    beard = torch.zeros(4000)
+    full = sample_detail(4000, torch.Generator().manual_seed(1), beard)["beard"]
+    assert 0.09 < float((full > 0).float().mean()) < 0.15 and float(full[full > 0].min()) >= 0.6
+    name = data.generator_name(["sh"], 0.5, detail=True)
+    assert name == f"{GENERATOR_VERSION} without sh with detail with context-blur 0.5"
+    assert data.without_of(name) == ["sh"] and data.context_blur_of(name) == 0.5 and data.detail_of(name)
+    assert not data.detail_of(GENERATOR_VERSION)
+    assert data.run_stream({"generator": name}, 2, 0).detail

@@ -32,6 +32,9 @@
 # more than one call returns (8 files, 64 MiB): train into an ignored folder of the checkout (K=out/s31; OUT=$K/A
 # ...), copy two to $OUT, and fetch the third with the next call at once (a warm machine keeps the folder; it goes
 # back after 30 s idle). Their soups did not beat the shipped model on the pseudo set (stop 31 closing note).
+# Stop 33, the same three-arm call with DETAIL=1 (A), DETAIL=1 YAW_UNIFORM=0.6 (B) and a control (C), SEED=33:
+# 534.3 s wall, 2,346 / 2,340 / 2,412 steps (the lease held 573 s with the start); pseudo set V4 3.036 / 3.039 /
+# 3.069 against the shipped soup's 3.002 (runs/s33_rule.txt).
 # BENCH=loop measures RENDER_BATCHES=4 against one batch at a time (about 60 s): on the H200, one training alone,
 # 1,081 vs 956 samples/s (x1.13, stop 31).
 # CPU dry run of the same glue (no GPU; tests/test_synth_train.py runs it):
@@ -48,6 +51,8 @@ WARMUP=${WARMUP:-300}
 LOSS=${LOSS:-mse}            # train.py --loss: mse or euclid
 WITHOUT=${WITHOUT:-}         # train.py --without: training-scene features switched off (e.g. distract)
 CONTEXT_BLUR=${CONTEXT_BLUR:-0}   # train.py --context-blur: the share of training scenes with a blurred surround
+DETAIL=${DETAIL:-0}          # 1 = train.py --detail: hair strands, skin mottling and full beards on the scenes
+YAW_UNIFORM=${YAW_UNIFORM:-0.4}   # train.py --yaw-uniform: the share of scenes with yaw uniform over +-90 deg
 TRAIN_S=${TRAIN_S:-400}      # training s; with setup, benchmark (<= 90 s) and averaging: < 9.5 min
 KEEP=${KEEP:-100}            # snapshot every KEEP steps
 AVG_FROM=${AVG_FROM:-75}     # average the snapshots from this percentage of the run's steps on
@@ -86,6 +91,7 @@ m = r('$INIT'); s = m['meta'].get('seed'); print(m['width'], 17 if s is None els
   fi
   $PY train.py --device "$DEVICE" --out "$W/run" --width "$WIDTH" --batch "$BATCH" --init "$W/init.safetensors" \
     --preset paper-neck --lr "$LR" --loss "$LOSS" --without "$WITHOUT" --context-blur "$CONTEXT_BLUR" --warmup "$WARMUP" \
+    --yaw-uniform "$YAW_UNIFORM" $([ "$DETAIL" = 1 ] && echo --detail) \
     --schedule cosine --max-time "$TRAIN_S" --reuse "$REUSE" --render-batches "$RENDER_BATCHES" --amp bf16 \
     --save-every "$KEEP" --keep-every "$KEEP" --seed "$SEED" --no-progress \
     || { echo "[gpu_train] training failed: returning what it saved"; touch "$W/failed"; }

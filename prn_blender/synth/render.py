@@ -173,6 +173,17 @@ class FaceRenderer:
         for k in range(K):
             basis.append(noise[:, k] * skinpart)
         self.n_noise = K
+        # fine detail for scenes with sample_detail's parameters, each a sum of random sinusoids of the canonical
+        # position (cm) with unit standard deviation: hair strands (streaks that run down the head: 40-140 cycles
+        # around its vertical axis, slowly waving along y) and skin mottling (isotropic, wavelengths of 1-3 cm)
+        azim = np.arctan2(canon[:, 0], canon[:, 2])[:, None]
+        cycles = rng.uniform(40, 140, 12).round()
+        streak = np.sin(cycles * azim + np.sin(canon[:, 1:2] * rng.uniform(0.2, 0.6, 12)) * 2
+                        + rng.random(12) * 2 * np.pi).sum(1)
+        fs = rng.normal(size=(12, 3)) * 2.5
+        mottle = np.sin(canon @ fs.T + rng.random(12) * 2 * np.pi).sum(1)
+        self.detail = torch.from_numpy(np.stack([streak / streak.std(), mottle / mottle.std() * skinpart], 1)
+                                       .astype(np.float32)).to(dev)                           # (M,2)
         self.hair_masks = torch.from_numpy(np.stack(hair, 1).astype(np.float32)).to(dev)       # (M,H)
         self.basis = torch.from_numpy(np.stack(basis, 1)).to(dev)                             # (M,J)
         inner = (parts[tri_id] >= P_MOUTH) & (parts[tri_id] <= P_TEETH)                     # mouth inside: darker
@@ -324,7 +335,8 @@ class FaceRenderer:
 
     def albedo(self, p) -> torch.Tensor:
         """(B,M,3) per-point albedo: a linear combination of fixed per-point bases (skin, lips, brows, stubble,
-        lash lines, mouth, teeth, eyes, 3D noise) plus the hair mask for the sample's hairline."""
+        lash lines, mouth, teeth, eyes, 3D noise) plus the hair mask for the sample's hairline; with
+        sampler.sample_detail's parameters, strand streaks on the hair and mottling on the skin (and beard)."""
         skin = p["skin"]
         coef = torch.stack([
             skin, skin * p["lip_tint"],
@@ -337,7 +349,12 @@ class FaceRenderer:
         coef = torch.cat([coef, noise], 1)
         out = torch.einsum("mj,bjc->bmc", self.basis, coef)
         hm = self.hair_masks[:, p["hair_idx"]].T[..., None]                          # (B,M,1)
-        return torch.where(hm > 0, p["hair"][:, None], out).clamp(0, 1)
+        hair = p["hair"][:, None]
+        if "hair_tex" in p:                                                          # see sampler.sample_detail
+            streak, mottle = self.detail[None, :, 0:1], self.detail[None, :, 1:2]    # (1,M,1)
+            hair = hair * (1 + p["hair_tex"][:, None, None] * streak)
+            out = out * (1 + p["skin_tex"][:, None, None] * mottle)
+        return torch.where(hm > 0, hair, out).clamp(0, 1)
 
 
 def _fill_holes_(img: torch.Tensor, zb: torch.Tensor) -> None:

@@ -1,7 +1,7 @@
 """Contact sheet of training samples exactly as the trainer sees them (``train.data.SyntheticStream``: render ->
 exposure -> augment over the background -> border, occlusion, degradation [-> blurred surround]), with the
 ground-truth 68 landmarks drawn:
-``python -m prn_blender.synth.sheet --out sheet.png [--n 32 --seed 0 --context-blur P]``."""
+``python -m prn_blender.synth.sheet --out sheet.png [--n 32 --seed 0 --context-blur P --detail]``."""
 from __future__ import annotations
 
 import argparse
@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 
 
-def contact_sheet(n: int = 32, seed: int = 0, cols: int = 8, shared=None, context_blur: float = 0.0) -> np.ndarray:
+def contact_sheet(n: int = 32, seed: int = 0, cols: int = 8, shared=None, context_blur: float = 0.0,
+                  detail: bool = False) -> np.ndarray:
     from ..core.layout import load_layout
     from ..train.data import SyntheticStream
-    stream = SyntheticStream(n, seed=seed, shared=shared, context_blur=context_blur)
+    stream = SyntheticStream(n, seed=seed, shared=shared, context_blur=context_blur, detail=detail)
     img, pos = next(stream)
     lay = load_layout()
     tiles = []
@@ -34,9 +35,11 @@ def main(argv=None) -> None:
     ap.add_argument("--shared")
     ap.add_argument("--context-blur", type=float, default=0.0, metavar="P",
                     help="as train.py --context-blur: blur the surround of this share of the samples")
+    ap.add_argument("--detail", action="store_true", help="as train.py --detail")
     a = ap.parse_args(argv)
     from ..core.image_io import save_image
-    save_image(a.out, contact_sheet(a.n, a.seed, shared=a.shared, context_blur=a.context_blur) / 255.0)
+    save_image(a.out, contact_sheet(a.n, a.seed, shared=a.shared, context_blur=a.context_blur,
+                                     detail=a.detail) / 255.0)
     print(a.out)
 
 

@@ -1,6 +1,7 @@
 """On-the-fly synthetic training batches (render -> face-metered exposure -> another person's head in the background
 -> paper augmentation of the head layer over the background -> black crop border -> occlude -> degrade [-> a
-blurred surround: ``context_blur``, off by default]);
+blurred surround: ``context_blur``, off by default]); with ``detail`` (off by default) the scenes are dressed with
+hair strands, skin mottling and full beards (sampler.sample_detail);
 scenes get environment lighting (sampler.sample_lighting) and the yaw-aware hair locks and glasses of
 accessories.draw.
 
@@ -21,8 +22,19 @@ import torch
 
 from ..synth.ict import load_ict
 from ..synth.render import GENERATOR_VERSION, FaceRenderer
-from ..synth.sampler import (YAW_UNIFORM, augment, black_border, blur_context, degrade, distract, expose, occlude,
-                             sample_lighting, sample_params)
+from ..synth.sampler import (
+    YAW_UNIFORM,
+    augment,
+    black_border,
+    blur_context,
+    degrade,
+    distract,
+    expose,
+    occlude,
+    sample_detail,
+    sample_lighting,
+    sample_params,
+)
 
 # What generators 7-10 added to the training scenes, by name: ``train.py --without NAME`` switches one off to measure
 # what it does to the model, and the run records the generator as ``generator_name(without)``. Features removed
@@ -39,26 +51,34 @@ RETIRED_FEATURES = {"restyle": "saturation, unsharp masking and random convoluti
 CONTEXT_BLUR = " with context-blur "   # generator-name suffix of train.py --context-blur P (off by default)
 CONTEXT_BLUR_SEED = 104729               # the blur's generator: seed * 1000 + rank + this (its own stream, so a run
 #                                          with the blur sees the same scenes as one without)
+DETAIL = " with detail"                  # generator-name part of train.py --detail (off by default)
+DETAIL_SEED = 1299709                    # sample_detail's generator: seed * 1000 + rank + this (as the blur's)
 
 
-def generator_name(without=(), context_blur: float = 0.0) -> str:
+def generator_name(without=(), context_blur: float = 0.0, detail: bool = False) -> str:
     """The training data's generator: GENERATOR_VERSION, or e.g. "ictsynth-11 without distract+sh", with
-    " with context-blur 0.5" when that share of the scenes had their surround blurred (sampler.blur_context)."""
+    " with detail" when the scenes were dressed by sampler.sample_detail, and " with context-blur 0.5" when that
+    share of the scenes had their surround blurred (sampler.blur_context)."""
     unknown = set(without) - set(SCENE_FEATURES)
     if unknown:
         raise ValueError(f"unknown scene features {sorted(unknown)}; known: {', '.join(SCENE_FEATURES)}")
     if not 0 <= context_blur <= 1:
         raise ValueError(f"context blur {context_blur}: a probability in [0, 1]")
     return (GENERATOR_VERSION + (f" without {'+'.join(sorted(without))}" if without else "")
-            + (f"{CONTEXT_BLUR}{context_blur:g}" if context_blur else ""))
+            + (DETAIL if detail else "") + (f"{CONTEXT_BLUR}{context_blur:g}" if context_blur else ""))
 
 
 def without_of(generator: str) -> list[str]:
     """The scene features a generator name says were off (the inverse of generator_name), less the retired ones
     (the generator no longer has them: off anyway)."""
-    generator = generator.partition(CONTEXT_BLUR)[0]
+    generator = generator.partition(CONTEXT_BLUR)[0].replace(DETAIL, "")
     named = generator.partition(" without ")[2].split("+") if " without " in generator else []
     return [f for f in named if f not in RETIRED_FEATURES]
+
+
+def detail_of(generator: str) -> bool:
+    """Whether a generator name says the scenes were dressed with sample_detail."""
+    return DETAIL in generator
 
 
 def context_blur_of(generator: str) -> float:
@@ -69,8 +89,9 @@ def context_blur_of(generator: str) -> float:
 class SyntheticStream:
     def __init__(self, batch: int, seed: int = 0, rank: int = 0, device="cpu", reuse: int = 0,
                  max_yaw: float = 90.0, shared=None, augment_on: bool = True, density: float = 40.0,
-                 yaw_uniform: float = YAW_UNIFORM, without=(), context_blur: float = 0.0, render_batches: int = 1):
-        generator_name(without, context_blur)                     # validates the names and the probability
+                 yaw_uniform: float = YAW_UNIFORM, without=(), context_blur: float = 0.0, render_batches: int = 1,
+                 detail: bool = False):
+        generator_name(without, context_blur, detail)                    # validates the names and the probability
         if render_batches < 1:
             raise ValueError(f"render_batches {render_batches}: give a number of batches >= 1")
         self.render_batches = render_batches
@@ -86,6 +107,8 @@ class SyntheticStream:
         dev = torch.device(device)
         self.gi = self.g if dev.type == "cpu" else torch.Generator(dev).manual_seed(seed * 1000 + rank)
         self.gc = torch.Generator(dev).manual_seed(seed * 1000 + rank + CONTEXT_BLUR_SEED)
+        self.detail = detail
+        self.gd = torch.Generator().manual_seed(seed * 1000 + rank + DETAIL_SEED)
         self._kpt = torch.from_numpy(self.renderer.layout.kpt_xy).long().to(dev)   # (68,2) landmark UV pixels (x,y)
         self.device = device
         self._cache, self._left, self._ready = None, 0, []
@@ -98,6 +121,8 @@ class SyntheticStream:
             p.update(sample_lighting(B, self.g, self.device))
         if "yaw-aware" not in self.without:
             p["yaw_aware"] = torch.ones(B, dtype=torch.bool, device=self.device)
+        if self.detail:
+            p.update(sample_detail(B, self.gd, p["beard"], self.device))
         return self.renderer.render(p)
 
     def __iter__(self):
@@ -130,7 +155,8 @@ class SyntheticStream:
 
 def run_stream(meta: dict, batch: int, seed: int, **kw) -> SyntheticStream:
     """A stream of the scenes a run trained on, from its weights' metadata: its scene features and yaw prior (for
-    BatchNorm recalibration: the statistics are those of the run's own data), context blur included."""
+    BatchNorm recalibration: the statistics are those of the run's own data), context blur and detail included."""
     generator = meta.get("generator", "")
     return SyntheticStream(batch, seed=seed, without=without_of(generator), context_blur=context_blur_of(generator),
+                           detail=detail_of(generator),
                            yaw_uniform=float(meta.get("yaw_uniform", YAW_UNIFORM)), **kw)

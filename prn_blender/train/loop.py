@@ -135,6 +135,9 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--context-blur", type=float, default=0.0, metavar="P",
                     help="blur the surround of this share of the training scenes (outside the face's landmark hull; "
                          "sampler.blur_context): a real photo's context then misleads less")
+    ap.add_argument("--detail", action="store_true",
+                    help="dress the training scenes with hair strands, skin mottling and full beards "
+                         "(sampler.sample_detail; the scenes are otherwise the same)")
     ap.add_argument("--freeze-bn", action="store_true",
                     help="BatchNorm layers keep and use their running statistics (their affine weights still "
                          "train): for fine-tuning at small batches, whose batch statistics are noisy")
@@ -220,7 +223,7 @@ def main(argv=None) -> int:
     if not 0 <= a.context_blur <= 1:
         raise SystemExit(f"--context-blur {a.context_blur}: give a probability in [0, 1]")
     try:
-        generator = generator_name(without, a.context_blur)
+        generator = generator_name(without, a.context_blur, a.detail)
     except ValueError as e:
         raise SystemExit(f"--without: {e}") from None
     if a.keep_every and a.keep_every % a.save_every:
@@ -292,7 +295,7 @@ def main(argv=None) -> int:
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and dev.type == "cuda" else None
     data = SyntheticStream(a.batch, seed=a.seed + 7919 * step, rank=rank, device=dev, reuse=a.reuse,
                            max_yaw=a.max_yaw, shared=a.shared, yaw_uniform=a.yaw_uniform, without=without,
-                           context_blur=a.context_blur, render_batches=a.render_batches)
+                           context_blur=a.context_blur, render_batches=a.render_batches, detail=a.detail)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = None
     if rank == 0 and not a.no_progress:

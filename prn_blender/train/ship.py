@@ -18,7 +18,7 @@ import torch
 from ..core.constants import PHOTO_TURNS, VIDEO_WIDE_EVERY
 from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, inference_zoom, load_model, read_metadata, save_weights, sha256
-from .data import context_blur_of, run_stream, without_of
+from .data import context_blur_of, detail_of, run_stream, without_of
 from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
 from .soup import mean_state
 
@@ -140,6 +140,8 @@ def _train_command(meta: dict, run: str, width: int, batch: int, reuse: int, fir
             + (f" --loss {loss}" if loss != DEFAULT_LOSS else "")
             + (f" --without {','.join(without)}" if without else "")
             + (f" --context-blur {blur:g}" if blur else "")
+            + (" --detail" if detail_of(meta.get("generator", "")) else "")
+            + (f" --yaw-uniform {float(meta['yaw_uniform']):g}" if "yaw_uniform" in meta else "")
             + (" --freeze-bn" if meta.get("bn_frozen") else "")
             + (f" --schedule cosine --max-time {float(meta.get('max_time', 0)):g} --amp {meta.get('amp')}" if cosine
                else f" --epoch-size {epoch_size}") + f" --seed {meta.get('seed')}" + ("" if cosine else " --steps N")
