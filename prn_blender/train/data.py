@@ -10,7 +10,8 @@ served ``1 + reuse`` times, each time with new occlusion/degradation/augmentatio
 busy training instead of rendering. With ``render_batches`` = K > 1 it renders and augments K batches at once and
 serves them one by one: on a GPU the data engine is bound by kernel launches, not arithmetic, so one pass over 256
 scenes costs far less than four over 64 (H200, stop 29: the data path made 3,146 samples/s at batch 256 against
-1,330 at 64). Deterministic for a given seed, rank and ``render_batches``.
+1,330 at 64). Past batch 1,024 it saturates (stop 33: 3,883 samples/s at 1,024, 3,974 at 2,048; 4,096 runs out of
+the H200's 139 GiB in the hole fill). Deterministic for a given seed, rank and ``render_batches``.
 
 (A background thread making the batches ahead, train.py --prefetch in stops 22-28, was removed in stop 29: on the
 H200 it trained 10,112 samples in 25 s against 17,536 inline; the data engine and the training step are both Python
