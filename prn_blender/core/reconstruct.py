@@ -79,8 +79,8 @@ class InferenceOptions:
     recrop: bool = True           # a face the detector found gets a second pass, cropped from the first pass's
                                   # landmarks (the first pass at FIRST_PASS_VIEWS). Pseudo real set (mean of the
                                   # sources, the shipped model at zoom 1.15, stop 25): 3.35 % NME with the detector's
-                                  # crops alone,
-                                  # 3.10 % with the second pass; real photos: the model card's detector-crop table
+                                  # crops alone, 3.10 % with the second pass; real photos: the model card's
+                                  # detector-crop table
 
     @property
     def views(self) -> tuple[tuple[float, float], ...]:

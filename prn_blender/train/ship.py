@@ -130,8 +130,8 @@ def _train_command(meta: dict, run: str, width: int, batch: int, reuse: int, fir
     """The train.py command of the run ``run`` whose weights record ``meta``."""
     cosine = meta.get("schedule") == "cosine"
     loss = meta.get("loss", DEFAULT_LOSS)
-    without = without_of(meta.get("generator", ""))
-    blur = context_blur_of(meta.get("generator", ""))
+    generator = meta.get("generator", "")
+    without, blur, detail = without_of(generator), context_blur_of(generator), detail_of(generator)
     parent = meta.get("parent")
     return (f"python train.py --out runs/{run} --width {width} --batch {batch} --reuse {reuse} "
             + (f"--render-batches {meta['render_batches']} " if int(meta.get("render_batches", 1)) > 1 else "")
@@ -140,7 +140,7 @@ def _train_command(meta: dict, run: str, width: int, batch: int, reuse: int, fir
             + (f" --loss {loss}" if loss != DEFAULT_LOSS else "")
             + (f" --without {','.join(without)}" if without else "")
             + (f" --context-blur {blur:g}" if blur else "")
-            + (" --detail" if detail_of(meta.get("generator", "")) else "")
+            + (" --detail" if detail else "")
             + (f" --yaw-uniform {float(meta['yaw_uniform']):g}" if "yaw_uniform" in meta else "")
             + (" --freeze-bn" if meta.get("bn_frozen") else "")
             + (f" --schedule cosine --max-time {float(meta.get('max_time', 0)):g} --amp {meta.get('amp')}" if cosine
