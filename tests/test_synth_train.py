@@ -642,3 +642,19 @@ def test_detail_dresses_the_same_scenes(shared):
     assert data.without_of(name) == ["sh"] and data.context_blur_of(name) == 0.5 and data.detail_of(name)
     assert not data.detail_of(GENERATOR_VERSION)
     assert data.run_stream({"generator": name}, 2, 0).detail
+
+
+def test_no_face_model_is_one_error_line_and_writes_nothing(tmp_path):
+    """train.py and the contact sheet without the ICT face model (no development data folder): one error line that
+    says where it looked and how to point elsewhere, a non-zero exit, and no output folder or file."""
+    from prn_blender.synth import sheet
+    missing = tmp_path / "nowhere"
+    p = subprocess.run(_train_cmd(tmp_path / "x", "--shared", str(missing), "--detail"), check=False, cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == (f"error: development data folder not found at {missing} "
+                                "(set PRN_BLENDER_SHARED or pass --shared)")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit, match="^error: development data folder not found at "):
+        sheet.main(["--out", str(tmp_path / "s.png"), "--shared", str(missing), "--detail"])
+    assert not (tmp_path / "s.png").exists()

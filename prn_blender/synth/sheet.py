@@ -38,8 +38,12 @@ def main(argv=None) -> None:
     ap.add_argument("--detail", action="store_true", help="as train.py --detail")
     a = ap.parse_args(argv)
     from ..core.image_io import save_image
-    save_image(a.out, contact_sheet(a.n, a.seed, shared=a.shared, context_blur=a.context_blur,
-                                     detail=a.detail) / 255.0)
+    from ..core.paths import SharedDataMissing
+    try:
+        sheet = contact_sheet(a.n, a.seed, shared=a.shared, context_blur=a.context_blur, detail=a.detail)
+    except SharedDataMissing as e:
+        raise SystemExit(f"error: {e}") from None
+    save_image(a.out, sheet / 255.0)
     print(a.out)
 
 

@@ -27,7 +27,9 @@ import torch.distributed as dist
 from ..core.constants import POS_SCALE, WEIGHT_PRESETS
 from ..core.layout import load_layout
 from ..core.network import ResFCN256, count_parameters
+from ..core.paths import SharedDataMissing, shared_file
 from ..core.weights import save_weights
+from ..synth.ict import ICT_NPZ
 from ..synth.sampler import YAW_UNIFORM
 from ..synth.uvmap import LAYOUT_NAME
 from .data import SCENE_FEATURES, SyntheticStream, generator_name
@@ -228,6 +230,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"--without: {e}") from None
     if a.keep_every and a.keep_every % a.save_every:
         raise SystemExit(f"--keep-every {a.keep_every} is not a multiple of --save-every {a.save_every}")
+    try:
+        shared_file(ICT_NPZ, a.shared)              # the face model the scenes are rendered from
+    except SharedDataMissing as e:
+        raise SystemExit(f"error: {e}") from None
     out = Path(a.out)
     ck = out / "checkpoint.pt"
     # read once: its arguments fix the width before the model is built, its tensors are loaded below
