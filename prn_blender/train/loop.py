@@ -230,15 +230,15 @@ def main(argv=None) -> int:
         raise SystemExit(f"--without: {e}") from None
     if a.keep_every and a.keep_every % a.save_every:
         raise SystemExit(f"--keep-every {a.keep_every} is not a multiple of --save-every {a.save_every}")
-    try:
-        shared_file(ICT_NPZ, a.shared)              # the face model the scenes are rendered from
-    except SharedDataMissing as e:
-        raise SystemExit(f"error: {e}") from None
     out = Path(a.out)
     ck = out / "checkpoint.pt"
     # read once: its arguments fix the width before the model is built, its tensors are loaded below
     state = torch.load(ck, map_location="cpu", weights_only=False) if a.resume and ck.exists() else None
     a.width = resolve_width(a.width, a.init, state["args"]["width"] if state else None)
+    try:
+        shared_file(ICT_NPZ, a.shared)              # the face model the scenes are rendered from
+    except SharedDataMissing as e:
+        raise SystemExit(f"error: {e}") from None
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     dev = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
                        else "cpu")
