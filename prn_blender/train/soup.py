@@ -9,6 +9,9 @@ fine-tune trades some real-photo sources against others (stops 28-29); the mean 
 statistics are recalibrated on fresh synthetic batches of the first ingredient's generator after averaging
 (--bn-batches 0: the mean of the ingredients' statistics). The output records its ingredients (file, sha256,
 training) in its metadata, ``meta["soup"]``, and the first ingredient's lineage as its ``parent``.
+Soups of the shipped file with its fine-tunes, pseudo real set (the shipped file 3.002 %): with the two dressed
+stop-33 fine-tunes 2.975, with all three stop-33 fine-tunes 2.988, with five from stops 31 and 33 3.007 (stops
+33-34); none gained the 0.03 points a new default needs.
 """
 from __future__ import annotations
 
