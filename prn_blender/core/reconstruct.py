@@ -341,9 +341,9 @@ class FaceReconstructor:
                 pos = self._inner * pos + (1 - self._inner) * wide_map
             verts = self.layout.vertices(pos)
             # read straight off the network's surface. Pseudo real set, stop 34 (3.002 % so): the surface projected
-            # onto the ICT model's span first (similarity + 153 modes, ridge) 3.23-3.32; turned about the head's
-            # vertical axis against the yaw the network under-estimates on real faces (model card: Limits), by
-            # 3-15 % of the yaw 3.03-3.51, by 10-50 % of the yaw beyond 15 deg 3.10-3.97
+            # onto the ICT model's span first (similarity + 153 modes, ridge) 3.23-3.32; turned further about the
+            # head's vertical axis, to add back the yaw the network under-estimates on real faces (model card:
+            # Limits), by 3-15 % of its yaw 3.03-3.51, by 10-50 % of its yaw beyond 15 deg 3.10-3.97
             lms = self.layout.landmarks(pos)
             if carry or wide_map is not None:          # the head pose sees the periphery it shows
                 pose = estimate_pose(verts, self.layout.canonical, self._fit_idx)[0]

@@ -10,7 +10,7 @@ rest. ``--write`` records the pixels in the weights file (``landmark_uv``; weigh
 tensors are unchanged). Only the landmark readout changes: the surface, the mesh and the crops from a detector stay.
 A linear readout instead of one pixel (the calibrated pixel plus a ridge-weighted sum of its 7x7 neighbours' offsets
 from it, per landmark; stop 34, the shipped model's pixels as the start) moved the held-out sources of the same
-splits by -0.023 to +0.003 points at ridge 0.1, and made them worse at weaker ridges: one pixel each.
+splits by -0.023 to +0.003 points at ridge 0.1, and by -0.026 to +0.27 at ridges 1e-2 to 1e-4: one pixel each.
 
 Run: ``python -m prn_blender.evaluate.calibrate_landmarks --weights W --pseudo-extra DIR [--radius 3] [--write]``
 """
