@@ -617,8 +617,7 @@ def test_detail_dresses_the_same_scenes(shared):
     """--detail: sample_detail has a generator of its own, so a run with it trains on the scenes of the run without
     it (same position maps), dressed: the hair gets strand streaks (its albedo varies where it was one colour), the
     skin a mottle, a share of the faces a full beard; the generator name records it, alone and with the others."""
-    from prn_blender.synth.render import GENERATOR_VERSION
-    from prn_blender.synth.render import P_MOUTH
+    from prn_blender.synth.render import GENERATOR_VERSION, P_MOUTH
     from prn_blender.synth.sampler import sample_detail, sample_params
     from prn_blender.train import data
     plain = data.SyntheticStream(4, seed=2, density=20)
