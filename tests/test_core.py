@@ -121,8 +121,9 @@ def test_widen_command_on_the_shipped_weights(tmp_path):
 
 def test_soup_is_the_mean_of_fine_tunes_of_one_model_and_refuses_unrelated_ones(tmp_path):
     """``python -m prn_blender.train.soup``: the uniform mean of weights that share an ancestor (an ingredient may
-    be the ancestor itself), each ingredient recorded; two networks with no common ancestor, a width mismatch, the
-    same file twice or an ingredient as --out are refused before anything is written."""
+    be the ancestor itself), each ingredient recorded; BatchNorm statistics shared by every ingredient are kept; two
+    networks with no common ancestor, a width mismatch, the same file twice or an ingredient as --out are refused
+    before anything is written."""
     from prn_blender.core.weights import WeightsError, load_model, save_weights, sha256
     from prn_blender.train.soup import main, make_soup
 
@@ -151,6 +152,20 @@ def test_soup_is_the_mean_of_fine_tunes_of_one_model_and_refuses_unrelated_ones(
         if v.is_floating_point():
             torch.testing.assert_close(v, (ma.state_dict()[k] + mb.state_dict()[k]) / 2)
     assert make_soup([base, a])[2]["soup_ancestor"] == up["sha256"]       # the ancestor is an ingredient
+    # a fine-tune with BatchNorm frozen runs with a's statistics: the soup keeps them, recalibrating nothing by default
+    assert not meta["bn_shared"]
+    torch.manual_seed(8)
+    mf = ResFCN256(2)
+    stats = {k: v for k, v in ma.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    mf.load_state_dict({**mf.state_dict(), **stats})
+    frozen = save_weights(mf, tmp_path / "frozen.safetensors", "ict-face-v2", {"steps": 8, "parent": up},
+                          dtype=torch.float32)
+    kept = tmp_path / "kept.safetensors"
+    assert main([str(a), str(frozen), "--out", str(kept)]) == 0
+    km, _, kmd = load_model(kept)
+    assert kmd["meta"]["bn_shared"] and "bn_recalibrated_batches" not in kmd["meta"]
+    for k, v in stats.items():
+        torch.testing.assert_close(km.state_dict()[k], v, rtol=0, atol=0)
     out = tmp_path / "soup.safetensors"
     assert main([str(a), str(b), str(base), "--out", str(out), "--bn-batches", "0"]) == 0
     assert len(load_model(out)[2]["meta"]["soup"]) == 3
@@ -218,6 +233,12 @@ def test_ship_a_soup_with_its_ingredients_card_and_curve(tmp_path, monkeypatch):
         assert f"python train.py --out runs/{r.name} --width 2 --batch 8 " in card
     assert "--warmup 1 --context-blur 0.5 --detail --yaw-uniform 0.6 --schedule cosine" in card
     assert "the uniform mean of the weights of 2 fine-tunes of the model below" in card
+    assert "(Wortsman et al. 2022, \"Model soups\"), BatchNorm statistics the mean of the ingredients' |" in card
+    assert "r1/weights.safetensors\npython" in card              # made with the default BatchNorm handling
+    from prn_blender.train.ship import _bn_flag
+    assert _bn_flag({"bn_recalibrated_batches": 24}) == "" and _bn_flag({"bn_shared": True}) == ""
+    assert _bn_flag({}) == " --bn-batches 0" and _bn_flag({"bn_shared": True, "bn_recalibrated_batches": 8}) \
+        == " --bn-batches 8"
     assert f"| fine-tuned from | `base.safetensors` sha256 `{'b' * 12}...`: 7 steps" in card
     assert "| in all | 15 steps, 134 images seen, 1.03 h of training |" in card        # 7 + 2x4, 70 + 2x32
     assert "# the ancestor" in card and "--soup " + soup.as_posix() + " --ingredients" in card

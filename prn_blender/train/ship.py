@@ -20,7 +20,7 @@ from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, inference_zoom, load_model, read_metadata, save_weights, sha256
 from .data import context_blur_of, detail_of, run_stream, without_of
 from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
-from .soup import mean_state
+from .soup import BN_BATCHES, mean_state
 
 
 def _read_log(log: Path, upto: int | None = None) -> list[dict]:
@@ -381,6 +381,12 @@ def plot_ingredients(ingredients: list, out: Path, loss_kind: str = DEFAULT_LOSS
     _save_loss_plot(fig, ax, out, "images seen (thousands)", loss_kind)
 
 
+def _bn_flag(meta: dict) -> str:
+    """The soup command's ``--bn-batches`` when the soup was made with other than its default (train.soup)."""
+    bn = meta.get("bn_recalibrated_batches", 0)
+    return "" if bn == (0 if meta.get("bn_shared") else BN_BATCHES) else f" --bn-batches {bn}"
+
+
 def ship_soup(a) -> int:
     """Ship a model soup (train.soup) with its card: its ingredients' runs, their common ancestor, the recipe."""
     soup = Path(a.soup)
@@ -425,9 +431,10 @@ def ship_soup(a) -> int:
         f"| data | {meta.get('data')}; generators "
         + ", ".join(f"`{g}`" for g in dict.fromkeys(m.get("generator") for _, m, _ in ingredients)) + " |",
         (f"| training | a model soup (`python -m prn_blender.train.soup`): the uniform mean of the weights of "
-         f"{len(ingredients)} fine-tunes of the model below (Wortsman et al. 2022, \"Model soups\"), BatchNorm "
-         f"recalibrated on {meta.get('bn_recalibrated_batches', 0)} fresh synthetic batches of 16 of "
-         f"`{meta.get('generator')}` after averaging |"),
+         f"{len(ingredients)} fine-tunes of the model below (Wortsman et al. 2022, \"Model soups\"), "
+         + (f"BatchNorm recalibrated on {meta['bn_recalibrated_batches']} fresh synthetic batches of 16 of "
+            f"`{meta.get('generator')}` after averaging |" if meta.get("bn_recalibrated_batches") else
+            "BatchNorm statistics the mean of the ingredients' |")),
         *rows,
         f"| fine-tuned from | {_lineage(parent)} |",
         (f"| in all | {before[0] + sum(c['steps'] for c in curves)} steps, {before[1] + images:,} images "
@@ -437,7 +444,7 @@ def ship_soup(a) -> int:
         "```", "python -m prn_blender.synth.uvmap            # layout asset: ICT-FaceKit UVs, landmarks from prnet-bfm",
         *a.recipe, *recipe,
         f"python -m prn_blender.train.soup --out {soup.as_posix()} "
-        + " ".join(f"runs/{r.name}/weights.safetensors" for r, _, _ in ingredients),
+        + " ".join(f"runs/{r.name}/weights.safetensors" for r, _, _ in ingredients) + _bn_flag(meta),
         *([meta["landmark_calibration"]["command"]] if meta.get("landmark_calibration") else []),
         *EVAL_COMMANDS,
         f"python -m prn_blender.train.ship --soup {soup.as_posix()} --ingredients {runs} {EVAL_ARGS}",
