@@ -471,7 +471,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-synth", nargs="+", help="eval.py output folder(s) on the held-out synthetic set")
     ap.add_argument("--eval-aflw-detector", nargs="+",
                     help="eval.py output folder(s) on AFLW2000-3D with --crop detector (what users get)")
-    ap.add_argument("--bn-batches", type=int, default=24,
+    ap.add_argument("--bn-batches", type=int, default=BN_BATCHES,
                     help="recalibrate BatchNorm statistics on this many fresh synthetic batches of 16 (0 = off)")
     ap.add_argument("--shared", help="development data folder (for the BN recalibration batches)")
     ap.add_argument("--average-from", type=int,

@@ -29,7 +29,8 @@ from ..core.weights import WeightsError, load_model, save_weights, sha256
 from .data import run_stream
 from .loop import recalibrate_bn
 
-#: BatchNorm recalibration batches (of 16) after averaging ingredients whose statistics differ
+#: BatchNorm recalibration batches (of 16) after averaging weights whose statistics differ (soup ingredients, a
+#: run's snapshots: ship --average-from)
 BN_BATCHES = 24
 #: the training record kept per ingredient (its own lineage stays in its file)
 INGREDIENT_KEYS = ("steps", "images_seen", "wall_time_s", "generator", "preset_history", "averaged", "hardware",
