@@ -20,7 +20,7 @@ from ..core.paths import WEIGHTS_DIR
 from ..core.weights import DEFAULT_WEIGHTS, inference_zoom, load_model, read_metadata, save_weights, sha256
 from .data import context_blur_of, detail_of, run_stream, without_of
 from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
-from .soup import BN_BATCHES, mean_state
+from .soup import BN_BATCHES, default_bn_batches, mean_state
 
 
 def _read_log(log: Path, upto: int | None = None) -> list[dict]:
@@ -384,7 +384,7 @@ def plot_ingredients(ingredients: list, out: Path, loss_kind: str = DEFAULT_LOSS
 def _bn_flag(meta: dict) -> str:
     """The soup command's ``--bn-batches`` when the soup was made with other than its default (train.soup)."""
     bn = meta.get("bn_recalibrated_batches", 0)
-    return "" if bn == (0 if meta.get("bn_shared") else BN_BATCHES) else f" --bn-batches {bn}"
+    return "" if bn == default_bn_batches(meta) else f" --bn-batches {bn}"
 
 
 def ship_soup(a) -> int:

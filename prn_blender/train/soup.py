@@ -118,6 +118,12 @@ def make_soup(paths: list[str | Path]) -> tuple[torch.nn.Module, str, dict]:
     return soup.eval(), models[0][1], meta
 
 
+def default_bn_batches(meta: dict) -> int:
+    """The recalibration batches a soup with metadata ``meta`` gets without --bn-batches: none when every ingredient
+    ran with the same BatchNorm statistics (make_soup's ``bn_shared``), else BN_BATCHES."""
+    return 0 if meta.get("bn_shared") else BN_BATCHES
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("weights", nargs="+", help="the ingredients: weights files fine-tuned from one model")
@@ -138,7 +144,7 @@ def main(argv=None) -> int:
         model, layout, meta = make_soup(a.weights)
     except WeightsError as e:
         raise SystemExit(f"soup: {e}") from None
-    n_bn = a.bn_batches if a.bn_batches is not None else 0 if meta["bn_shared"] else BN_BATCHES
+    n_bn = a.bn_batches if a.bn_batches is not None else default_bn_batches(meta)
     if n_bn:
         stream = run_stream(meta, 16, 424242, shared=a.shared, device=a.device)
         recalibrate_bn(model.to(a.device), (next(stream)[0] for _ in range(n_bn)))
