@@ -187,11 +187,14 @@ def main():
                   f"chunks of 4 vs {B / t_one:.1f} as one batch (x{t_one / t:.2f}); {t * 1e3 / B:.1f} ms/sample")
         for B in map(int, a.data_batch.split(",")):   # render + augmentation + occlusion + degradation
             blurred = SyntheticStream(B, seed=0, device=dev, context_blur=0.5)
+            photo = SyntheticStream(B, seed=0, device=dev, photo_backgrounds=0.5)
             stream = SyntheticStream(B, seed=0, device=dev)
             tb = timeit(lambda s=blurred: (next(s), sync()), 3)
+            tp = timeit(lambda s=photo: (next(s), sync()), 3)
             t = timeit(lambda s=stream: (next(s), sync()), 3)
             print(f"training data path (SyntheticStream, every batch freshly rendered), batch {B}: "
-                  f"{B / t:.1f} samples/s; with --context-blur 0.5 {B / tb:.1f} (x{t / tb:.2f})")
+                  f"{B / t:.1f} samples/s; with --context-blur 0.5 {B / tb:.1f} (x{t / tb:.2f}); with "
+                  f"--photo-backgrounds 0.5 {B / tp:.1f} (x{t / tp:.2f})")
         if a.profile:                                 # where the data path's time goes, at the largest batch
             from torch.profiler import ProfilerActivity, profile
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])

@@ -1,6 +1,8 @@
 """Image-space parts of the data engine that need no face model: black border, occluders, the splat's hole
-fill, hair blur, exposure, the paper's augmentation, the yaw prior."""
+fill, hair blur, exposure, the paper's augmentation, the yaw prior, the photo backgrounds."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -257,3 +259,79 @@ def test_yaw_prior_is_a_setting():
         far[share] = float((yaw.abs() > 45).float().mean())
     assert far[0.0] == pytest.approx(0.072, abs=0.01) and far[1.0] == pytest.approx(0.5, abs=0.015)
     assert far[YAW_UNIFORM] == pytest.approx(0.4 * 0.5 + 0.6 * 0.072, abs=0.015)
+
+
+def test_photo_crops_are_squares_inside_the_photo():
+    """photos.photo_crop on a photo whose red channel is its x and green channel its y coordinate: each crop is an
+    axis-aligned square of a fifth to all of the photo's shorter side, inside the photo."""
+    from prn_blender.synth.photos import photo_crop
+    H, W, B, n = 300, 500, 64, 32
+    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    g = torch.Generator().manual_seed(1)
+    frac = torch.rand(B, generator=g) * 0.8 + 0.2
+    out = photo_crop(torch.stack([xs / W, ys / H, torch.zeros_like(xs)]), frac, torch.rand(B, generator=g),
+                     torch.rand(B, generator=g), n)
+    x, y = out[:, 0] * W, out[:, 1] * H                          # photo pixels each background pixel came from
+    assert float(x.std(1).max()) < 1e-3 and float(y.std(2).max()) < 1e-3        # axis-aligned: x by column only
+    dx, dy = x[:, 0, -1] - x[:, 0, 0], y[:, -1, 0] - y[:, 0, 0]
+    torch.testing.assert_close(dx, dy, atol=1e-2, rtol=0)                       # square
+    torch.testing.assert_close(dy * n / (n - 1), frac * H, atol=0.05, rtol=0)   # pixel centres span (n-1)/n of it
+    assert float(x.min()) >= 0 and float(x.max()) <= W and float(y.min()) >= 0 and float(y.max()) <= H
+
+
+def test_panorama_views_look_where_they_are_pointed():
+    """photos.panorama_view on a panorama that stores each pixel's own direction (cos, sin of azimuth; elevation):
+    the view's centre looks at its heading and pitch, its width spans its field of view, up is up, and the view
+    wraps around the panorama's seam."""
+    from prn_blender.synth.photos import panorama_view
+    H, W, n = 256, 512, 65
+    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    az, el = xs / W * 2 * math.pi - math.pi, math.pi / 2 - ys / H * math.pi
+    pano = torch.stack([az.cos(), az.sin(), el])
+    pano = torch.cat([pano[:, :, -1:], pano, pano[:, :, :1]], 2)                # wrapped, as load_panoramas does
+    fov = torch.tensor([60.0, 30.0, 75.0]) * math.pi / 180
+    heading, pitch = torch.tensor([0.0, 1.0, math.pi]), torch.tensor([0.0, 0.3, -0.2])
+    v = panorama_view(pano, fov, heading, pitch, n)
+    a, e = torch.atan2(v[:, 1], v[:, 0]), v[:, 2]
+    torch.testing.assert_close(a[:, n // 2, n // 2].remainder(2 * math.pi), heading.remainder(2 * math.pi),
+                               atol=0.004, rtol=0)                               # a third of a panorama pixel
+    torch.testing.assert_close(e[:, n // 2, n // 2], pitch, atol=0.004, rtol=0)
+    half = torch.atan(torch.tan(fov / 2) * (n - 1) / n)                          # the outer pixel centres
+    torch.testing.assert_close(a[0, n // 2, -1] - a[0, n // 2, 0], 2 * half[0], atol=0.004, rtol=0)
+    assert bool((e[:, 0, n // 2] > e[:, -1, n // 2] + 0.4).all())               # row 0 is up
+    seam = a[2, n // 2]                                                          # looking at the seam: no jump
+    assert float((seam[1:] - seam[:-1]).remainder(2 * math.pi).max()) < 0.05
+
+
+def test_photo_backgrounds_replace_a_share_reproducibly():
+    """PhotoBackgrounds (train.py --photo-backgrounds P): the real photos and panoramas load from the installed
+    packages; a share P of the backgrounds is replaced (prob 0: none, 1: all), the same for the same seed, in
+    [0, 1]; both sources are used."""
+    from prn_blender.synth import photos
+    pb = photos.PhotoBackgrounds()
+    assert len(pb.photos) == len(photos.PHOTOS) and len(pb.panoramas) == len(photos.PANORAMAS)
+    assert all(min(p.shape[1:]) <= photos.MAX_SIDE for p in pb.photos)
+    lum = torch.tensor([0.2126, 0.7152, 0.0722])[:, None, None]
+    assert all(abs(float((p * lum).sum(0).median()) - 1) < 0.01 for p in pb.panoramas)   # linear, median 1
+    bg = torch.rand(48, 3, 32, 32)
+    assert torch.equal(pb(bg, torch.Generator().manual_seed(0), 0.0), bg)
+    out = pb(bg, torch.Generator().manual_seed(0), 1.0)
+    assert torch.equal(out, pb(bg, torch.Generator().manual_seed(0), 1.0))
+    assert bool((out != bg).flatten(1).any(1).all()) and 0 <= float(out.min()) and float(out.max()) <= 1
+    half = pb(bg, torch.Generator().manual_seed(0), 0.5)
+    same = (half == bg).flatten(1).all(1)
+    assert 10 < int(same.sum()) < 38 and torch.equal(half[~same], out[~same])   # the same draws, a share applied
+    monkeypatch = pytest.MonkeyPatch()
+    for share in (0.0, 1.0):                                                     # each source on its own
+        monkeypatch.setattr(photos, "PANORAMA_SHARE", share)
+        only = pb(bg, torch.Generator().manual_seed(0), 1.0)
+        assert bool((only != bg).flatten(1).any(1).all()) and not torch.equal(only, out)
+    # about half of them mirrored: a photo whose red channel is its x coordinate, unchanged in colour
+    monkeypatch.setattr(photos, "BRIGHTNESS", (1.0, 1.0))
+    monkeypatch.setattr(photos, "WHITE_BALANCE", 0.0)
+    pb.photos = [torch.linspace(0.1, 0.9, 200).expand(3, 100, 200)]
+    monkeypatch.setattr(photos, "PANORAMA_SHARE", 0.0)
+    x = pb(bg, torch.Generator().manual_seed(0), 1.0)[:, 0, 0]
+    flipped = x[:, -1] < x[:, 0]
+    assert 10 < int(flipped.sum()) < 38 and bool(((x[:, -1] - x[:, 0]).abs() > 0.05).all())
+    monkeypatch.undo()

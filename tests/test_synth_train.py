@@ -492,7 +492,7 @@ def test_freeze_bn_keeps_the_running_statistics(tmp_path):
     """--freeze-bn: BatchNorm normalizes with and keeps its running statistics while everything else trains; the
     weights record it. Without it the statistics move."""
     from prn_blender.core.weights import load_model
-    _train(tmp_path / "f", "--freeze-bn", "--context-blur", "0.5", "--detail")
+    _train(tmp_path / "f", "--freeze-bn", "--context-blur", "0.5", "--detail", "--photo-backgrounds", "0.5")
     _train(tmp_path / "t")
     frozen, _, md = load_model(tmp_path / "f/weights.safetensors")
     moved = load_model(tmp_path / "t/weights.safetensors")[0]
@@ -502,11 +502,13 @@ def test_freeze_bn_keeps_the_running_statistics(tmp_path):
     assert not all(torch.equal(m.running_mean, torch.zeros_like(m.running_mean))
                    for m in moved.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert sum(bool(m.bias.abs().max() > 0) for m in bns) > len(bns) // 2      # the affine weights trained
-    assert md["meta"]["bn_frozen"] is True and md["meta"]["generator"].endswith("with detail with context-blur 0.5")
-    p = subprocess.run(_train_cmd(tmp_path / "x", "--context-blur", "2"), check=False, cwd=REPO,
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode != 0 and "--context-blur 2.0: give a probability in [0, 1]" in p.stderr
-    assert not (tmp_path / "x").exists()
+    assert md["meta"]["bn_frozen"] is True
+    assert md["meta"]["generator"].endswith("with detail with photo-backgrounds 0.5 with context-blur 0.5")
+    for flag in ("--context-blur", "--photo-backgrounds"):
+        p = subprocess.run(_train_cmd(tmp_path / "x", flag, "2"), check=False, cwd=REPO,
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode != 0 and f"{flag} 2.0: give a probability in [0, 1]" in p.stderr
+        assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow
@@ -565,8 +567,9 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     from prn_blender.core.network import ResFCN256
     save_weights(ResFCN256(2), tmp_path / "w2.safetensors", "ict-face-v2", {"steps": 0})
     model, _, md, _ = run(tmp_path / "out2", INIT=str(tmp_path / "w2.safetensors"), WIDTH="4", TRAIN_S="2",
-                          EVAL_N="0")
+                          EVAL_N="0", PHOTO_BG="0.5")
     assert model.width == 4 and md["meta"]["parent"]["widened"].startswith("width 2 -> 4")
+    assert md["meta"]["generator"].endswith(" with photo-backgrounds 0.5")      # gpu_train.sh's PHOTO_BG
     assert md["meta"]["seed"] == 17                                   # INIT records no seed
 
 
@@ -641,6 +644,33 @@ def test_detail_dresses_the_same_scenes(shared):
     assert data.without_of(name) == ["sh"] and data.context_blur_of(name) == 0.5 and data.detail_of(name)
     assert not data.detail_of(GENERATOR_VERSION)
     assert data.run_stream({"generator": name}, 2, 0).detail
+
+
+def test_photo_backgrounds_put_photos_behind_the_same_scenes(shared):
+    """--photo-backgrounds P: a share P of the scenes has a crop of a real photo (synth.photos) behind the face
+    instead of its procedural background. The photos have a generator of their own, so a run with them trains on
+    the scenes of the run without (same position maps, same head layers); the generator name records the share."""
+    from prn_blender.synth.render import CANVAS_MARGIN as m
+    from prn_blender.synth.render import GENERATOR_VERSION
+    from prn_blender.train import data
+    plain = data.SyntheticStream(4, seed=2, density=20)
+    photo = data.SyntheticStream(4, seed=2, density=20, photo_backgrounds=1.0)
+    a, b = plain.render(), photo.render()
+    assert torch.equal(a.pos, b.pos) and torch.equal(a.layer, b.layer)
+    assert not torch.equal(a.background, b.background)
+    alpha = a.layer[:, 3:, m:m + 256, m:m + 256].expand_as(a.image)
+    assert torch.equal(a.image[alpha == 1], b.image[alpha == 1])           # the head is the same head
+    assert bool(((a.image - b.image).abs() * (alpha == 0)).flatten(1).amax(1).gt(0.05).all())
+    (_, pa), (_, pb) = next(plain), next(photo)
+    assert torch.equal(pa, pb)
+    name = data.generator_name(["sh"], 0.5, detail=True, photo_backgrounds=0.25)
+    assert name == f"{GENERATOR_VERSION} without sh with detail with photo-backgrounds 0.25 with context-blur 0.5"
+    assert data.without_of(name) == ["sh"] and data.context_blur_of(name) == 0.5 and data.detail_of(name)
+    assert data.photo_backgrounds_of(name) == 0.25 and data.photo_backgrounds_of(GENERATOR_VERSION) == 0.0
+    assert data.photo_backgrounds_of(f"{GENERATOR_VERSION} with photo-backgrounds 0.5") == 0.5
+    assert data.run_stream({"generator": name}, 2, 0).photo_backgrounds == 0.25
+    with pytest.raises(ValueError, match="photo backgrounds 1.5: a probability"):
+        data.generator_name(photo_backgrounds=1.5)
 
 
 def test_no_face_model_is_one_error_line_and_writes_nothing(tmp_path):

@@ -52,6 +52,7 @@ LOSS=${LOSS:-mse}            # train.py --loss: mse or euclid
 WITHOUT=${WITHOUT:-}         # train.py --without: training-scene features switched off (e.g. distract)
 CONTEXT_BLUR=${CONTEXT_BLUR:-0}   # train.py --context-blur: the share of training scenes with a blurred surround
 DETAIL=${DETAIL:-0}          # 1 = train.py --detail: hair strands, skin mottling and full beards on the scenes
+PHOTO_BG=${PHOTO_BG:-0}      # train.py --photo-backgrounds: the share of scenes with a real photo behind the face
 YAW_UNIFORM=${YAW_UNIFORM:-}     # train.py --yaw-uniform (share of scenes with uniform yaw); unset: its default
 TRAIN_S=${TRAIN_S:-400}      # training s; with setup, benchmark (<= 90 s) and averaging: < 9.5 min
 KEEP=${KEEP:-100}            # snapshot every KEEP steps
@@ -91,6 +92,7 @@ m = r('$INIT'); s = m['meta'].get('seed'); print(m['width'], 17 if s is None els
   fi
   $PY train.py --device "$DEVICE" --out "$W/run" --width "$WIDTH" --batch "$BATCH" --init "$W/init.safetensors" \
     --preset paper-neck --lr "$LR" --loss "$LOSS" --without "$WITHOUT" --context-blur "$CONTEXT_BLUR" --warmup "$WARMUP" \
+    --photo-backgrounds "$PHOTO_BG" \
     ${YAW_UNIFORM:+--yaw-uniform "$YAW_UNIFORM"} $([ "$DETAIL" = 1 ] && echo --detail) \
     --schedule cosine --max-time "$TRAIN_S" --reuse "$REUSE" --render-batches "$RENDER_BATCHES" --amp bf16 \
     --save-every "$KEEP" --keep-every "$KEEP" --seed "$SEED" --no-progress \

@@ -1,7 +1,8 @@
 """On-the-fly synthetic training batches (render -> face-metered exposure -> another person's head in the background
 -> paper augmentation of the head layer over the background -> black crop border -> occlude -> degrade [-> a
 blurred surround: ``context_blur``, off by default]); with ``detail`` (off by default) the scenes are dressed with
-hair strands, skin mottling and full beards (sampler.sample_detail);
+hair strands, skin mottling and full beards (sampler.sample_detail); with ``photo_backgrounds`` (off by default)
+that share of the scenes has a real photo behind the face instead of a procedural background (synth.photos);
 scenes get environment lighting (sampler.sample_lighting) and the yaw-aware hair locks and glasses of
 accessories.draw.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from ..synth.ict import load_ict
+from ..synth.photos import PhotoBackgrounds
 from ..synth.render import GENERATOR_VERSION, FaceRenderer
 from ..synth.sampler import (
     YAW_UNIFORM,
@@ -60,25 +62,32 @@ CONTEXT_BLUR_SEED = 104729               # the blur's generator: seed * 1000 + r
 #                                          with the blur sees the same scenes as one without)
 DETAIL = " with detail"                  # generator-name part of train.py --detail (off by default)
 DETAIL_SEED = 1299709                    # sample_detail's generator: seed * 1000 + rank + this (as the blur's)
+PHOTO_BACKGROUNDS = " with photo-backgrounds "   # generator-name part of train.py --photo-backgrounds P (off: default)
+PHOTO_SEED = 15485863                    # the photo backgrounds' generator: seed * 1000 + rank + this (as the blur's)
 
 
-def generator_name(without=(), context_blur: float = 0.0, detail: bool = False) -> str:
+def generator_name(without=(), context_blur: float = 0.0, detail: bool = False,
+                   photo_backgrounds: float = 0.0) -> str:
     """The training data's generator: GENERATOR_VERSION, or e.g. "ictsynth-11 without distract+sh", with
-    " with detail" when the scenes were dressed by sampler.sample_detail, and " with context-blur 0.5" when that
-    share of the scenes had their surround blurred (sampler.blur_context)."""
+    " with detail" when the scenes were dressed by sampler.sample_detail, " with photo-backgrounds 0.5" when that
+    share of the scenes had a photo behind the face (synth.photos), and " with context-blur 0.5" when that share of
+    the scenes had their surround blurred (sampler.blur_context), in this order."""
     unknown = set(without) - set(SCENE_FEATURES)
     if unknown:
         raise ValueError(f"unknown scene features {sorted(unknown)}; known: {', '.join(SCENE_FEATURES)}")
-    if not 0 <= context_blur <= 1:
-        raise ValueError(f"context blur {context_blur}: a probability in [0, 1]")
+    for what, prob in (("context blur", context_blur), ("photo backgrounds", photo_backgrounds)):
+        if not 0 <= prob <= 1:
+            raise ValueError(f"{what} {prob}: a probability in [0, 1]")
     return (GENERATOR_VERSION + (f" without {'+'.join(sorted(without))}" if without else "")
-            + (DETAIL if detail else "") + (f"{CONTEXT_BLUR}{context_blur:g}" if context_blur else ""))
+            + (DETAIL if detail else "")
+            + (f"{PHOTO_BACKGROUNDS}{photo_backgrounds:g}" if photo_backgrounds else "")
+            + (f"{CONTEXT_BLUR}{context_blur:g}" if context_blur else ""))
 
 
 def without_of(generator: str) -> list[str]:
     """The scene features a generator name says were off (the inverse of generator_name), less the retired ones
     (the generator no longer has them: off anyway)."""
-    generator = generator.partition(CONTEXT_BLUR)[0].replace(DETAIL, "")
+    generator = generator.partition(" with ")[0]           # the " with ..." parts follow the " without ..." one
     named = generator.partition(" without ")[2].split("+") if " without " in generator else []
     return [f for f in named if f not in RETIRED_FEATURES]
 
@@ -93,12 +102,17 @@ def context_blur_of(generator: str) -> float:
     return float(generator.partition(CONTEXT_BLUR)[2] or 0)
 
 
+def photo_backgrounds_of(generator: str) -> float:
+    """The share of photo backgrounds a generator name records (0 without one)."""
+    return float(generator.partition(PHOTO_BACKGROUNDS)[2].partition(" ")[0] or 0)
+
+
 class SyntheticStream:
     def __init__(self, batch: int, seed: int = 0, rank: int = 0, device="cpu", reuse: int = 0,
                  max_yaw: float = 90.0, shared=None, augment_on: bool = True, density: float = 40.0,
                  yaw_uniform: float = YAW_UNIFORM, without=(), context_blur: float = 0.0, render_batches: int = 1,
-                 detail: bool = False):
-        generator_name(without, context_blur, detail)                    # validates the names and the probability
+                 detail: bool = False, photo_backgrounds: float = 0.0):
+        generator_name(without, context_blur, detail, photo_backgrounds)   # validates the names and probabilities
         if render_batches < 1:
             raise ValueError(f"render_batches {render_batches}: give a number of batches >= 1")
         self.render_batches = render_batches
@@ -116,6 +130,10 @@ class SyntheticStream:
         self.gc = torch.Generator(dev).manual_seed(seed * 1000 + rank + CONTEXT_BLUR_SEED)
         self.detail = detail
         self.gd = torch.Generator().manual_seed(seed * 1000 + rank + DETAIL_SEED)
+        self.photo_backgrounds = photo_backgrounds
+        if photo_backgrounds:
+            self.photos = PhotoBackgrounds(dev)
+            self.gp = torch.Generator(dev).manual_seed(seed * 1000 + rank + PHOTO_SEED)
         self._kpt = torch.from_numpy(self.renderer.layout.kpt_xy).long().to(dev)   # (68,2) landmark UV pixels (x,y)
         self.device = device
         self._cache, self._left, self._ready = None, 0, []
@@ -130,6 +148,8 @@ class SyntheticStream:
             p["yaw_aware"] = torch.ones(B, dtype=torch.bool, device=self.device)
         if self.detail:
             p.update(sample_detail(B, self.gd, p["beard"], self.device))
+        if self.photo_backgrounds:
+            p["background"] = self.photos(p["background"], self.gp, self.photo_backgrounds)
         return self.renderer.render(p)
 
     def __iter__(self):
@@ -162,8 +182,9 @@ class SyntheticStream:
 
 def run_stream(meta: dict, batch: int, seed: int, **kw) -> SyntheticStream:
     """A stream of the scenes a run trained on, from its weights' metadata: its scene features and yaw prior (for
-    BatchNorm recalibration: the statistics are those of the run's own data), context blur and detail included."""
+    BatchNorm recalibration: the statistics are those of the run's own data), context blur, detail and photo
+    backgrounds included."""
     generator = meta.get("generator", "")
     return SyntheticStream(batch, seed=seed, without=without_of(generator), context_blur=context_blur_of(generator),
-                           detail=detail_of(generator),
+                           detail=detail_of(generator), photo_backgrounds=photo_backgrounds_of(generator),
                            yaw_uniform=float(meta.get("yaw_uniform", YAW_UNIFORM)), **kw)

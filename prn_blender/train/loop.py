@@ -140,6 +140,10 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--detail", action="store_true",
                     help="dress the training scenes with hair strands, skin mottling and full beards "
                          "(sampler.sample_detail; the scenes are otherwise the same)")
+    ap.add_argument("--photo-backgrounds", type=float, default=0.0, metavar="P",
+                    help="put a real photo behind the face in this share of the training scenes instead of a "
+                         "procedural background: views of Blender's CC0 world panoramas and crops of scikit-image's "
+                         "free photos (synth.photos; the scenes are otherwise the same)")
     ap.add_argument("--freeze-bn", action="store_true",
                     help="BatchNorm layers keep and use their running statistics (their affine weights still "
                          "train): for fine-tuning at small batches, whose batch statistics are noisy")
@@ -222,10 +226,11 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     # arguments are checked before anything is written
     without = sorted({f for f in a.without.split(",") if f})
-    if not 0 <= a.context_blur <= 1:
-        raise SystemExit(f"--context-blur {a.context_blur}: give a probability in [0, 1]")
+    for flag, prob in (("--context-blur", a.context_blur), ("--photo-backgrounds", a.photo_backgrounds)):
+        if not 0 <= prob <= 1:
+            raise SystemExit(f"{flag} {prob}: give a probability in [0, 1]")
     try:
-        generator = generator_name(without, a.context_blur, a.detail)
+        generator = generator_name(without, a.context_blur, a.detail, a.photo_backgrounds)
     except ValueError as e:
         raise SystemExit(f"--without: {e}") from None
     if a.keep_every and a.keep_every % a.save_every:
@@ -301,7 +306,8 @@ def main(argv=None) -> int:
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and dev.type == "cuda" else None
     data = SyntheticStream(a.batch, seed=a.seed + 7919 * step, rank=rank, device=dev, reuse=a.reuse,
                            max_yaw=a.max_yaw, shared=a.shared, yaw_uniform=a.yaw_uniform, without=without,
-                           context_blur=a.context_blur, render_batches=a.render_batches, detail=a.detail)
+                           context_blur=a.context_blur, render_batches=a.render_batches, detail=a.detail,
+                           photo_backgrounds=a.photo_backgrounds)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = None
     if rank == 0 and not a.no_progress:
