@@ -235,7 +235,8 @@ def test_ship_a_soup_with_its_ingredients_card_and_curve(tmp_path, monkeypatch):
     assert "--warmup 1 --context-blur 0.5 --detail --photo-backgrounds 0.5 --yaw-uniform 0.6 --schedule cosine" \
         in card
     assert "the uniform mean of the weights of 2 fine-tunes of the model below" in card
-    assert "(Wortsman et al. 2022, \"Model soups\"), BatchNorm statistics the mean of the ingredients' |" in card
+    assert "(Wortsman et al. 2022, \"Model soups\"), BatchNorm statistics the ones every ingredient has, kept |" \
+        in card                                          # fresh networks: the same statistics
     assert "r1/weights.safetensors\npython" in card              # made with the default BatchNorm handling
     from prn_blender.train.ship import _bn_flag
     assert _bn_flag({"bn_recalibrated_batches": 24}) == "" and _bn_flag({"bn_shared": True}) == ""
@@ -245,6 +246,30 @@ def test_ship_a_soup_with_its_ingredients_card_and_curve(tmp_path, monkeypatch):
     assert "| in all | 15 steps, 134 images seen, 1.03 h of training |" in card        # 7 + 2x4, 70 + 2x32
     assert "# the ancestor" in card and "--soup " + soup.as_posix() + " --ingredients" in card
     assert (tmp_path / "assets" / "training_curve.png").stat().st_size > 1000
+    # the next soup: the shipped soup (a folder with its weights alone) and a frozen-BN fine-tune of it
+    prev = tmp_path / "prev"
+    prev.mkdir()
+    (prev / "weights.safetensors").write_bytes((tmp_path / "assets" / "w.safetensors").read_bytes())
+    run = tmp_path / "r2"
+    save_weights(ResFCN256(2), run / "weights.safetensors", "ict-face-v2",
+                 {**meta, "seed": 5, "bn_frozen": True,
+                  "parent": {"file": "w.safetensors", "sha256": sha256(prev / "weights.safetensors"), "steps": 8,
+                             "images_seen": 64, "wall_time_s": 120.0, "preset_history": "soup", "parent": up}},
+                 dtype=torch.float32)
+    (run / "log.jsonl").write_text((runs[1] / "log.jsonl").read_text())
+    soup2 = tmp_path / "soup2" / "weights.safetensors"
+    assert soup_main([str(prev / "weights.safetensors"), str(run / "weights.safetensors"), "--out", str(soup2)]) == 0
+    assert ship.main(["--soup", str(soup2), "--ingredients", str(prev), str(run)]) == 0
+    card = (tmp_path / "assets" / "MODEL_CARD.md").read_text()
+    assert (f"| ingredient `prev` | sha256 `{sha256(prev / 'weights.safetensors')[:12]}...`; the model shipped "
+            "before, the mean (model soup) of 2 fine-tunes") in card and "15 steps, 134 images seen" not in card
+    assert "; 8 steps, 64 images seen, 0.03 h of training in all (its card: the git history of this file) |" in card
+    assert "| ingredient `r2` | sha256 " in card and "\n# prev: the model shipped before (sha256 " in card
+    assert "BatchNorm statistics the ones every ingredient has, kept |" in card
+    assert "| in all | 19 steps, 166 images seen, 1.05 h of training |" in card       # 7 + 8 + 4, 70 + 64 + 32
+    (run / "log.jsonl").unlink()                               # a fine-tune must bring its log
+    with pytest.raises(SystemExit, match="r2/log.jsonl: not found"):
+        ship.main(["--soup", str(soup2), "--ingredients", str(prev), str(run)])
 
 
 def test_card_lines_for_a_lineage_and_a_schedule():

@@ -295,3 +295,20 @@ def test_landmark_calibration_writes_the_pixels_the_reconstructor_reads(tmp_path
     save_weights(model, tmp_path / "bad.safetensors", lay.name, dict(meta, landmark_uv=[[1.5, 2]] * 68))
     with pytest.raises(WeightsError, match="68 integer"):
         FaceReconstructor(tmp_path / "bad.safetensors", device="cpu")
+    # --copy-from: a soup or fine-tune gets the pixels (and calibration record) of the model it started from
+    import torch
+
+    from prn_blender.core.weights import sha256
+    soup = save_weights(model, tmp_path / "soup.safetensors", lay.name, {"seed": 9}, dtype=torch.float16)
+    before = load_file(soup)
+    assert C.main(["--weights", str(soup), "--copy-from", str(w)]) == 0
+    copied = read_metadata(soup)["meta"]
+    assert copied["landmark_uv"] == meta["landmark_uv"] and copied["seed"] == 9
+    c = copied["landmark_calibration"]
+    assert c["copied_from"] == {"file": "w.safetensors", "sha256": sha256(w),
+                                "command": meta["landmark_calibration"]["command"]}
+    assert c["command"].endswith(f"--copy-from {w}") and c["nme_after_in_sample"] == 0
+    after = load_file(soup)
+    assert all((after[k] == before[k]).all() and after[k].dtype == before[k].dtype for k in before)
+    with pytest.raises(SystemExit, match="plain.safetensors records no calibrated landmark pixels"):
+        C.main(["--weights", str(soup), "--copy-from", str(plain)])

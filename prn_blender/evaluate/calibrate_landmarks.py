@@ -121,9 +121,14 @@ def _main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--write", action="store_true",
                     help="record the pixels in the weights file (atomic; tensors and other metadata unchanged)")
+    ap.add_argument("--copy-from", metavar="W",
+                    help="instead of fitting: record the pixels the weights file W records (with their calibration "
+                         "record), e.g. those of the model a soup or a fine-tune started from")
     a = ap.parse_args(argv)
     if a.radius < 1:
         ap.error("--radius must be at least 1")
+    if a.copy_from:
+        return copy_pixels(a.copy_from, a.weights, argv)
     from ..core.reconstruct import FaceReconstructor
     from ..core.weights import landmark_layout, save_weights
     t0 = time.time()
@@ -161,6 +166,32 @@ def _main(argv=None) -> int:
         dtype = f.get_tensor(next(iter(f.keys()))).dtype           # written back as it was stored
     save_weights(rec.predictor.model, a.weights, base.name, meta, dtype=dtype)
     print(f"recorded the 68 landmark pixels in {Path(a.weights)}")
+    return 0
+
+
+def copy_pixels(source, weights, argv=None) -> int:
+    """Record in ``weights`` the landmark pixels ``source`` records, with its calibration record and where they came
+    from (``copied_from``); the weights' tensors and other metadata unchanged, written back in their dtype."""
+    from safetensors import safe_open
+
+    from ..core.weights import landmark_layout, load_model, read_metadata, save_weights, sha256
+    src = read_metadata(source)["meta"]
+    if "landmark_uv" not in src or "landmark_calibration" not in src:
+        raise SystemExit(f"error: {source} records no calibrated landmark pixels")
+    model, layout, md = load_model(weights)
+    meta = dict(md["meta"])
+    meta["landmark_uv"] = src["landmark_uv"]
+    meta["landmark_calibration"] = {
+        **src["landmark_calibration"],
+        "command": "python -m prn_blender.evaluate.calibrate_landmarks " + shlex.join(
+            [*(sys.argv[1:] if argv is None else argv)]),
+        "copied_from": {"file": Path(source).name, "sha256": sha256(source),
+                        "command": src["landmark_calibration"]["command"]}}
+    landmark_layout(meta, layout)                                  # on the face
+    with safe_open(weights, "pt") as f:
+        dtype = f.get_tensor(next(iter(f.keys()))).dtype
+    save_weights(model, weights, layout.name, meta, dtype=dtype)
+    print(f"recorded the 68 landmark pixels of {Path(source)} in {Path(weights)}")
     return 0
 
 

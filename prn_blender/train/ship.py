@@ -235,10 +235,13 @@ def _landmark_text(meta: dict) -> list[str]:
         return []
     cv = "; ".join(f"fitted on {x['fitted_on']}, {x['measured_on']} {x['before']:.2f} -> {x['after']:.2f} %"
                    for x in c["cross_validation"])
+    src = c.get("copied_from")
     return [
         ("Landmarks are read at the 68 UV pixels the weights record (`landmark_uv`), each within "
          f"{c['radius']} UV pixels of the layout's own: fitted by "
-         "`python -m prn_blender.evaluate.calibrate_landmarks`"),
+         "`python -m prn_blender.evaluate.calibrate_landmarks`"
+         + (f" for `{src['file']}` (sha256 `{src['sha256'][:12]}...`; `--copy-from` recorded them here)" if src
+            else "")),
         (f"on {c['faces']} real faces that are not evaluation images (the pseudo set: "
          f"{', '.join(c['sources'])}; labels by the 3DDFA_V2 peer), NME there {c['nme_before']:.2f} -> "
          f"{c['nme_after_in_sample']:.2f} % in-sample. Cross-validated ({cv})."),
@@ -347,10 +350,11 @@ def rewrite_metrics(card: Path, a, blurs: tuple[float, ...], zoom: float, meta: 
     card.write_text("\n".join(out))
 
 
-def soup_ingredients(meta: dict, runs: list) -> list[tuple[Path, dict, list]]:
+def soup_ingredients(meta: dict, runs: list) -> list[tuple[Path, dict, list | None]]:
     """(run folder, its weights' metadata, its log records up to its weights' step) of each ingredient of a soup's
-    ``meta``, from ``runs`` (their folders, in the soup's order). Refuses folders whose weights are not the ones the
-    soup averaged."""
+    ``meta``, from ``runs`` (their folders, in the soup's order). An ingredient that is itself a soup (the model
+    shipped before: a folder with its weights alone) has no log records (None): its training is its own card's.
+    Refuses folders whose weights are not the ones the soup averaged."""
     ing = meta.get("soup")
     if not ing:
         raise SystemExit("not a model soup (no 'soup' in its metadata): ship it with --run")
@@ -363,7 +367,10 @@ def soup_ingredients(meta: dict, runs: list) -> list[tuple[Path, dict, list]]:
             raise SystemExit(f"{w}: not the soup's ingredient {n} of {len(ing)} ({i['file']}, sha256 "
                              f"{i['sha256'][:12]}...): give the run folders in the soup's order")
         md = read_metadata(w)["meta"]
-        out.append((run, md, _read_log(run / "log.jsonl", md.get("steps"))))
+        log = run / "log.jsonl"
+        if not log.is_file() and not md.get("soup"):
+            raise SystemExit(f"{log}: not found (only an ingredient that is itself a soup comes without a log)")
+        out.append((run, md, _read_log(log, md.get("steps")) if log.is_file() else None))
     return out
 
 
@@ -375,6 +382,8 @@ def plot_ingredients(ingredients: list, out: Path, loss_kind: str = DEFAULT_LOSS
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for i, (run, md, recs) in enumerate(ingredients):
+        if recs is None:                       # a soup: its ingredients' curves are on its own card
+            continue
         seen, loss = np.array([r["samples"] for r in recs]) / 1000, np.array([r["loss"] for r in recs])
         k, smooth = _running_mean(loss)
         ax.plot(seen, loss, alpha=0.15, lw=0.6, color=f"C{i}")
@@ -405,10 +414,20 @@ def ship_soup(a) -> int:
     parent = meta["parent"]
     before = _chain_totals(parent)
     zoom = inference_zoom(meta)
-    curves = [_log_summary(recs) for _, _, recs in ingredients]
+    curves = [_log_summary(recs) if recs else {"steps": int(m["steps"]), "samples": int(m["images_seen"]),
+                                                 "elapsed_s": float(m["wall_time_s"])} for _, m, recs in ingredients]
     images = sum(c["samples"] for c in curves)
     rows, recipe = [], []
-    for i, (run, m, _), c in zip(meta["soup"], ingredients, curves):
+    for i, (run, m, recs), c in zip(meta["soup"], ingredients, curves):
+        if recs is None:                       # the model shipped before, itself a soup
+            rows.append(f"| ingredient `{run.name}` | sha256 `{i['sha256'][:12]}...`; the model shipped before, "
+                        f"{m.get('preset_history')}; {c['steps']} steps, {c['samples']:,} images seen, "
+                        f"{c['elapsed_s'] / 3600:.2f} h of training in all (its card: the git history of this "
+                        "file) |")
+            shipped = Path(*DEFAULT_WEIGHTS.parts[-4:]).as_posix()       # prn_blender/assets/weights/...
+            recipe.append(f"# {run.name}: the model shipped before (sha256 {i['sha256'][:12]}...): "
+                          f"git show REV:{shipped} > runs/{run.name}/weights.safetensors  (REV: git log -- {shipped})")
+            continue
         warmup = int(m.get("warmup") or 0)
         rows.append(
             f"| ingredient `{run.name}` | sha256 `{i['sha256'][:12]}...`; {c['steps']} steps, "
@@ -436,7 +455,8 @@ def ship_soup(a) -> int:
          f"{len(ingredients)} fine-tunes of the model below (Wortsman et al. 2022, \"Model soups\"), "
          + (f"BatchNorm recalibrated on {meta['bn_recalibrated_batches']} fresh synthetic batches of 16 of "
             f"`{meta.get('generator')}` after averaging |" if meta.get("bn_recalibrated_batches") else
-            "BatchNorm statistics the mean of the ingredients' |")),
+            "BatchNorm statistics the ones every ingredient has, kept |"
+            if meta.get("bn_shared") else "BatchNorm statistics the mean of the ingredients' |")),
         *rows,
         f"| fine-tuned from | {_lineage(parent)} |",
         (f"| in all | {before[0] + sum(c['steps'] for c in curves)} steps, {before[1] + images:,} images "
