@@ -268,7 +268,7 @@ def test_ship_a_soup_with_its_ingredients_card_and_curve(tmp_path, monkeypatch):
     assert "BatchNorm statistics the ones every ingredient has, kept |" in card
     assert "| in all | 19 steps, 166 images seen, 1.05 h of training |" in card       # 7 + 8 + 4, 70 + 64 + 32
     (run / "log.jsonl").unlink()                               # a fine-tune must bring its log
-    with pytest.raises(SystemExit, match="r2/log.jsonl: not found"):
+    with pytest.raises(SystemExit, match="r2/log.jsonl: not found or empty"):
         ship.main(["--soup", str(soup2), "--ingredients", str(prev), str(run)])
 
 

@@ -368,9 +368,11 @@ def soup_ingredients(meta: dict, runs: list) -> list[tuple[Path, dict, list | No
                              f"{i['sha256'][:12]}...): give the run folders in the soup's order")
         md = read_metadata(w)["meta"]
         log = run / "log.jsonl"
-        if not log.is_file() and not md.get("soup"):
-            raise SystemExit(f"{log}: not found (only an ingredient that is itself a soup comes without a log)")
-        out.append((run, md, _read_log(log, md.get("steps")) if log.is_file() else None))
+        recs = _read_log(log, md.get("steps")) if log.is_file() else None
+        if not recs and not md.get("soup"):
+            raise SystemExit(f"{log}: not found or empty (only an ingredient that is itself a soup comes without a "
+                             "log)")
+        out.append((run, md, recs or None))
     return out
 
 
@@ -414,7 +416,7 @@ def ship_soup(a) -> int:
     parent = meta["parent"]
     before = _chain_totals(parent)
     zoom = inference_zoom(meta)
-    curves = [_log_summary(recs) if recs else {"steps": int(m["steps"]), "samples": int(m["images_seen"]),
+    curves = [_log_summary(recs) if recs is not None else {"steps": int(m["steps"]), "samples": int(m["images_seen"]),
                                                  "elapsed_s": float(m["wall_time_s"])} for _, m, recs in ingredients]
     images = sum(c["samples"] for c in curves)
     rows, recipe = [], []
