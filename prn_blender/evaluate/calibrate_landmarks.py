@@ -130,7 +130,6 @@ def _main(argv=None) -> int:
     if a.copy_from:
         return copy_pixels(a.copy_from, a.weights, argv)
     from ..core.reconstruct import FaceReconstructor
-    from ..core.weights import landmark_layout, save_weights
     t0 = time.time()
     rec = FaceReconstructor(weights=a.weights, device=a.device)
     base = rec.predictor.layout                                   # the network's own pixels, not a calibration's
@@ -152,45 +151,47 @@ def _main(argv=None) -> int:
     if not a.write:
         print(json.dumps(pixels.tolist()))
         return 0
-    from safetensors import safe_open
     meta = dict(rec.predictor.meta["meta"])                        # the weights as loaded above, not read again
-    meta["landmark_uv"] = pixels.tolist()
-    meta["landmark_calibration"] = {
-        "command": "python -m prn_blender.evaluate.calibrate_landmarks " + shlex.join(
-            [*(sys.argv[1:] if argv is None else argv)]),
+    record_pixels(rec.predictor.model, base, a.weights, meta, pixels.tolist(), {
+        "command": _command(argv),
         "faces": len(names), "sources": sorted(set(sources.tolist())), "radius": a.radius,
         "nme_before": round(before, 4), "nme_after_in_sample": round(after, 4),
-        "cross_validation": cvs}
-    landmark_layout(meta, base)                                    # on the face
-    with safe_open(a.weights, "pt") as f:
-        dtype = f.get_tensor(next(iter(f.keys()))).dtype           # written back as it was stored
-    save_weights(rec.predictor.model, a.weights, base.name, meta, dtype=dtype)
+        "cross_validation": cvs})
     print(f"recorded the 68 landmark pixels in {Path(a.weights)}")
     return 0
+
+
+def _command(argv) -> str:
+    """This tool's command line as run (``argv``, else the process's)."""
+    return "python -m prn_blender.evaluate.calibrate_landmarks " + shlex.join(
+        [*(sys.argv[1:] if argv is None else argv)])
+
+
+def record_pixels(model, layout, weights, meta: dict, pixels: list, calibration: dict) -> None:
+    """Write ``weights`` back (atomic, in the dtype it was stored in) with ``meta`` plus the 68 landmark ``pixels``
+    and their ``calibration`` record; the pixels must lie on ``layout``'s face."""
+    from safetensors import safe_open
+
+    from ..core.weights import landmark_layout, save_weights
+    meta = {**meta, "landmark_uv": pixels, "landmark_calibration": calibration}
+    landmark_layout(meta, layout)                                  # on the face
+    with safe_open(weights, "pt") as f:
+        dtype = f.get_tensor(next(iter(f.keys()))).dtype           # written back as it was stored
+    save_weights(model, weights, layout.name, meta, dtype=dtype)
 
 
 def copy_pixels(source, weights, argv=None) -> int:
     """Record in ``weights`` the landmark pixels ``source`` records, with its calibration record and where they came
     from (``copied_from``); the weights' tensors and other metadata unchanged, written back in their dtype."""
-    from safetensors import safe_open
-
-    from ..core.weights import landmark_layout, load_model, read_metadata, save_weights, sha256
+    from ..core.weights import load_model, read_metadata, sha256
     src = read_metadata(source)["meta"]
     if "landmark_uv" not in src or "landmark_calibration" not in src:
         raise SystemExit(f"error: {source} records no calibrated landmark pixels")
     model, layout, md = load_model(weights)
-    meta = dict(md["meta"])
-    meta["landmark_uv"] = src["landmark_uv"]
-    meta["landmark_calibration"] = {
-        **src["landmark_calibration"],
-        "command": "python -m prn_blender.evaluate.calibrate_landmarks " + shlex.join(
-            [*(sys.argv[1:] if argv is None else argv)]),
+    record_pixels(model, layout, weights, md["meta"], src["landmark_uv"], {
+        **src["landmark_calibration"], "command": _command(argv),
         "copied_from": {"file": Path(source).name, "sha256": sha256(source),
-                        "command": src["landmark_calibration"]["command"]}}
-    landmark_layout(meta, layout)                                  # on the face
-    with safe_open(weights, "pt") as f:
-        dtype = f.get_tensor(next(iter(f.keys()))).dtype
-    save_weights(model, weights, layout.name, meta, dtype=dtype)
+                        "command": src["landmark_calibration"]["command"]}})
     print(f"recorded the 68 landmark pixels of {Path(source)} in {Path(weights)}")
     return 0
 

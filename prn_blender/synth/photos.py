@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .sampler import _rand, _randn
+
 #: file in scikit-image's data folder -> its license as skimage.data states it
 PHOTOS = {
     "coffee.png": "CC0 (photographer Rachel Michetti)",
@@ -153,7 +155,7 @@ class PhotoBackgrounds:
         dev = background.device
 
         def U(*shape, lo=0.0, hi=1.0):
-            return torch.rand(*shape, generator=g, device=g.device).to(dev) * (hi - lo) + lo
+            return _rand(g, *shape).to(dev) * (hi - lo) + lo
 
         on = U(B) < prob
         pano = U(B) < PANORAMA_SHARE
@@ -162,7 +164,7 @@ class PhotoBackgrounds:
         gain = U(B, 1, 1, 1, lo=BRIGHTNESS[0], hi=BRIGHTNESS[1])
         fov = U(B, lo=VIEW_FOV[0], hi=VIEW_FOV[1]) * (math.pi / 180)
         heading = U(B, lo=-math.pi, hi=math.pi)
-        pitch = (torch.randn(B, generator=g, device=g.device).to(dev) * VIEW_PITCH).clamp(
+        pitch = (_randn(g, B).to(dev) * VIEW_PITCH).clamp(
             -2.5 * VIEW_PITCH, 2.5 * VIEW_PITCH) * (math.pi / 180)
         key = U(B, 1, 1, 1, lo=math.log(KEY[0]), hi=math.log(KEY[1])).exp()
         wb = U(B, 3, 1, 1, lo=1 - WHITE_BALANCE, hi=1 + WHITE_BALANCE)
