@@ -306,6 +306,20 @@ def test_training_curve_with_ancestor_runs(tmp_path):
 
 
 
+def test_progress_bar_total_of_a_time_boxed_run():
+    """The progress bar's total (hence its ETA): --steps, or the step a --max-time run reaches its deadline at the
+    pace so far, whichever comes first; unknown until a step of a time-boxed run is timed; never behind the run."""
+    from prn_blender.train.loop import expected_last_step, parse_args
+    steps = parse_args(["--out", "r", "--steps", "500"])
+    boxed = parse_args(["--out", "r", "--max-time", "100"])
+    both = parse_args(["--out", "r", "--max-time", "100", "--steps", "150"])
+    assert expected_last_step(steps, 10, 0, 5.0) == 500
+    assert expected_last_step(boxed, 0, 0, 0.0) is None
+    assert expected_last_step(boxed, 30, 10, 10.0) == 30 + 180          # 2 steps/s for the 90 s left
+    assert expected_last_step(both, 30, 10, 10.0) == 150
+    assert expected_last_step(boxed, 40, 10, 120.0) == 40                 # past the deadline: this step is the last
+
+
 def test_train_step_limit_defaults():
     """train.py stops at step 1000 by default, and has no step limit when only --max-time bounds the run."""
     from prn_blender.train.loop import parse_args

@@ -366,8 +366,9 @@ def test_max_time_stops_and_saves(tmp_path):
     what it trained)."""
     cmd = _train_cmd(tmp_path / "t", "--max-time", "0.001", "--keep-every", "1000", "--save-every", "500")
     i = cmd.index("--steps")
-    cmd = [c for c in cmd[:i] + cmd[i + 2:] if c != "--no-progress"]   # no --steps; a progress bar with no total
-    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=600)
+    cmd = [c for c in cmd[:i] + cmd[i + 2:] if c != "--no-progress"]   # no --steps: a time-boxed bar
+    run = subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert "1/1 [" in run.stderr and "loss=" in run.stderr     # the bar's total: the step the deadline came at
     log = [json.loads(x) for x in (tmp_path / "t/log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1]
     from prn_blender.core.weights import load_model

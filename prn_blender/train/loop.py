@@ -200,6 +200,18 @@ def learning_rate(a: argparse.Namespace, step: int, samples: int, elapsed: float
     return lr
 
 
+def expected_last_step(a: argparse.Namespace, step: int, first: int, elapsed: float) -> int | None:
+    """The step a run will end at, for the progress bar's total and ETA: ``--steps``, or where a time-boxed run
+    (``--max-time``) reaches its deadline at the pace so far (``step - first`` steps in ``elapsed`` s of this
+    invocation), whichever comes first; never before ``step``. None while a time box alone bounds the run and no
+    step has been timed yet."""
+    end = a.steps
+    if a.max_time and step > first:
+        at_pace = step + int(max(a.max_time - elapsed, 0.0) * (step - first) / max(elapsed, 1e-9))
+        end = at_pace if end is None else min(end, at_pace)
+    return None if end is None else max(end, step)
+
+
 def resolve_width(asked: int | None, init: str | None, resumed: int | None) -> int:
     """The run's network width: ``resumed`` (the width of the run being resumed, None for a new run), else the
     --init weights', else 16; a --width that contradicts either is refused (SystemExit) before anything is
@@ -320,7 +332,7 @@ def main(argv=None) -> int:
     t_data = t_net = 0.0
     hardware = describe_hardware(dev, world)
     pending = []    # log records whose loss is still a device tensor: read in one host sync per LOG_EVERY steps
-    t_run = time.time()
+    t_run, first_step = time.time(), step
     while a.steps is None or step < a.steps:
         t0 = time.time()
         img, pos = next(data)
@@ -366,7 +378,9 @@ def main(argv=None) -> int:
                     rec["loss"] = value
                     log.write(json.dumps(rec) + "\n")
                 if bar is not None:
-                    bar.set_postfix(loss=f"{value:.5f}", lr=f"{cur_lr:.1e}")
+                    bar.set_postfix(loss=f"{value:.5f}", lr=f"{cur_lr:.1e}", refresh=False)
+                    bar.total = expected_last_step(a, step, first_step, time.time() - t_run)
+                    bar.refresh()
                 pending.clear()
             if step % a.save_every == 0 or last:
                 log.flush()
