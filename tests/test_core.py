@@ -326,6 +326,8 @@ def test_train_step_limit_defaults():
     assert parse_args(["--out", "r"]).steps == 1000
     assert parse_args(["--out", "r", "--max-time", "60"]).steps is None
     assert parse_args(["--out", "r", "--max-time", "60", "--steps", "5"]).steps == 5
+    with pytest.raises(SystemExit):                       # a negative time box: refused, not one step trained
+        parse_args(["--out", "r", "--max-time", "-5"])
 
 
 def test_tf_name_map_covers_official_tensors(shared):

@@ -173,6 +173,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if a.render_batches < 1:
         ap.error(f"--render-batches {a.render_batches}: give a number of batches >= 1")
+    if a.max_time < 0:
+        ap.error(f"--max-time {a.max_time:g}: give seconds > 0 (0 = off)")
     if a.steps is None and not a.max_time:
         a.steps = 1000
     if not a.lr:
