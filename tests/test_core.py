@@ -51,7 +51,9 @@ def test_channels_last_bf16_training_step_and_smooth_output():
         loss.backward()
         assert y.dtype == torch.float32 and all(p.grad is not None for p in m.parameters())
         losses.append(loss.item())
-    assert abs(losses[0] - losses[1]) < 1e-3 * losses[0]
+    # the two layouts run different bf16 kernels: 1.0e-3 apart relative on a CPU with AMX-BF16, within bf16's own
+    # precision (2^-8 = 3.9e-3); a wrong result (the strided shortcut's crash, a layout mix-up) is far off
+    assert abs(losses[0] - losses[1]) < 4e-3 * losses[0]
     v = y.detach()[0, 0, 100:110, 100:110].flatten()
     assert len(torch.unique(v)) == 100 and not torch.equal(v, v.bfloat16().float())
 
