@@ -310,5 +310,10 @@ def test_landmark_calibration_writes_the_pixels_the_reconstructor_reads(tmp_path
     assert c["command"].endswith(f"--copy-from {w}") and c["nme_after_in_sample"] == 0
     after = load_file(soup)
     assert all((after[k] == before[k]).all() and after[k].dtype == before[k].dtype for k in before)
+    # a copy of a copy (the next soup starts from this one) names the model the pixels were fitted for
+    again = save_weights(model, tmp_path / "again.safetensors", lay.name, {"seed": 10})
+    assert C.main(["--weights", str(again), "--copy-from", str(soup)]) == 0
+    c2 = read_metadata(again)["meta"]["landmark_calibration"]
+    assert c2["copied_from"] == c["copied_from"] and c2["command"].endswith(f"--copy-from {soup}")
     with pytest.raises(SystemExit, match="plain.safetensors records no calibrated landmark pixels"):
         C.main(["--weights", str(soup), "--copy-from", str(plain)])

@@ -181,17 +181,19 @@ def record_pixels(model, layout, weights, meta: dict, pixels: list, calibration:
 
 
 def copy_pixels(source, weights, argv=None) -> int:
-    """Record in ``weights`` the landmark pixels ``source`` records, with its calibration record and where they came
-    from (``copied_from``); the weights' tensors and other metadata unchanged, written back in their dtype."""
+    """Record in ``weights`` the landmark pixels ``source`` records, with its calibration record and the model they
+    were fitted for (``copied_from``: ``source``, or the model ``source`` copied them from in turn); the weights'
+    tensors and other metadata unchanged, written back in their dtype."""
     from ..core.weights import load_model, read_metadata, sha256
     src = read_metadata(source)["meta"]
     if "landmark_uv" not in src or "landmark_calibration" not in src:
         raise SystemExit(f"error: {source} records no calibrated landmark pixels")
+    cal = src["landmark_calibration"]
     model, layout, md = load_model(weights)
     record_pixels(model, layout, weights, md["meta"], src["landmark_uv"], {
-        **src["landmark_calibration"], "command": _command(argv),
-        "copied_from": {"file": Path(source).name, "sha256": sha256(source),
-                        "command": src["landmark_calibration"]["command"]}})
+        **cal, "command": _command(argv),
+        "copied_from": cal.get("copied_from") or {"file": Path(source).name, "sha256": sha256(source),
+                                                  "command": cal["command"]}})
     print(f"recorded the 68 landmark pixels of {Path(source)} in {Path(weights)}")
     return 0
 
