@@ -125,7 +125,9 @@ def test_soup_is_the_mean_of_fine_tunes_of_one_model_and_refuses_unrelated_ones(
     """``python -m prn_blender.train.soup``: the uniform mean of weights that share an ancestor (an ingredient may
     be the ancestor itself), each ingredient recorded; BatchNorm statistics shared by every ingredient are kept; two
     networks with no common ancestor, a width mismatch, the same file twice or an ingredient as --out are refused
-    before anything is written."""
+    before anything is written. --fp16 writes the float32 soup's tensors cast to float16, as train.ship would."""
+    from safetensors.torch import load_file
+
     from prn_blender.core.weights import WeightsError, load_model, save_weights, sha256
     from prn_blender.train.soup import main, make_soup
 
@@ -171,6 +173,13 @@ def test_soup_is_the_mean_of_fine_tunes_of_one_model_and_refuses_unrelated_ones(
     out = tmp_path / "soup.safetensors"
     assert main([str(a), str(b), str(base), "--out", str(out), "--bn-batches", "0"]) == 0
     assert len(load_model(out)[2]["meta"]["soup"]) == 3
+    half = tmp_path / "half.safetensors"                   # --fp16: the tensors train.ship would write for this soup
+    assert main([str(a), str(b), str(base), "--out", str(half), "--bn-batches", "0", "--fp16"]) == 0
+    full, got = load_file(str(out)), load_file(str(half))
+    assert {v.dtype for v in full.values() if v.is_floating_point()} == {torch.float32}
+    assert {v.dtype for v in got.values() if v.is_floating_point()} == {torch.float16}
+    for k, v in full.items():
+        assert torch.equal(got[k], v.half() if v.is_floating_point() else v)
     other, _ = net(4, path="other.safetensors")
     with pytest.raises(WeightsError, match="share no ancestor"):
         make_soup([a, other])
