@@ -19,6 +19,7 @@ from .network import ResFCN256
 from .paths import WEIGHTS_DIR
 
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "prn-ict-default.safetensors"
+SHIPPED_DTYPE = torch.float16      # the tensors of shipped weights (train.ship, soup --fp16) and save_weights' default
 
 
 class WeightsError(RuntimeError):
@@ -34,7 +35,7 @@ def sha256(path: str | Path) -> str:
 
 
 def save_weights(model: ResFCN256, path: str | Path, layout: str, meta: dict | None = None,
-                 dtype: torch.dtype = torch.float16) -> Path:
+                 dtype: torch.dtype = SHIPPED_DTYPE) -> Path:
     """Write the model's state (floating tensors cast to ``dtype``) plus metadata. Atomic: readers (a viewer, a
     snapshot copy) never see a half-written file."""
     from safetensors.torch import save_file

@@ -17,7 +17,15 @@ import torch
 
 from ..core.constants import PHOTO_TURNS, VIDEO_WIDE_EVERY
 from ..core.paths import WEIGHTS_DIR
-from ..core.weights import DEFAULT_WEIGHTS, inference_zoom, load_model, read_metadata, save_weights, sha256
+from ..core.weights import (
+    DEFAULT_WEIGHTS,
+    SHIPPED_DTYPE,
+    inference_zoom,
+    load_model,
+    read_metadata,
+    save_weights,
+    sha256,
+)
 from .data import context_blur_of, detail_of, photo_backgrounds_of, run_stream, without_of
 from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
 from .soup import BN_BATCHES, default_bn_batches, mean_state
@@ -411,7 +419,7 @@ def ship_soup(a) -> int:
                  "weights.safetensors" else soup.stem})
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     plot_ingredients(ingredients, WEIGHTS_DIR / "training_curve.png")
-    save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=torch.float16)
+    save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=SHIPPED_DTYPE)
     digest = sha256(DEFAULT_WEIGHTS)
     parent = meta["parent"]
     before = _chain_totals(parent)
@@ -562,7 +570,7 @@ def main(argv=None) -> int:
     hardware = a.hardware or meta.get("hardware") or describe_hardware(torch.device("cpu"))
     meta.update({"hardware": hardware, "shipped_from": run.name})
     if a.out_weights:
-        save_weights(model, a.out_weights, lay.name, meta, dtype=torch.float16)
+        save_weights(model, a.out_weights, lay.name, meta, dtype=SHIPPED_DTYPE)
         print(a.out_weights)
         return 0
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -575,7 +583,7 @@ def main(argv=None) -> int:
     curve = plot_curve(run / "log.jsonl", WEIGHTS_DIR / "training_curve.png", meta.get("steps"), loss,
                        a.ancestor_logs)
     if not a.card_only:
-        save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=torch.float16)
+        save_weights(model, DEFAULT_WEIGHTS, lay.name, meta, dtype=SHIPPED_DTYPE)
     digest = sha256(DEFAULT_WEIGHTS)
     parent = meta.get("parent")
     warmup = int(meta.get("warmup") or args.get("warmup") or 0)

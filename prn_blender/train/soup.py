@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.weights import WeightsError, load_model, save_weights, sha256
+from ..core.weights import SHIPPED_DTYPE, WeightsError, load_model, save_weights, sha256
 from .data import run_stream
 from .loop import recalibrate_bn
 
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
         recalibrate_bn(model.to(a.device), (next(stream)[0] for _ in range(n_bn)))
         model.cpu().eval()
         meta["bn_recalibrated_batches"] = n_bn
-    save_weights(model, out, layout, meta, dtype=torch.float16 if a.fp16 else torch.float32)
+    save_weights(model, out, layout, meta, dtype=SHIPPED_DTYPE if a.fp16 else torch.float32)
     print(f"{out}: mean of {len(a.weights)} ({', '.join(i['sha256'][:8] for i in meta['soup'])}), common "
           f"ancestor {meta['soup_ancestor'][:12]}, sha256 {sha256(out)[:12]}")
     return 0
