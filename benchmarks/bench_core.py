@@ -188,13 +188,16 @@ def main():
         for B in map(int, a.data_batch.split(",")):   # render + augmentation + occlusion + degradation
             blurred = SyntheticStream(B, seed=0, device=dev, context_blur=0.5)
             photo = SyntheticStream(B, seed=0, device=dev, photo_backgrounds=0.5)
+            coded = SyntheticStream(B, seed=0, device=dev, jpeg=0.5)
             stream = SyntheticStream(B, seed=0, device=dev)
             tb = timeit(lambda s=blurred: (next(s), sync()), 3)
             tp = timeit(lambda s=photo: (next(s), sync()), 3)
+            tj = timeit(lambda s=coded: (next(s), sync()), 3)
             t = timeit(lambda s=stream: (next(s), sync()), 3)
             print(f"training data path (SyntheticStream, every batch freshly rendered), batch {B}: "
                   f"{B / t:.1f} samples/s; with --context-blur 0.5 {B / tb:.1f} (x{t / tb:.2f}); with "
-                  f"--photo-backgrounds 0.5 {B / tp:.1f} (x{t / tp:.2f})")
+                  f"--photo-backgrounds 0.5 {B / tp:.1f} (x{t / tp:.2f}); with --jpeg 0.5 {B / tj:.1f} "
+                  f"(x{t / tj:.2f})")
         if a.profile:                                 # where the data path's time goes, at the largest batch
             from torch.profiler import ProfilerActivity, profile
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])

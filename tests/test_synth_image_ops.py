@@ -335,3 +335,42 @@ def test_photo_backgrounds_replace_a_share_reproducibly():
     flipped = x[:, -1] < x[:, 0]
     assert 10 < int(flipped.sum()) < 38 and bool(((x[:, -1] - x[:, 0]).abs() > 0.05).all())
     monkeypatch.undo()
+
+
+def test_jpeg_code_is_what_a_jpeg_decoder_shows():
+    """sampler.jpeg_code (train.py --jpeg): at qualities 30-95 the image is within about a grey level of OpenCV's
+    encode + decode at the same quality, several times closer to it than to the uncoded image; the error grows as
+    the quality drops; each sample uses its own quality."""
+    import cv2
+    from skimage import data
+
+    from prn_blender.synth.sampler import jpeg_code
+    rgb = cv2.resize(data.astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+    t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    errors = []
+    for q in (30, 60, 95):
+        enc = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, q])[1]
+        ref = cv2.cvtColor(cv2.imdecode(enc, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32)
+        ours = jpeg_code(t, torch.tensor([float(q)]))[0].permute(1, 2, 0).numpy() * 255
+        to_cv2, coded = float(np.abs(ours - ref).mean()), float(np.abs(ours - rgb).mean())
+        assert to_cv2 < 1.3 and coded > 2 * to_cv2, (q, to_cv2, coded)
+        errors.append(coded)
+    assert errors[0] > errors[1] > errors[2]
+    both = jpeg_code(t.repeat(2, 1, 1, 1), torch.tensor([30.0, 95.0]))
+    torch.testing.assert_close(both[0], jpeg_code(t, torch.tensor([30.0]))[0])
+    torch.testing.assert_close(both[1], jpeg_code(t, torch.tensor([95.0]))[0])
+
+
+def test_compress_codes_a_share_reproducibly():
+    """sampler.compress: prob 0 leaves the batch as it is, prob 1 codes every sample, a share between codes about
+    that share with the same draws (the generator's stream does not depend on the share); in [0, 1], same shape."""
+    from prn_blender.synth.sampler import compress
+    img = F.interpolate(torch.rand(40, 3, 16, 16), size=(256, 256), mode="bilinear", align_corners=False)
+    assert torch.equal(compress(img, torch.Generator().manual_seed(0), 0.0), img)
+    out = compress(img, torch.Generator().manual_seed(0), 1.0)
+    assert out.shape == img.shape and 0 <= float(out.min()) and float(out.max()) <= 1
+    assert torch.equal(out, compress(img, torch.Generator().manual_seed(0), 1.0))
+    assert bool(((out - img).abs().flatten(1).mean(1) > 1e-3).all())
+    half = compress(img, torch.Generator().manual_seed(0), 0.5)
+    same = (half == img).flatten(1).all(1)
+    assert 8 < int(same.sum()) < 32 and torch.equal(half[~same], out[~same])

@@ -493,7 +493,8 @@ def test_freeze_bn_keeps_the_running_statistics(tmp_path):
     """--freeze-bn: BatchNorm normalizes with and keeps its running statistics while everything else trains; the
     weights record it. Without it the statistics move."""
     from prn_blender.core.weights import load_model
-    _train(tmp_path / "f", "--freeze-bn", "--context-blur", "0.5", "--detail", "--photo-backgrounds", "0.5")
+    _train(tmp_path / "f", "--freeze-bn", "--context-blur", "0.5", "--detail", "--photo-backgrounds", "0.5",
+           "--jpeg", "0.5")
     _train(tmp_path / "t")
     frozen, _, md = load_model(tmp_path / "f/weights.safetensors")
     moved = load_model(tmp_path / "t/weights.safetensors")[0]
@@ -504,8 +505,9 @@ def test_freeze_bn_keeps_the_running_statistics(tmp_path):
                    for m in moved.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert sum(bool(m.bias.abs().max() > 0) for m in bns) > len(bns) // 2      # the affine weights trained
     assert md["meta"]["bn_frozen"] is True
-    assert md["meta"]["generator"].endswith("with detail with photo-backgrounds 0.5 with context-blur 0.5")
-    for flag in ("--context-blur", "--photo-backgrounds"):
+    assert md["meta"]["generator"].endswith(
+        "with detail with photo-backgrounds 0.5 with context-blur 0.5 with jpeg 0.5")
+    for flag in ("--context-blur", "--photo-backgrounds", "--jpeg"):
         p = subprocess.run(_train_cmd(tmp_path / "x", flag, "2"), check=False, cwd=REPO,
                            capture_output=True, text=True, timeout=600)
         assert p.returncode != 0 and f"{flag} 2.0: give a probability in [0, 1]" in p.stderr
@@ -568,9 +570,9 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     from prn_blender.core.network import ResFCN256
     save_weights(ResFCN256(2), tmp_path / "w2.safetensors", "ict-face-v2", {"steps": 0})
     model, _, md, _ = run(tmp_path / "out2", INIT=str(tmp_path / "w2.safetensors"), WIDTH="4", TRAIN_S="2",
-                          EVAL_N="0", PHOTO_BG="0.5")
+                          EVAL_N="0", PHOTO_BG="0.5", JPEG="0.25")
     assert model.width == 4 and md["meta"]["parent"]["widened"].startswith("width 2 -> 4")
-    assert md["meta"]["generator"].endswith(" with photo-backgrounds 0.5")      # gpu_train.sh's PHOTO_BG
+    assert md["meta"]["generator"].endswith(" with photo-backgrounds 0.5 with jpeg 0.25")   # PHOTO_BG, JPEG
     assert md["meta"]["seed"] == 17                                   # INIT records no seed
 
 
@@ -672,6 +674,28 @@ def test_photo_backgrounds_put_photos_behind_the_same_scenes(shared):
     assert data.run_stream({"generator": name}, 2, 0).photo_backgrounds == 0.25
     with pytest.raises(ValueError, match="photo backgrounds 1.5: a probability"):
         data.generator_name(photo_backgrounds=1.5)
+
+
+def test_jpeg_codes_the_same_scenes(shared):
+    """--jpeg P: a share P of the served scenes is JPEG-coded (sampler.compress) with a generator of its own, so a
+    run with it trains on the scenes of the run without (same position maps, every image either the same or
+    coded); the generator name records the share after the context blur, and the run's stream reads it back."""
+    from prn_blender.synth.render import GENERATOR_VERSION
+    from prn_blender.train import data
+    (ia, pa), (ib, pb) = (next(data.SyntheticStream(8, seed=2, density=20, context_blur=0.5, jpeg=j))
+                          for j in (0.0, 0.5))
+    assert torch.equal(pa, pb)
+    coded = (ia != ib).flatten(1).any(1)
+    assert 0 < int(coded.sum()) < 8
+    assert float((ia - ib)[coded].abs().mean()) < 0.05                 # the same picture, coded
+    name = data.generator_name(["sh"], 0.5, detail=True, photo_backgrounds=0.25, jpeg=0.5)
+    assert name == (f"{GENERATOR_VERSION} without sh with detail with photo-backgrounds 0.25 with context-blur 0.5"
+                    " with jpeg 0.5")
+    assert data.context_blur_of(name) == 0.5 and data.photo_backgrounds_of(name) == 0.25
+    assert data.jpeg_of(name) == 0.5 and data.jpeg_of(GENERATOR_VERSION) == 0.0
+    assert data.run_stream({"generator": name}, 2, 0).jpeg == 0.5
+    with pytest.raises(ValueError, match="jpeg 2: a probability"):
+        data.generator_name(jpeg=2)
 
 
 def test_no_face_model_is_one_error_line_and_writes_nothing(tmp_path):

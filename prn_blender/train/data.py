@@ -1,10 +1,10 @@
 """On-the-fly synthetic training batches (render -> face-metered exposure -> another person's head in the background
 -> paper augmentation of the head layer over the background -> black crop border -> occlude -> degrade [-> a
-blurred surround: ``context_blur``, off by default]); with ``detail`` (off by default) the scenes are dressed with
-hair strands, skin mottling and full beards (sampler.sample_detail); with ``photo_backgrounds`` (off by default)
-that share of the scenes has a real photo behind the face instead of a procedural background (synth.photos);
-scenes get environment lighting (sampler.sample_lighting) and the yaw-aware hair locks and glasses of
-accessories.draw.
+blurred surround: ``context_blur``, off by default] [-> JPEG coding: ``jpeg``, off by default]); with ``detail``
+(off by default) the scenes are dressed with hair strands, skin mottling and full beards (sampler.sample_detail);
+with ``photo_backgrounds`` (off by default) that share of the scenes has a real photo behind the face instead of a
+procedural background (synth.photos); scenes get environment lighting (sampler.sample_lighting) and the yaw-aware
+hair locks and glasses of accessories.draw.
 
 ``SyntheticStream`` renders fresh batches and keeps a small replay pool: with ``reuse`` > 0 a rendered batch is
 served ``1 + reuse`` times, each time with new occlusion/degradation/augmentation (cheap), which keeps a slow CPU
@@ -36,6 +36,7 @@ from ..synth.sampler import (
     augment,
     black_border,
     blur_context,
+    compress,
     degrade,
     distract,
     expose,
@@ -64,24 +65,28 @@ DETAIL = " with detail"                  # generator-name part of train.py --det
 DETAIL_SEED = 1299709                    # sample_detail's generator: seed * 1000 + rank + this (as the blur's)
 PHOTO_BACKGROUNDS = " with photo-backgrounds "   # generator-name part of train.py --photo-backgrounds P (off: default)
 PHOTO_SEED = 15485863                    # the photo backgrounds' generator: seed * 1000 + rank + this (as the blur's)
+JPEG = " with jpeg "                     # generator-name part of train.py --jpeg P (off by default)
+JPEG_SEED = 32452843                     # sampler.compress's generator: seed * 1000 + rank + this (as the blur's)
 
 
 def generator_name(without=(), context_blur: float = 0.0, detail: bool = False,
-                   photo_backgrounds: float = 0.0) -> str:
+                   photo_backgrounds: float = 0.0, jpeg: float = 0.0) -> str:
     """The training data's generator: GENERATOR_VERSION, or e.g. "ictsynth-11 without distract+sh", with
     " with detail" when the scenes were dressed by sampler.sample_detail, " with photo-backgrounds 0.5" when that
-    share of the scenes had a photo behind the face (synth.photos), and " with context-blur 0.5" when that share of
-    the scenes had their surround blurred (sampler.blur_context), in this order."""
+    share of the scenes had a photo behind the face (synth.photos), " with context-blur 0.5" when that share of
+    the scenes had their surround blurred (sampler.blur_context) and " with jpeg 0.5" when that share was JPEG-coded
+    (sampler.compress), in this order."""
     unknown = set(without) - set(SCENE_FEATURES)
     if unknown:
         raise ValueError(f"unknown scene features {sorted(unknown)}; known: {', '.join(SCENE_FEATURES)}")
-    for what, prob in (("context blur", context_blur), ("photo backgrounds", photo_backgrounds)):
+    for what, prob in (("context blur", context_blur), ("photo backgrounds", photo_backgrounds), ("jpeg", jpeg)):
         if not 0 <= prob <= 1:
             raise ValueError(f"{what} {prob}: a probability in [0, 1]")
     return (GENERATOR_VERSION + (f" without {'+'.join(sorted(without))}" if without else "")
             + (DETAIL if detail else "")
             + (f"{PHOTO_BACKGROUNDS}{photo_backgrounds:g}" if photo_backgrounds else "")
-            + (f"{CONTEXT_BLUR}{context_blur:g}" if context_blur else ""))
+            + (f"{CONTEXT_BLUR}{context_blur:g}" if context_blur else "")
+            + (f"{JPEG}{jpeg:g}" if jpeg else ""))
 
 
 def without_of(generator: str) -> list[str]:
@@ -99,7 +104,7 @@ def detail_of(generator: str) -> bool:
 
 def context_blur_of(generator: str) -> float:
     """The context-blur probability a generator name records (0 without one)."""
-    return float(generator.partition(CONTEXT_BLUR)[2] or 0)
+    return float(generator.partition(CONTEXT_BLUR)[2].partition(" ")[0] or 0)
 
 
 def photo_backgrounds_of(generator: str) -> float:
@@ -107,12 +112,17 @@ def photo_backgrounds_of(generator: str) -> float:
     return float(generator.partition(PHOTO_BACKGROUNDS)[2].partition(" ")[0] or 0)
 
 
+def jpeg_of(generator: str) -> float:
+    """The share of JPEG-coded scenes a generator name records (0 without one)."""
+    return float(generator.partition(JPEG)[2].partition(" ")[0] or 0)
+
+
 class SyntheticStream:
     def __init__(self, batch: int, seed: int = 0, rank: int = 0, device="cpu", reuse: int = 0,
                  max_yaw: float = 90.0, shared=None, augment_on: bool = True, density: float = 40.0,
                  yaw_uniform: float = YAW_UNIFORM, without=(), context_blur: float = 0.0, render_batches: int = 1,
-                 detail: bool = False, photo_backgrounds: float = 0.0):
-        generator_name(without, context_blur, detail, photo_backgrounds)   # validates the names and probabilities
+                 detail: bool = False, photo_backgrounds: float = 0.0, jpeg: float = 0.0):
+        generator_name(without, context_blur, detail, photo_backgrounds, jpeg)   # validates names and probabilities
         if render_batches < 1:
             raise ValueError(f"render_batches {render_batches}: give a number of batches >= 1")
         self.render_batches = render_batches
@@ -134,6 +144,8 @@ class SyntheticStream:
         if photo_backgrounds:
             self.photos = PhotoBackgrounds(dev)
             self.gp = torch.Generator(dev).manual_seed(seed * 1000 + rank + PHOTO_SEED)
+        self.jpeg = jpeg
+        self.gj = torch.Generator(dev).manual_seed(seed * 1000 + rank + JPEG_SEED)
         self._kpt = torch.from_numpy(self.renderer.layout.kpt_xy).long().to(dev)   # (68,2) landmark UV pixels (x,y)
         self.device = device
         self._cache, self._left, self._ready = None, 0, []
@@ -177,14 +189,17 @@ class SyntheticStream:
         if self.context_blur:
             lm = pos[:, :2, self._kpt[:, 1], self._kpt[:, 0]].transpose(1, 2)     # (B,68,2) crop pixels
             img = blur_context(img, lm, self.gc, self.context_blur)
+        if self.jpeg:
+            img = compress(img, self.gj, self.jpeg)
         return img, pos
 
 
 def run_stream(meta: dict, batch: int, seed: int, **kw) -> SyntheticStream:
     """A stream of the scenes a run trained on, from its weights' metadata: its scene features and yaw prior (for
-    BatchNorm recalibration: the statistics are those of the run's own data), context blur, detail and photo
-    backgrounds included."""
+    BatchNorm recalibration: the statistics are those of the run's own data), context blur, detail, photo
+    backgrounds and JPEG coding included."""
     generator = meta.get("generator", "")
     return SyntheticStream(batch, seed=seed, without=without_of(generator), context_blur=context_blur_of(generator),
                            detail=detail_of(generator), photo_backgrounds=photo_backgrounds_of(generator),
+                           jpeg=jpeg_of(generator),
                            yaw_uniform=float(meta.get("yaw_uniform", YAW_UNIFORM)), **kw)

@@ -26,7 +26,7 @@ from ..core.weights import (
     save_weights,
     sha256,
 )
-from .data import context_blur_of, detail_of, photo_backgrounds_of, run_stream, without_of
+from .data import context_blur_of, detail_of, jpeg_of, photo_backgrounds_of, run_stream, without_of
 from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
 from .soup import BN_BATCHES, default_bn_batches, mean_state
 
@@ -140,7 +140,7 @@ def _train_command(meta: dict, run: str, width: int, batch: int, reuse: int, fir
     loss = meta.get("loss", DEFAULT_LOSS)
     generator = meta.get("generator", "")
     without, blur, detail = without_of(generator), context_blur_of(generator), detail_of(generator)
-    photo = photo_backgrounds_of(generator)
+    photo, jpeg = photo_backgrounds_of(generator), jpeg_of(generator)
     parent = meta.get("parent")
     return (f"python train.py --out runs/{run} --width {width} --batch {batch} --reuse {reuse} "
             + (f"--render-batches {meta['render_batches']} " if int(meta.get("render_batches", 1)) > 1 else "")
@@ -151,6 +151,7 @@ def _train_command(meta: dict, run: str, width: int, batch: int, reuse: int, fir
             + (f" --context-blur {blur:g}" if blur else "")
             + (" --detail" if detail else "")
             + (f" --photo-backgrounds {photo:g}" if photo else "")
+            + (f" --jpeg {jpeg:g}" if jpeg else "")
             + (f" --yaw-uniform {float(meta['yaw_uniform']):g}" if "yaw_uniform" in meta else "")
             + (" --freeze-bn" if meta.get("bn_frozen") else "")
             + (f" --schedule cosine --max-time {float(meta.get('max_time', 0)):g} --amp {meta.get('amp')}" if cosine
