@@ -318,8 +318,8 @@ def jpeg_code(img: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     """Baseline JPEG's lossy steps on images (B,3,m,m) in [0,1], m a multiple of 16, each at its own ``quality``
     (B,) on libjpeg's scale: RGB -> YCbCr (JFIF), 4:2:0 chroma (2 x 2 means), 8 x 8 DCTs quantized with the
     Annex K tables scaled as libjpeg scales them, then back (chroma upsampled bilinearly, as decoders' "fancy"
-    upsampling does). Entropy coding is lossless, so this is the image a decoder shows (cv2.imencode's at the same
-    quality within a few grey levels)."""
+    upsampling does). Entropy coding is lossless, so this is the image a decoder shows (cv2.imencode + imdecode's at
+    the same quality within about one grey level on average, test_jpeg_code_is_what_a_jpeg_decoder_shows)."""
     B = img.shape[0]
     dev = img.device
     x = img.float() * 255

@@ -1,6 +1,6 @@
 """Contact sheet of training samples exactly as the trainer sees them (``train.data.SyntheticStream``: render ->
-exposure -> augment over the background -> border, occlusion, degradation [-> blurred surround] [-> JPEG coding]), with the
-ground-truth 68 landmarks drawn: ``python -m prn_blender.synth.sheet --out sheet.png [--n 32 --seed 0
+exposure -> augment over the background -> border, occlusion, degradation [-> blurred surround] [-> JPEG coding]),
+with the ground-truth 68 landmarks drawn: ``python -m prn_blender.synth.sheet --out sheet.png [--n 32 --seed 0
 --context-blur P --detail --photo-backgrounds P --jpeg P]``."""
 from __future__ import annotations
 
