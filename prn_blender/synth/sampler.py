@@ -271,6 +271,17 @@ def expose(layer: torch.Tensor, pos: torch.Tensor, g: torch.Generator, target=(0
     return torch.cat([torch.minimum(layer[:, :3] * gain, layer[:, 3:]), layer[:, 3:]], 1)
 
 
+def _resize(img: torch.Tensor, side: int) -> torch.Tensor:
+    """Images (B,C,n,n) resampled to (B,C,side,side) as a camera pipeline would: pixel-area means when shrinking,
+    bilinear when enlarging, unchanged at the same size."""
+    n = img.shape[-1]
+    if side == n:
+        return img
+    if side < n:
+        return F.interpolate(img, size=(side, side), mode="area")
+    return F.interpolate(img, size=(side, side), mode="bilinear", align_corners=False)
+
+
 def degrade(img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Camera-like degradations: down/up-sampling blur, noise, gamma, contrast, colour cast, grayscale."""
     B, _, n, _ = img.shape
@@ -280,9 +291,8 @@ def degrade(img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     if low.any():
         f = float(_rand(g, 1) * 0.6 + 0.25)
         m = int(n * f)
-        small = F.interpolate(out[low], size=(m, m), mode="area")
         out = out.clone()
-        out[low] = F.interpolate(small, size=(n, n), mode="bilinear", align_corners=False)
+        out[low] = _resize(_resize(out[low], m), n)
     gamma = (_rand(g, B, 1, 1, 1) * 0.8 + 0.7).to(dev)
     out = out.clamp(1e-4, 1) ** gamma
     contrast = (_rand(g, B, 1, 1, 1) * 0.6 + 0.7).to(dev)
@@ -368,14 +378,7 @@ def compress(img: torch.Tensor, g: torch.Generator, prob: float = 0.5, quality=J
         i = (on & (which == k)).nonzero()[:, 0]
         if not len(i):
             continue
-        x = img[i.to(img.device)]
-        if m != n:
-            x = F.interpolate(x, size=(m, m), mode="area") if m < n else \
-                F.interpolate(x, size=(m, m), mode="bilinear", align_corners=False)
-        x = jpeg_code(x, q[i])
-        if m != n:
-            x = F.interpolate(x, size=(n, n), mode="area") if m > n else \
-                F.interpolate(x, size=(n, n), mode="bilinear", align_corners=False)
+        x = _resize(jpeg_code(_resize(img[i.to(img.device)], m), q[i]), n)
         out = out.index_copy(0, i.to(img.device), x.clamp(0, 1))
     return out
 

@@ -102,19 +102,24 @@ def detail_of(generator: str) -> bool:
     return DETAIL in generator
 
 
+def _share_of(generator: str, part: str) -> float:
+    """The number after ``part`` (e.g. " with jpeg ") in a generator name, 0 without that part."""
+    return float(generator.partition(part)[2].partition(" ")[0] or 0)
+
+
 def context_blur_of(generator: str) -> float:
     """The context-blur probability a generator name records (0 without one)."""
-    return float(generator.partition(CONTEXT_BLUR)[2].partition(" ")[0] or 0)
+    return _share_of(generator, CONTEXT_BLUR)
 
 
 def photo_backgrounds_of(generator: str) -> float:
     """The share of photo backgrounds a generator name records (0 without one)."""
-    return float(generator.partition(PHOTO_BACKGROUNDS)[2].partition(" ")[0] or 0)
+    return _share_of(generator, PHOTO_BACKGROUNDS)
 
 
 def jpeg_of(generator: str) -> float:
     """The share of JPEG-coded scenes a generator name records (0 without one)."""
-    return float(generator.partition(JPEG)[2].partition(" ")[0] or 0)
+    return _share_of(generator, JPEG)
 
 
 class SyntheticStream:
