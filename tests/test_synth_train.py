@@ -676,7 +676,7 @@ def test_photo_backgrounds_put_photos_behind_the_same_scenes(shared):
         data.generator_name(photo_backgrounds=1.5)
 
 
-def test_jpeg_codes_the_same_scenes(shared):
+def test_jpeg_codes_the_same_scenes(shared, tmp_path):
     """--jpeg P: a share P of the served scenes is JPEG-coded (sampler.compress) with a generator of its own, so a
     run with it trains on the scenes of the run without (same position maps, every image either the same or
     coded); the generator name records the share after the context blur, and the run's stream reads it back."""
@@ -696,6 +696,10 @@ def test_jpeg_codes_the_same_scenes(shared):
     assert data.run_stream({"generator": name}, 2, 0).jpeg == 0.5
     with pytest.raises(ValueError, match="jpeg 2: a probability"):
         data.generator_name(jpeg=2)
+    from prn_blender.synth import sheet
+    with pytest.raises(SystemExit, match=r"error: jpeg 2.0: a probability in \[0, 1\]"):   # one line, no file
+        sheet.main(["--out", str(tmp_path / "s.png"), "--jpeg", "2"])
+    assert not (tmp_path / "s.png").exists()
 
 
 def test_no_face_model_is_one_error_line_and_writes_nothing(tmp_path):

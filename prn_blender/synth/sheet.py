@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     try:
         sheet = contact_sheet(a.n, a.seed, shared=a.shared, context_blur=a.context_blur, detail=a.detail,
                               photo_backgrounds=a.photo_backgrounds, jpeg=a.jpeg)
-    except SharedDataMissing as e:
+    except (SharedDataMissing, ValueError) as e:          # ValueError: a share outside [0, 1]
         raise SystemExit(f"error: {e}") from None
     save_image(a.out, sheet / 255.0)
     print(a.out)
