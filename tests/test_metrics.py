@@ -137,3 +137,58 @@ def test_load_aflw2000_shared(shared):
         # the annotation's yaw is > 0 for a subject turned to its right; the loader gives core.pose's convention
         assert r["yaw"] == pytest.approx(-np.degrees(m["Pose_Para"][0, 1]), abs=1e-3)
         assert r["roi"].shape == (4,)
+
+
+def _metrics(tmp_path, name, per_image, dataset="pseudo", peer=None):
+    d = tmp_path / name
+    d.mkdir()
+    models = {"ours": {"per_image": per_image}} | ({"peer": {"per_image": peer}} if peer else {})
+    (d / "metrics.json").write_text(json.dumps({"dataset": dataset, "models": models}))
+    return d
+
+
+def test_compare_weighs_sources_and_brackets_the_difference():
+    from prn_blender.evaluate.compare import compare
+    base = {f"a/{i}": 2.0 + 0.1 * i for i in range(6)} | {f"b/{i}": 3.0 for i in range(30)}
+    shift = {k: v - 0.5 for k, v in base.items()}                 # better by 0.5 on every image: no doubt left
+    r = compare(base, shift, per_source=True)
+    assert r.diff == pytest.approx(-0.5) and r.low == pytest.approx(-0.5) and r.high == pytest.approx(-0.5)
+    assert (r.better, r.worse, r.n, r.missed) == (36, 0, 36, 0) and r.by_source == {"a": (6, 0), "b": (30, 0)}
+    assert r.base == pytest.approx(((2.0 + 2.5) / 2 + 3.0) / 2)    # mean of the two sources' means
+    # source a (6 images) better by 0.3 or 0.9 (0.6 on average), source b (30) worse by 0.1 each: each source
+    # weighs the same, and only a's resamples vary
+    mixed = {k: v - 0.3 - 0.6 * (int(k[2:]) % 2) if k.startswith("a/") else v + 0.1 for k, v in base.items()}
+    r = compare(base, mixed, per_source=True)
+    assert r.diff == pytest.approx((-0.6 + 0.1) / 2) and -0.4 <= r.low < r.diff < r.high <= -0.1
+    assert compare(base, mixed, per_source=False).diff == pytest.approx((6 * -0.6 + 30 * 0.1) / 36)
+    assert compare(base, mixed, per_source=True, seed=3).high == compare(base, mixed, per_source=True, seed=3).high
+
+
+def test_compare_one_outlier_is_not_evidence_and_the_cap_removes_it():
+    from prn_blender.evaluate.compare import compare
+    base = {f"p/{i}": 2.0 for i in range(10)} | {"p/odd": 40.0}    # one face whose label is wrong
+    cand = {k: v + 0.1 for k, v in base.items()} | {"p/odd": 10.0}  # worse on the ten, "better" on the wrong one
+    r = compare(base, cand, per_source=True)
+    assert r.diff == pytest.approx((10 * 0.1 - 30) / 11) and r.diff < -2
+    assert r.high > 0                                               # resamples without it: worse by 0.1
+    c = compare(base, cand, per_source=True, cap=10.0)             # capped at 10 %: the odd face is a tie
+    assert c.diff == pytest.approx(10 * 0.1 / 11) and c.low > 0 and (c.better, c.worse) == (0, 10)
+
+
+def test_compare_cli_leaves_out_misses_and_rejects_mismatched_runs(tmp_path, capsys):
+    from prn_blender.evaluate.compare import main
+    base = _metrics(tmp_path, "base", {"s/1": 3.0, "s/2": 4.0, "s/3": None})
+    cand = _metrics(tmp_path, "cand", {"s/1": 2.0, "s/2": 3.0, "s/3": 1.0})
+    assert main([str(base), str(cand), "--boot", "200"]) == 0
+    out = capsys.readouterr().out
+    assert f"| {cand} | 3.5000 | 2.5000 | -1.0000 | [-1.0000, -1.0000] | 2 / 0 of 2 | s 2/0 | -1.000 | 1 |" in out
+    both = _metrics(tmp_path, "both", {"s/1": 2.0, "s/2": 3.0}, peer={"s/1": 1.0, "s/2": 1.0})   # us vs the peer
+    assert main([str(both), str(both), "--base-model", "peer", "--boot", "200"]) == 0
+    assert "| 1.0000 | 2.5000 | +1.5000 | [+1.0000, +2.0000] | 0 / 2 of 2 |" in capsys.readouterr().out
+    other = _metrics(tmp_path, "other", {"s/1": 2.0, "s/9": 3.0, "s/3": 1.0})
+    aflw = _metrics(tmp_path, "aflw", {"s/1": 2.0, "s/2": 3.0, "s/3": 1.0}, dataset="aflw2000")
+    for argv, msg in (([base, other], "different images"), ([base, aflw], "'aflw2000' evaluation"),
+                      ([base, tmp_path / "none"], "no metrics.json"), ([base, cand, "--model", "peer"], "no per-image"),
+                      ([base, cand, "--cap", "0"], "--cap > 0")):
+        with pytest.raises(SystemExit, match=msg):
+            main([str(x) for x in argv])

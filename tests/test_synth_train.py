@@ -578,8 +578,8 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
 
 def test_ship_metrics_only_rewrites_the_metrics_and_context_and_nothing_else(tmp_path):
     """An inference change re-measures the shipped model: the card's evaluation commands, Metrics section and
-    context limit are rewritten (the metrics from the eval folders), every other line (training, lineage, recipe,
-    curve) is kept."""
+    context limit are rewritten (the metrics from the eval folders, with our difference to the peer and its
+    paired-bootstrap interval where both ran), every other line (training, lineage, recipe, curve) is kept."""
     from argparse import Namespace
 
     from prn_blender.core.constants import INFERENCE_ZOOM
@@ -592,7 +592,8 @@ def test_ship_metrics_only_rewrites_the_metrics_and_context_and_nothing_else(tmp
     ev.mkdir()
     b = {"0-30": 1.25, "30-60": 2.5, "60-90": 3.75, "mean": 2.5, "all": 1.5}
     (ev / "metrics.json").write_text(json.dumps({"dataset": "aflw2000", "n": 2, "crop": "roi", "models": {"ours": {
-        "nme2d": b, "nme3d": b, "per_image": {"image1": 1.0, "image2": 2.0}}}}))
+        "nme2d": b, "nme3d": b, "per_image": {"image1": 1.0, "image2": 2.0}},
+        "3ddfa_v2_mb05": {"nme2d": b, "nme3d": b, "per_image": {"image1": 2.0, "image2": 2.5}}}}))
     cal = {"landmark_calibration": {"radius": 3, "faces": 165, "sources": ["people", "photos"], "nme_before": 3.45,
                                     "nme_after_in_sample": 3.09, "cross_validation": [
                                         {"fitted_on": "people", "measured_on": "photos", "before": 3.17,
@@ -602,7 +603,9 @@ def test_ship_metrics_only_rewrites_the_metrics_and_context_and_nothing_else(tmp
     new = card.read_text()
     assert "Landmarks are read at the 68 UV pixels the weights record (`landmark_uv`), each within 3 UV" in new
     assert "NME there 3.45 -> 3.09 % in-sample. Cross-validated (fitted on people, photos 3.17 -> 3.07 %)." in new
-    assert "| ours | 1.25 | 2.50 | 3.75 | 2.50 | 1.50 | 1.50 | - |" in new and "| image2 | 2.00 |" in new
+    assert "| ours | 1.25 | 2.50 | 3.75 | 2.50 | 1.50 | 1.50 | - |" in new and "| image2 | 2.00 | 2.50 |" in new
+    assert ("- ours - 3ddfa_v2_mb05: -0.75 NME2D all, 95 % paired-bootstrap interval [-1.00, -0.50] over these 2 "
+            "images (`python -m prn_blender.evaluate.compare`); ours better on 2, worse on 0") in new
     assert f"shrunk by {INFERENCE_ZOOM:g}" in new
     assert "The soup's ingredients blurred the surround of 50% / 75% / 75% of their training" in new
     head = lambda text: [x for x in text[:text.index(METRICS_HEAD)].split("\n") if not x.startswith("python eval.py")]
