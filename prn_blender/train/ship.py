@@ -26,7 +26,7 @@ from ..core.weights import (
     save_weights,
     sha256,
 )
-from ..evaluate.compare import compare
+from ..evaluate.compare import LEVEL, compare
 from ..evaluate.run import PeerModel
 from .data import context_blur_of, detail_of, jpeg_of, photo_backgrounds_of, run_stream, without_of
 from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
@@ -213,9 +213,9 @@ def _metrics_table(dirs: list | None, title: str) -> list[str]:
              f"(outer inter-ocular)" for k, v in m["models"].items() if "nme_dense" in v]
     if "ours" in m["models"] and PeerModel.name in m["models"]:
         c = compare(m["models"][PeerModel.name]["per_image"], m["models"]["ours"]["per_image"], per_source=False)
-        extra.append(f"- ours - {PeerModel.name}: {c.diff:+.2f} NME2D all, 95 % paired-bootstrap interval "
-                     f"[{c.low:+.2f}, {c.high:+.2f}] over these {c.n} images (`python -m prn_blender.evaluate.compare`); "
-                     f"ours better on {c.better}, worse on {c.worse}")
+        extra.append(f"- ours - {PeerModel.name}: {c.diff:+.2f} NME2D all, {LEVEL * 100:g} % paired-bootstrap "
+                     f"interval [{c.low:+.2f}, {c.high:+.2f}] over these {c.n} images "
+                     f"(`python -m prn_blender.evaluate.compare`); ours better on {c.better}, worse on {c.worse}")
     per = [""]
     if m["n"] <= 50:   # small real sets: the per-image table too
         names = list(m["models"])
