@@ -186,18 +186,16 @@ def main():
             print(f"\ndata engine render ({label}, {r.n_points:,} points), batch {B}: {B / t:.1f} samples/s in "
                   f"chunks of 4 vs {B / t_one:.1f} as one batch (x{t_one / t:.2f}); {t * 1e3 / B:.1f} ms/sample")
         for B in map(int, a.data_batch.split(",")):   # render + augmentation + occlusion + degradation
-            blurred = SyntheticStream(B, seed=0, device=dev, context_blur=0.5)
-            photo = SyntheticStream(B, seed=0, device=dev, photo_backgrounds=0.5)
-            coded = SyntheticStream(B, seed=0, device=dev, jpeg=0.5)
+            options = {"--context-blur 0.5": {"context_blur": 0.5},      # train.py's data options, each against
+                       "--photo-backgrounds 0.5": {"photo_backgrounds": 0.5},   # the plain path
+                       "--jpeg 0.5": {"jpeg": 0.5}}
+            streams = {k: SyntheticStream(B, seed=0, device=dev, **kw) for k, kw in options.items()}
+            times = {k: timeit(lambda s=s: (next(s), sync()), 3) for k, s in streams.items()}
             stream = SyntheticStream(B, seed=0, device=dev)
-            tb = timeit(lambda s=blurred: (next(s), sync()), 3)
-            tp = timeit(lambda s=photo: (next(s), sync()), 3)
-            tj = timeit(lambda s=coded: (next(s), sync()), 3)
             t = timeit(lambda s=stream: (next(s), sync()), 3)
             print(f"training data path (SyntheticStream, every batch freshly rendered), batch {B}: "
-                  f"{B / t:.1f} samples/s; with --context-blur 0.5 {B / tb:.1f} (x{t / tb:.2f}); with "
-                  f"--photo-backgrounds 0.5 {B / tp:.1f} (x{t / tp:.2f}); with --jpeg 0.5 {B / tj:.1f} "
-                  f"(x{t / tj:.2f})")
+                  f"{B / t:.1f} samples/s; "
+                  + "; ".join(f"with {k} {B / tk:.1f} (x{t / tk:.2f})" for k, tk in times.items()))
         if a.profile:                                 # where the data path's time goes, at the largest batch
             from torch.profiler import ProfilerActivity, profile
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
