@@ -162,6 +162,12 @@ def test_compare_weighs_sources_and_brackets_the_difference():
     assert r.diff == pytest.approx((-0.6 + 0.1) / 2) and -0.4 <= r.low < r.diff < r.high <= -0.1
     assert compare(base, mixed, per_source=False).diff == pytest.approx((6 * -0.6 + 30 * 0.1) / 36)
     assert compare(base, mixed, per_source=True, seed=3).high == compare(base, mixed, per_source=True, seed=3).high
+    held = compare(base, mixed, per_source=True, sources=("b",))      # judged on source b alone: worse by 0.1
+    assert held.diff == pytest.approx(0.1) and held.low == pytest.approx(0.1) and held.by_source == {"b": (0, 30)}
+    for kw, msg in (({"per_source": True, "sources": ("c",)}, "no source c"),
+                    ({"per_source": False, "sources": ("b",)}, "pseudo")):
+        with pytest.raises(ValueError, match=msg):
+            compare(base, mixed, **kw)
 
 
 def test_compare_one_outlier_is_not_evidence_and_the_cap_removes_it():
@@ -182,6 +188,8 @@ def test_compare_cli_leaves_out_misses_and_rejects_mismatched_runs(tmp_path, cap
     assert main([str(base), str(cand), "--boot", "200"]) == 0
     out = capsys.readouterr().out
     assert f"| {cand} | 3.5000 | 2.5000 | -1.0000 | [-1.0000, -1.0000] | 2 / 0 of 2 | s 2/0 | -1.000 | 1 |" in out
+    assert main([str(base), str(cand), "--boot", "200", "--sources", "s"]) == 0
+    assert "(mean of source means of s)" in capsys.readouterr().out
     both = _metrics(tmp_path, "both", {"s/1": 2.0, "s/2": 3.0}, peer={"s/1": 1.0, "s/2": 1.0})   # us vs the peer
     assert main([str(both), str(both), "--base-model", "peer", "--boot", "200"]) == 0
     assert "| 1.0000 | 2.5000 | +1.5000 | [+1.0000, +2.0000] | 0 / 2 of 2 |" in capsys.readouterr().out
@@ -189,6 +197,6 @@ def test_compare_cli_leaves_out_misses_and_rejects_mismatched_runs(tmp_path, cap
     aflw = _metrics(tmp_path, "aflw", {"s/1": 2.0, "s/2": 3.0, "s/3": 1.0}, dataset="aflw2000")
     for argv, msg in (([base, other], "different images"), ([base, aflw], "'aflw2000' evaluation"),
                       ([base, tmp_path / "none"], "no metrics.json"), ([base, cand, "--model", "peer"], "no per-image"),
-                      ([base, cand, "--cap", "0"], "--cap > 0")):
+                      ([base, cand, "--cap", "0"], "--cap > 0"), ([base, cand, "--sources", "x"], "no source x")):
         with pytest.raises(SystemExit, match=msg):
             main([str(x) for x in argv])

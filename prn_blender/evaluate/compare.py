@@ -1,8 +1,8 @@
 """Is a model better than another on the same images, or is the difference noise? Paired bootstrap over eval.py's
 per-image errors.
 
-``python -m prn_blender.evaluate.compare BASE CAND [CAND ...] [--cap PCT] [--base-model NAME]`` reads the
-``metrics.json`` of eval.py output folders made on the same images (one dataset, one crop) and prints, per
+``python -m prn_blender.evaluate.compare BASE CAND [CAND ...] [--cap PCT] [--base-model NAME] [--sources S ...]``
+reads the ``metrics.json`` of eval.py output folders made on the same images (one dataset, one crop) and prints, per
 candidate, its summary NME2D, the difference to BASE's and that difference's paired-bootstrap interval (default
 95 %), with the images it does better and worse on and the median per-image change. The summary is the one eval.py
 reports: for ``--dataset pseudo`` the mean of the per-source means (``nme2d_mean_of_sources``: each source weighs the
@@ -10,8 +10,10 @@ same), for every other dataset the mean over images. A resample draws each sourc
 many as it has) and evaluates both models on the same draw, so the interval is that of the *difference*: a
 candidate is better beyond the set's noise when the interval's upper end is below 0. ``--cap PCT`` caps every
 per-image error at PCT first (a face whose label or detection is wrong can err by 30-40 % and move a set's mean
-more than a real change does). Stop 42, on the pseudo set against the shipped model: the nine soups evaluated at
-stops 39-41 were -0.023 to +0.066 from it, each interval containing 0; capped at 10 %, -0.007 to +0.058.
+more than a real change does). ``--sources`` keeps only the pseudo set's faces of those sources (a change tuned
+or adapted on some sources is judged on the others). Stop 42, on the pseudo set against the shipped model: the nine
+soups evaluated at stops 39-41 were -0.023 to +0.066 from it, each interval containing 0; capped at 10 %, -0.007
+to +0.058.
 
 Frames of one clip are not independent samples (the pseudo set's webcam and talking sources): the better / worse
 counts per source say where a change comes from, not how sure it is, and within a clip the interval is optimistic.
@@ -60,11 +62,23 @@ def load_per_image(path, model: str = "ours") -> tuple[str, dict[str, float | No
     return res.get("dataset", ""), models[model]["per_image"]
 
 
+def source_of(name: str) -> str:
+    """The pseudo set's source of an image name ("source/item")."""
+    return name.split("/")[0]
+
+
 def compare(base: dict, cand: dict, per_source: bool, cap: float | None = None, boot: int = BOOT, seed: int = 0,
-            level: float = LEVEL) -> Comparison:
+            level: float = LEVEL, sources: tuple[str, ...] | None = None) -> Comparison:
     """Paired comparison of two {image name: NME2D % or None} maps over the same images. ``per_source``: the
-    summary is the mean of the sources' means (a name's source is the part before its first "/"), and resamples
-    are drawn within each source; otherwise one group. ``cap``: per-image errors are capped at it first."""
+    summary is the mean of the sources' means (a name's source: source_of), and resamples are drawn within each
+    source; otherwise one group. ``cap``: per-image errors are capped at it first. ``sources``: only the images
+    of these sources are compared (with ``per_source``)."""
+    if sources is not None:
+        missing = sorted(set(sources) - {source_of(k) for k in base})
+        if not per_source or missing:
+            raise ValueError(f"no source {', '.join(missing)} in these runs" if per_source and missing
+                             else "sources are the pseudo set's: --sources needs a --dataset pseudo run")
+        base, cand = ({k: v for k, v in x.items() if source_of(k) in sources} for x in (base, cand))
     if set(base) != set(cand):
         only = sorted(set(base) ^ set(cand))
         raise ValueError(f"the two evaluations have different images ({len(only)} in one only, e.g. {only[0]}): "
@@ -76,7 +90,7 @@ def compare(base: dict, cand: dict, per_source: bool, cap: float | None = None, 
     b = np.array([cand[k] for k in names], np.float64)
     if cap is not None:
         a, b = np.minimum(a, cap), np.minimum(b, cap)
-    keys = [k.split("/")[0] if per_source else "" for k in names]
+    keys = [source_of(k) if per_source else "" for k in names]
     srcs = list(dict.fromkeys(keys))
     groups = [np.flatnonzero(np.array(keys) == s) for s in srcs]
     rng = np.random.default_rng(seed)
@@ -103,6 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cap", type=float, help="cap every per-image NME2D at this many percent first")
     ap.add_argument("--boot", type=int, default=BOOT, help=f"bootstrap resamples (default {BOOT})")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sources", nargs="+", help="pseudo set: compare only the faces of these sources")
     ap.add_argument("--level", type=float, default=LEVEL, help=f"interval coverage (default {LEVEL})")
     a = ap.parse_args(argv)
     if a.boot < 100 or not 0 < a.level < 1 or (a.cap is not None and a.cap <= 0):
@@ -114,10 +129,12 @@ def main(argv=None) -> int:
             ds, cand = load_per_image(c, a.model)
             if ds != dataset:
                 raise ValueError(f"{c} is a {ds!r} evaluation, {a.base} a {dataset!r} one")
-            rows.append((c, compare(base, cand, dataset == "pseudo", a.cap, a.boot, a.seed, a.level)))
+            rows.append((c, compare(base, cand, dataset == "pseudo", a.cap, a.boot, a.seed, a.level,
+                                    tuple(a.sources) if a.sources else None)))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    what = "mean of source means" if dataset == "pseudo" else "mean"
+    what = ("mean of source means" + (f" of {', '.join(a.sources)}" if a.sources else "")
+            if dataset == "pseudo" else "mean")
     against = f"{a.base}" + (f" ({a.base_model})" if a.base_model else "")
     print(f"NME2D % ({what}{f', per image capped at {a.cap:g} %' if a.cap else ''}) of {a.model} against {against}; "
           f"{a.level:.0%} paired-bootstrap interval of the difference, {a.boot} resamples\n")
