@@ -74,10 +74,11 @@ def compare(base: dict, cand: dict, per_source: bool, cap: float | None = None, 
     source; otherwise one group. ``cap``: per-image errors are capped at it first. ``sources``: only the images
     of these sources are compared (with ``per_source``)."""
     if sources is not None:
+        if not per_source:
+            raise ValueError("sources are the pseudo set's: --sources needs a --dataset pseudo run")
         missing = sorted(set(sources) - {source_of(k) for k in base})
-        if not per_source or missing:
-            raise ValueError(f"no source {', '.join(missing)} in these runs" if per_source and missing
-                             else "sources are the pseudo set's: --sources needs a --dataset pseudo run")
+        if missing:
+            raise ValueError(f"no source {', '.join(missing)} in these runs")
         base, cand = ({k: v for k, v in x.items() if source_of(k) in sources} for x in (base, cand))
     if set(base) != set(cand):
         only = sorted(set(base) ^ set(cand))
