@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import source_of
+
 #: (name, sources fitted on) of the cross-validation splits; each is measured on the other sources
 SPLITS = (("people", ("people",)), ("photos, webcam, talking", ("photos", "webcam", "talking")),
           ("webcam, talking", ("webcam", "talking")))
@@ -134,7 +136,7 @@ def _main(argv=None) -> int:
     rec = FaceReconstructor(weights=a.weights, device=a.device)
     base = rec.predictor.layout                                   # the network's own pixels, not a calibration's
     names, labels, maps = collect(rec, a.shared, a.pseudo_extra)
-    sources = np.array([n.split("/")[0] for n in names])
+    sources = np.array([source_of(n) for n in names])
     if len(dict.fromkeys(sources)) < 2:
         raise SystemExit("the pseudo set gave fewer than 2 sources: nothing to cross-validate on")
     errors = candidate_errors(maps, labels, base.kpt_xy, base.mask, a.radius)

@@ -27,9 +27,10 @@ PATHS = ("landmarks", "detector", "roi")
 def calibration_faces(dataset: str, n: int = 128, seed: int = 4242, shared=None, extra=None) -> list:
     """(source, RGB float image, (68,3) labels) of the pseudo real set (with the faces of the photos in ``extra``:
     run.extra_faces) or of ``n`` held-out synthetic faces (their source is "synthetic")."""
+    from .metrics import source_of
     from .run import pseudo_set, synthetic_set
     if dataset == "pseudo":
-        return [(name.split("/")[0], img, lm) for name, img, lm, _ in pseudo_set(shared, extra)]
+        return [(source_of(name), img, lm) for name, img, lm, _ in pseudo_set(shared, extra)]
     if dataset == "synthetic":
         return [("synthetic", img, kpt) for _, img, kpt, _, _ in synthetic_set(n, seed, 90.0, shared)]
     raise ValueError(f"unknown dataset {dataset!r}: pseudo or synthetic")

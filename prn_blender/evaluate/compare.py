@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import source_of
+
 BOOT = 2000            # resamples
 LEVEL = 0.95           # two-sided interval
 
@@ -62,15 +64,10 @@ def load_per_image(path, model: str = "ours") -> tuple[str, dict[str, float | No
     return res.get("dataset", ""), models[model]["per_image"]
 
 
-def source_of(name: str) -> str:
-    """The pseudo set's source of an image name ("source/item")."""
-    return name.split("/")[0]
-
-
 def compare(base: dict, cand: dict, per_source: bool, cap: float | None = None, boot: int = BOOT, seed: int = 0,
             level: float = LEVEL, sources: tuple[str, ...] | None = None) -> Comparison:
     """Paired comparison of two {image name: NME2D % or None} maps over the same images. ``per_source``: the
-    summary is the mean of the sources' means (a name's source: source_of), and resamples are drawn within each
+    summary is the mean of the sources' means (a name's source: metrics.source_of), and resamples are drawn within each
     source; otherwise one group. ``cap``: per-image errors are capped at it first. ``sources``: only the images
     of these sources are compared (with ``per_source``)."""
     if sources is not None:

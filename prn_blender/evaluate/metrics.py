@@ -69,6 +69,11 @@ def nme_by_group(pred, gt, norm: str = "box", dims: int = 2) -> dict:
     return {k: float(v[0]) for k, v in out.items()} if np.ndim(gt) == 2 else out
 
 
+def source_of(name: str) -> str:
+    """The source of a pseudo-set image name ("source/item", evaluate.run.pseudo_set)."""
+    return name.split("/")[0]
+
+
 def source_means(values, sources) -> dict:
     """{source: mean of its values} in first-seen order, NaN values (misses) left out; for sets where each source
     (a photo folder, a clip) should weigh the same whatever its number of frames."""

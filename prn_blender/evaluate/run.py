@@ -273,7 +273,7 @@ def evaluate_landmarks(a, models) -> dict:
             rec["yaw_abs_err"] = M.yaw_buckets(np.abs(pyaw[v] - yaws[v]), yaws[v])
             rec["yaw_under"] = M.yaw_buckets(np.abs(yaws[v]) - np.abs(pyaw[v]), yaws[v])
         if a.dataset == "pseudo":   # each source weighs the same: the clips have many frames of one person each
-            rec["nme2d_sources"] = M.source_means(e2, [n.split("/")[0] for n in names])
+            rec["nme2d_sources"] = M.source_means(e2, [M.source_of(n) for n in names])
             rec["nme2d_mean_of_sources"] = float(np.mean(list(rec["nme2d_sources"].values())))
         if dense_on and m is models[0]:
             rec["nme_dense"] = float(np.mean(dense["nme_dense"]))
