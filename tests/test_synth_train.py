@@ -69,11 +69,12 @@ def test_render_ground_truth_consistent(engine):
 
 def test_rendered_head_has_no_cracks(engine):
     """Polygons on the seams between ICT parts (face/head, lips/mouth) are drawn: the head layer has almost no
-    uncovered pixels inside its own silhouette (the seam dropped made a 2-3 px crack, >= 0.5 % of the area)."""
+    uncovered pixels inside its own silhouette (the seam dropped made a 2-3 px crack, >= 0.5 % of the area), also
+    with the neck turned towards a torso (sampler.sample_body)."""
     import torch.nn.functional as F
 
     from prn_blender.synth.render import CANVAS_MARGIN as m
-    from prn_blender.synth.sampler import sample_params
+    from prn_blender.synth.sampler import sample_body, sample_params
     ict, r = engine
     p = sample_params(4, ict.expression_names, torch.Generator().manual_seed(1))
     p["identity"].zero_()
@@ -82,10 +83,14 @@ def test_rendered_head_has_no_cracks(engine):
         p[k].zero_()
     p["yaw"][1], p["yaw"][2], p["pitch"][3] = 0.6, -1.2, 0.4
     b = r.render(_bare(p))
-    alpha = b.layer[:, 3:, m:-m, m:-m]
-    closed = -F.max_pool2d(-F.max_pool2d(alpha, 7, 1, 3), 7, 1, 3)
-    cracks = ((closed > 0) & (alpha == 0)).sum((1, 2, 3)).float()
-    assert torch.all(cracks < 0.0025 * alpha.sum((1, 2, 3))), cracks
+    # and with a torso facing the camera (sample_body): the neck turned all the way back from the head's yaw
+    body = sample_body(4, torch.Generator().manual_seed(2))
+    body["body_yaw"].zero_()
+    for scene in (b, r.render({**p, **body})):
+        alpha = scene.layer[:, 3:, m:-m, m:-m]
+        closed = -F.max_pool2d(-F.max_pool2d(alpha, 7, 1, 3), 7, 1, 3)
+        cracks = ((closed > 0) & (alpha == 0)).sum((1, 2, 3)).float()
+        assert torch.all(cracks < 0.0025 * alpha.sum((1, 2, 3))), cracks
     # the crop image is exactly the layer's centre composited over the background
     crop = b.layer[:, :, m:-m, m:-m]
     assert torch.allclose(b.image, (crop[:, :3] + (1 - crop[:, 3:]) * b.background).clamp(0, 1))
@@ -494,7 +499,7 @@ def test_freeze_bn_keeps_the_running_statistics(tmp_path):
     weights record it. Without it the statistics move."""
     from prn_blender.core.weights import load_model
     _train(tmp_path / "f", "--freeze-bn", "--context-blur", "0.5", "--detail", "--photo-backgrounds", "0.5",
-           "--jpeg", "0.5")
+           "--jpeg", "0.5", "--body", "0.5")
     _train(tmp_path / "t")
     frozen, _, md = load_model(tmp_path / "f/weights.safetensors")
     moved = load_model(tmp_path / "t/weights.safetensors")[0]
@@ -506,8 +511,8 @@ def test_freeze_bn_keeps_the_running_statistics(tmp_path):
     assert sum(bool(m.bias.abs().max() > 0) for m in bns) > len(bns) // 2      # the affine weights trained
     assert md["meta"]["bn_frozen"] is True
     assert md["meta"]["generator"].endswith(
-        "with detail with photo-backgrounds 0.5 with context-blur 0.5 with jpeg 0.5")
-    for flag in ("--context-blur", "--photo-backgrounds", "--jpeg"):
+        "with detail with photo-backgrounds 0.5 with context-blur 0.5 with jpeg 0.5 with body 0.5")
+    for flag in ("--context-blur", "--photo-backgrounds", "--jpeg", "--body"):
         p = subprocess.run(_train_cmd(tmp_path / "x", flag, "2"), check=False, cwd=REPO,
                            capture_output=True, text=True, timeout=600)
         assert p.returncode != 0 and f"{flag} 2.0: give a probability in [0, 1]" in p.stderr
@@ -570,9 +575,9 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     from prn_blender.core.network import ResFCN256
     save_weights(ResFCN256(2), tmp_path / "w2.safetensors", "ict-face-v2", {"steps": 0})
     model, _, md, _ = run(tmp_path / "out2", INIT=str(tmp_path / "w2.safetensors"), WIDTH="4", TRAIN_S="2",
-                          EVAL_N="0", PHOTO_BG="0.5", JPEG="0.25")
+                          EVAL_N="0", PHOTO_BG="0.5", JPEG="0.25", BODY="0.5")
     assert model.width == 4 and md["meta"]["parent"]["widened"].startswith("width 2 -> 4")
-    assert md["meta"]["generator"].endswith(" with photo-backgrounds 0.5 with jpeg 0.25")   # PHOTO_BG, JPEG
+    assert md["meta"]["generator"].endswith(" with photo-backgrounds 0.5 with jpeg 0.25 with body 0.5")   # and BODY
     assert md["meta"]["seed"] == 17                                   # INIT records no seed
 
 
@@ -703,6 +708,53 @@ def test_jpeg_codes_the_same_scenes(shared, tmp_path):
     with pytest.raises(SystemExit, match=r"error: jpeg 2.0: a probability in \[0, 1\]"):   # one line, no file
         sheet.main(["--out", str(tmp_path / "s.png"), "--jpeg", "2"])
     assert not (tmp_path / "s.png").exists()
+
+
+def test_body_turns_the_neck_between_head_and_torso(shared):
+    """--body P: a share P of the scenes gets a torso under the head (sampler.sample_body), drawn with a generator of
+    its own, so the run trains on the scenes of the run without: the same landmarks (the face above the neck does not
+    move), the neck turned between the head and the torso, more of the canvas covered below the head. The neck's
+    vertices turn about BODY_PIVOT by the torso's rotation from NECK_BASE down, not at all above NECK_TOP."""
+    from prn_blender.synth.render import BODY_PIVOT, GENERATOR_VERSION, NECK_BASE, NECK_TOP, _rotation
+    from prn_blender.synth.ict import HEAD_NECK_VERTS
+    from prn_blender.synth.sampler import sample_body, sample_params
+    from prn_blender.train import data
+    plain = data.SyntheticStream(4, seed=2, density=20)
+    body = data.SyntheticStream(4, seed=2, density=20, body=1.0)
+    a, b = plain.render(), body.render()
+    torch.testing.assert_close(a.kpt, b.kpt, rtol=0, atol=1e-4)
+    assert bool((a.pos - b.pos).abs().amax() > 1)                        # the neck's pixels moved
+    # heads bowed 30 deg show the shoulders at the canvas's bottom
+    p = sample_params(4, plain.ict.expression_names, torch.Generator().manual_seed(3))
+    p["pitch"][:] = 0.5
+    bowed = {**p, **sample_body(4, torch.Generator().manual_seed(4))}
+    q = a.layer.shape[-1] * 3 // 4
+    cover = [float(r.layer[:, 3, q:].mean()) for r in (body.renderer.render(p), body.renderer.render(bowed))]
+    assert cover[1] > cover[0] + 0.1
+    assert data.generator_name(body=0.5).endswith(" with body 0.5") and data.body_of(GENERATOR_VERSION) == 0.0
+    name = data.generator_name(["sh"], 0.5, detail=True, photo_backgrounds=0.25, jpeg=0.5, body=0.75)
+    assert name.endswith(" with context-blur 0.5 with jpeg 0.5 with body 0.75") and data.body_of(name) == 0.75
+    assert data.jpeg_of(name) == 0.5 and data.run_stream({"generator": name}, 2, 0).body == 0.75
+    with pytest.raises(ValueError, match="body 2: a probability"):
+        data.generator_name(body=2)
+    # the neck's turn: a torso facing the camera under a head turned 60 deg to its left and tilted
+    r = body.renderer
+    p = sample_body(1, torch.Generator().manual_seed(0))
+    p.update(yaw=torch.tensor([1.05]), pitch=torch.tensor([0.2]), roll=torch.tensor([0.1]),
+             body_yaw=torch.zeros(1), body_pitch=torch.zeros(1), body_roll=torch.zeros(1))
+    Q, _ = r._body_turn(p, _rotation(p["yaw"], p["pitch"], p["roll"]))
+    torch.testing.assert_close(_rotation(p["yaw"], p["pitch"], p["roll"]) @ Q, torch.eye(3)[None], atol=1e-5, rtol=0)
+    v = r.neutral[None]
+    t = r._twist_neck(v, Q)
+    y = v[0, :, 1]
+    assert torch.equal(t[0, y > NECK_TOP], v[0, y > NECK_TOP])          # the head and face above the neck
+    low = (y <= NECK_BASE) & (torch.arange(len(y)) < HEAD_NECK_VERTS[1])
+    piv = v.new_tensor(BODY_PIVOT)
+    torch.testing.assert_close(t[0, low], (v[0, low] - piv) @ Q[0].T + piv, atol=1e-4, rtol=0)
+    # a torso turned as the head is does not turn the neck
+    p.update(body_yaw=torch.ones(1), body_pitch=torch.ones(1), body_roll=torch.ones(1))
+    Q1, _ = r._body_turn(p, _rotation(p["yaw"], p["pitch"], p["roll"]))
+    torch.testing.assert_close(r._twist_neck(v, Q1), v, atol=1e-4, rtol=0)
 
 
 def test_no_face_model_is_one_error_line_and_writes_nothing(tmp_path):

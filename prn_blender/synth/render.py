@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..core.constants import KPT_CROP_SCALE, RESOLUTION
 from ..core.layout import UVLayout, load_layout
 from . import accessories
-from .ict import FACE_VERTS, ICTModel
+from .ict import FACE_VERTS, HEAD_NECK_VERTS, ICTModel
 from .uvmap import LAYOUT_NAME, rasterize_face_uv, uv_to_pixel, vertex_uv
 
 # 2: head layer warped, then composited; seam polygons drawn; exposure-like colour. 3: hair volume, fringes, locks
@@ -43,10 +43,19 @@ GENERATOR_VERSION = "ictsynth-11"
 # shift / rotation augmentation (see sampler.augment) reveals more head and neck, not a cut edge
 CANVAS_MARGIN = 48
 
+# the body under the head in scenes with sampler.sample_body's parameters (train.py --body P), canonical cm (y up, z
+# to the camera): skin-and-neck vertices below NECK_TOP turn towards the torso's orientation, fully at NECK_BASE;
+# the torso (an elliptic cylinder BODY_WALL cm tall under sloping shoulders) hangs from BODY_PIVOT, the base of the
+# ICT neck; it is drawn from BODY_POINTS (wall, shoulders) point samples at half the canvas resolution
+NECK_TOP, NECK_BASE = -9.0, -18.5
+BODY_PIVOT = (0.0, -18.5, -1.0)
+BODY_WALL = 28.0
+BODY_POINTS = (32768, 8192)
+
 # part ids of the rendered point cloud
 P_FACE, P_HEAD, P_MOUTH, P_GUMS, P_TEETH, P_SCLERA, P_IRIS = range(7)
 _PART_RANGES = [  # (part, vmin, vmax, relative sampling density); head and mouth also take their seam to the face
-    (P_FACE, 0, FACE_VERTS, 1.0), (P_HEAD, 9409, 11248, 0.6), (P_MOUTH, 11248, 13294, 0.5),
+    (P_FACE, 0, FACE_VERTS, 1.0), (P_HEAD, *HEAD_NECK_VERTS, 0.6), (P_MOUTH, 11248, 13294, 0.5),
     (P_GUMS, 14062, 17039, 0.5), (P_TEETH, 17039, 21451, 0.6),
     (P_SCLERA, 21451, 22221, 1.0), (P_IRIS, 22221, 23021, 1.0), (P_SCLERA, 23021, 23791, 1.0),
     (P_IRIS, 23791, 24591, 1.0),
@@ -77,6 +86,13 @@ def _rotation(yaw, pitch, roll):
     Rx = torch.stack([o, z, z, z, cp, -sp, z, sp, cp], -1).view(-1, 3, 3)
     Rz = torch.stack([cr, -sr, z, sr, cr, z, z, z, o], -1).view(-1, 3, 3)
     return Rz @ Rx @ Ry
+
+
+def _sh_basis(n: torch.Tensor) -> torch.Tensor:
+    """(...,8) the environment light's basis at camera-space unit normals n (...,3) (see sampler.sample_lighting):
+    the non-constant real spherical harmonics up to order 2, less their value at the normal (0, 0, 1)."""
+    x, y, z = n.unbind(-1)
+    return torch.stack([x, y, z - 1, x * y, y * z, x * z, x * x - y * y, 3 * z * z - 3], -1)
 
 
 class FaceRenderer:
@@ -191,6 +207,22 @@ class FaceRenderer:
         # cavity term of the neutral head, per point (eye sockets, lid margins, nostrils, lip line, ear folds)
         ao = cavity(v, tris)
         self.cavity = torch.from_numpy((ao[s_tri] * bary).sum(1, keepdims=True).astype(np.float32)).to(dev)
+        # the neck's turn towards the torso (see _twist_neck): face and head-and-neck vertices below NECK_TOP,
+        # smoothstep weights
+        y = v[:HEAD_NECK_VERTS[1], 1]
+        w = np.clip((NECK_TOP - y) / (NECK_TOP - NECK_BASE), 0, 1)
+        self.neck_ids = torch.from_numpy(np.nonzero(w > 0)[0]).to(dev)
+        w = w[w > 0]
+        self.neck_w = torch.from_numpy((w * w * (3 - 2 * w)).astype(np.float32)).to(dev)
+        # the torso's unit samples (see _body): wall (angle, depth below the rim), shoulders (angle, area fraction
+        # of the ring between the neck and the rim), and a cloth pattern of each: stripes plus a few sinusoids
+        nw, nt = BODY_POINTS
+        phi = rng.random(nw + nt) * 2 * np.pi
+        u = rng.random(nw + nt)
+        fq = rng.normal(size=(4, 3)) * [3.0, 6.0, 3.0]
+        q = np.stack([np.cos(phi), np.sin(phi), u], 1)
+        tex = np.sin(q @ fq.T + rng.random(4) * 2 * np.pi).sum(1) + 1.5 * np.sin(u * rng.uniform(20, 60))
+        self.body_unit = torch.from_numpy(np.stack([phi, u, tex / tex.std()], 1).astype(np.float32)).to(dev)
 
     # ------------------------------------------------------------------ geometry
     def shapes(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
@@ -218,6 +250,61 @@ class FaceRenderer:
         out[..., 2] = img[..., 2] * s[:, None]
         return out, R
 
+    # ------------------------------------------------------------------ body (sampler.sample_body)
+    def _body_turn(self, p, R):
+        """(B,3,3) Q = R^T R_body, the torso's orientation in the head's model frame, and R_body: the torso turns
+        by the shares ``body_yaw``, ``body_pitch``, ``body_roll`` of the head's angles (1: as the head)."""
+        Rb = _rotation(p["yaw"] * p["body_yaw"], p["pitch"] * p["body_pitch"], p["roll"] * p["body_roll"])
+        return R.transpose(1, 2) @ Rb, Rb
+
+    def _twist_neck(self, verts, Q):
+        """(B,V,3) model-space vertices with the neck turned about BODY_PIVOT by the share neck_w of rotation Q
+        (B,3,3): 0 at NECK_TOP (the head's own orientation), all of it from NECK_BASE down."""
+        cos = ((Q.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)
+        k = torch.stack([Q[:, 2, 1] - Q[:, 1, 2], Q[:, 0, 2] - Q[:, 2, 0], Q[:, 1, 0] - Q[:, 0, 1]], -1)
+        k = F.normalize(k, dim=-1)[:, None]                                                  # (B,1,3) axis
+        theta = torch.acos(cos)[:, None, None] * self.neck_w[None, :, None]                 # (B,K,1)
+        piv = verts.new_tensor(BODY_PIVOT)
+        x = verts.index_select(1, self.neck_ids) - piv
+        kx = (k * x).sum(-1, keepdim=True)
+        x = x * theta.cos() + torch.cross(k.expand_as(x), x, dim=-1) * theta.sin() + k * kx * (1 - theta.cos())
+        return verts.index_copy(1, self.neck_ids, x + piv)
+
+    def _body(self, p, Q, Rb):
+        """The torso's points in the head's model frame (B,N,3) cm, their normals in camera space (B,N,3) and
+        their albedo (B,N,3): cloth of colour ``cloth`` with pattern contrast ``cloth_tex``, skin (``skin``) from
+        the neck out to the share ``collar`` of the shoulders."""
+        nw = BODY_POINTS[0]
+        phi, u, tex = self.body_unit.unbind(-1)
+        a, c, zc = p["body_width"][:, None], p["body_depth"][:, None], p["body_z"][:, None]
+        drop, top = p["shoulder_drop"][:, None], NECK_BASE - p["neck_extra"][:, None]
+        r0 = (6.0 / a).clamp(max=0.6)                                                       # the neck's radius
+        cp, sp = phi.cos()[None], phi.sin()[None]
+        r = torch.cat([torch.ones_like(a).expand(-1, nw), (r0 ** 2 + u[nw:] * (1 - r0 ** 2)).sqrt()], 1)
+        s = ((r - r0) / (1 - r0)).clamp(0, 1)
+        wall = torch.arange(len(phi), device=a.device) < nw
+        y = torch.where(wall, top - drop - u * BODY_WALL, top - drop * s ** 1.5)
+        pts = torch.stack([a * r * cp, y, zc + c * r * sp], -1)
+        slope = drop * 1.5 * s.sqrt() / (1 - r0)                                            # -dy/dr, shoulders
+        n = torch.where(wall[None, :, None], torch.stack([c * cp, torch.zeros_like(y), a * sp], -1),
+                        torch.stack([slope * cp / a, torch.ones_like(y), slope * sp / c], -1))
+        piv = pts.new_tensor(BODY_PIVOT)
+        pts = (pts - piv) @ Q.transpose(1, 2) + piv
+        n = F.normalize(n, dim=-1) @ Rb.transpose(1, 2)
+        skin = (~wall[None] & (s < p["collar"][:, None]))[..., None]
+        cloth = p["cloth"][:, None] * (1 + p["cloth_tex"][:, None, None] * tex[None, :, None])
+        return pts, n, torch.where(skin, p["skin"][:, None], cloth).clamp(0, 1)
+
+    def _shade_points(self, n, albedo, p):
+        """Diffuse colour (B,N,3) of points with camera-space normals n (B,N,3): the head's lights without its
+        specular and cavity terms."""
+        L = F.normalize(p["light_dir"], dim=-1)
+        lam = (n @ L[..., None]).clamp_min(0)
+        amb = p["ambient"][:, None]
+        if "sh" in p:
+            amb = amb * (1 + _sh_basis(n) @ p["sh"]).clamp_min(0)
+        return albedo * (amb + lam * p["light_col"][:, None])
+
     # ------------------------------------------------------------------ rendering
     def _interp(self, mat, verts):
         """(B,V,3) -> (B,R,3) through a sparse (R,V) interpolation matrix."""
@@ -240,7 +327,16 @@ class FaceRenderer:
         """Draw the scenes ``p`` whose model-space vertices (B,V,3) are ``verts``."""
         dev = self.device
         B = p["identity"].shape[0]
+        body = None
+        if "body" in p:                                                                       # see sample_body
+            Q, Rb = self._body_turn(p, _rotation(p["yaw"], p["pitch"], p["roll"]))
+            verts = self._twist_neck(verts, Q)
+            body = self._body(p, Q, Rb)
+            verts = torch.cat([verts, body[0]], 1)
         img_v, R = self.project(verts, p["yaw"], p["pitch"], p["roll"], p["persp_dist"])
+        if body is not None:
+            V = img_v.shape[1] - body[0].shape[1]
+            img_v, body_img, verts = img_v[:, :V], img_v[:, V:], verts[:, :V]
         # position map (face pixels), z shifted to min 0
         face = self._interp(self.G, img_v)                                                    # (B,N,3)
         zf = face[..., 2].clone()
@@ -262,9 +358,7 @@ class FaceRenderer:
                  (fn @ h[..., None]).clamp_min(0) ** p["shininess"][:, None, None] * p["specular"][:, None, None],
                  fn[..., 2:]]
         if "sh" in p:                                                                         # see sample_lighting
-            x, y, z = fn.unbind(-1)
-            Y = torch.stack([x, y, z - 1, x * y, y * z, x * z, x * x - y * y, 3 * z * z - 3], -1)
-            terms.append(p["ambient"][:, None] * (1 + Y @ p["sh"]).clamp_min(0))
+            terms.append(p["ambient"][:, None] * (1 + _sh_basis(fn) @ p["sh"]).clamp_min(0))
         per = torch.cat(terms, -1).index_select(1, self.s_tri)                                # (B,M,3|6)
         lam, spec = per[..., 0:1], per[..., 1:2]
         amb = per[..., 3:] if "sh" in p else p["ambient"][:, None]                           # (B,M|1,3)
@@ -288,6 +382,13 @@ class FaceRenderer:
         alpha = torch.isfinite(zbuf)[:, None].to(layer.dtype)
         layer = torch.cat([layer.clamp(0, 1) * alpha, alpha], 1)
         layer = accessories.draw(layer, kpt[..., :2] + m, p)
+        if body is not None:                                  # the torso behind the head, hair and glasses
+            keep = (body[1][..., 2] > -0.05) & p["body"][:, None]
+            half, zb = self._splat((body_img + shift) * 0.5, self._shade_points(body[1], body[2], p), keep, B,
+                                   n=C // 2)
+            under = torch.cat([half.clamp(0, 1), torch.ones_like(half[:, :1])], 1) * torch.isfinite(zb)[:, None]
+            under = F.interpolate(under, size=(C, C), mode="bilinear", align_corners=False)
+            layer = layer + (1 - layer[:, 3:]) * under
         crop = layer[:, :, m:m + n, m:m + n]
         out = crop[:, :3] + (1 - crop[:, 3:]) * p["background"]
         pose = torch.stack([p["yaw"], p["pitch"], p["roll"]], -1) * (180 / math.pi)
@@ -295,11 +396,10 @@ class FaceRenderer:
                      pos=pos.view(B, RESOLUTION, RESOLUTION, 3).permute(0, 3, 1, 2).contiguous(),
                      kpt=kpt, visibility=vis.view(B, RESOLUTION, RESOLUTION), pose=pose)
 
-    def _splat(self, pts, col, keep, B):
+    def _splat(self, pts, col, keep, B, n=RESOLUTION + 2 * CANVAS_MARGIN):
         """z-buffer splat of (B,M,3) canvas-pixel points with colours (B,M,3), each on its 2x2 nearest pixels;
-        only the points with ``keep`` (B,M) are drawn. Returns image (B,3,C,C) and zbuf (B,C,C) (-inf where
-        empty), C = RESOLUTION + 2 CANVAS_MARGIN."""
-        n = RESOLUTION + 2 * CANVAS_MARGIN
+        only the points with ``keep`` (B,M) are drawn. Returns image (B,3,n,n) and zbuf (B,n,n) (-inf where
+        empty); the canvas is n = RESOLUTION + 2 CANVAS_MARGIN pixels wide unless told."""
         trash = B * n * n                       # out-of-image points go to this extra slot
         sel = keep.reshape(-1).nonzero()[:, 0]  # culled points never change a pixel: drop them up front
         pts, col = pts.reshape(-1, 3).index_select(0, sel), col.reshape(-1, 3).index_select(0, sel)

@@ -112,6 +112,31 @@ def sample_lighting(B: int, g: torch.Generator, device="cpu", prob: float = 0.6)
     return {"sh": c.to(device)}
 
 
+def sample_body(B: int, g: torch.Generator, device="cpu", prob: float = 1.0) -> dict:
+    """The body under the head for training scenes (train.py --body P; see FaceRenderer._body): in a share ``prob``
+    of the scenes (``body``) a clothed torso, whose yaw, pitch and roll are the shares ``body_yaw`` U(0, 1),
+    ``body_pitch`` U(0.3, 1), ``body_roll`` U(0, 1) of the head's (the neck turns between the two; 1 elsewhere:
+    no turn), half width U(15, 23) cm, half depth U(9, 13) cm, centre U(-3, 0) cm behind the neck's, shoulders
+    dropping U(3, 8) cm, a neck U(0, 3) cm longer; skin out to ``collar`` U(0, 0.4) of the shoulders (all of them
+    in 15 %), cloth of a random colour and saturation with pattern contrast U(0, 0.35). Drawn with its own
+    generator ``g`` (CPU), so a run with the body sees the same scenes as one without."""
+    with torch.device("cpu"):
+        def U(*shape, lo=0.0, hi=1.0):
+            return torch.rand(*shape, generator=g) * (hi - lo) + lo
+
+        on = U(B) < prob
+        one = torch.ones(B)
+        hue = U(B, 3)
+        grey = hue.mean(1, keepdim=True)
+        cloth = (grey + U(B, 1) * (hue - grey)) * U(B, 1, lo=0.1, hi=1.0) / hue.amax(1, keepdim=True).clamp_min(0.1)
+        collar = torch.where(U(B) < 0.15, one, U(B, hi=0.4))
+        p = {"body": on, "body_yaw": torch.where(on, U(B), one), "body_pitch": torch.where(on, U(B, lo=0.3), one),
+             "body_roll": torch.where(on, U(B), one), "body_width": U(B, lo=15, hi=23),
+             "body_depth": U(B, lo=9, hi=13), "body_z": U(B, lo=-3, hi=0), "shoulder_drop": U(B, lo=3, hi=8),
+             "neck_extra": U(B, hi=3), "collar": collar, "cloth": cloth.clamp(0, 1), "cloth_tex": U(B, hi=0.35)}
+    return {k: v.to(device) for k, v in p.items()}
+
+
 def sample_detail(B: int, g: torch.Generator, beard: torch.Tensor, device="cpu", full_beard: float = 0.12) -> dict:
     """Fine appearance detail for training scenes (train.py --detail; see FaceRenderer.albedo): strand streaks on
     the hair (contrast ``hair_tex`` U(0.15, 0.6)), mottling of the skin (``skin_tex`` U(0, 0.1)), and a full

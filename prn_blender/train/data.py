@@ -3,7 +3,8 @@
 blurred surround: ``context_blur``, off by default] [-> JPEG coding: ``jpeg``, off by default]); with ``detail``
 (off by default) the scenes are dressed with hair strands, skin mottling and full beards (sampler.sample_detail);
 with ``photo_backgrounds`` (off by default) that share of the scenes has a real photo behind the face instead of a
-procedural background (synth.photos); scenes get environment lighting (sampler.sample_lighting) and the yaw-aware
+procedural background (synth.photos); with ``body`` (off by default) that share has a clothed torso under a neck
+that turns between head and torso (sampler.sample_body); scenes get environment lighting (sampler.sample_lighting) and the yaw-aware
 hair locks and glasses of accessories.draw.
 
 ``SyntheticStream`` renders fresh batches and keeps a small replay pool: with ``reuse`` > 0 a rendered batch is
@@ -41,6 +42,7 @@ from ..synth.sampler import (
     distract,
     expose,
     occlude,
+    sample_body,
     sample_detail,
     sample_lighting,
     sample_params,
@@ -67,26 +69,31 @@ PHOTO_BACKGROUNDS = " with photo-backgrounds "   # generator-name part of train.
 PHOTO_SEED = 15485863                    # the photo backgrounds' generator: seed * 1000 + rank + this (as the blur's)
 JPEG = " with jpeg "                     # generator-name part of train.py --jpeg P (off by default)
 JPEG_SEED = 32452843                     # sampler.compress's generator: seed * 1000 + rank + this (as the blur's)
+BODY = " with body "                     # generator-name part of train.py --body P (off by default)
+BODY_SEED = 49979687                     # sampler.sample_body's generator: seed * 1000 + rank + this (as the blur's)
 
 
 def generator_name(without=(), context_blur: float = 0.0, detail: bool = False,
-                   photo_backgrounds: float = 0.0, jpeg: float = 0.0) -> str:
+                   photo_backgrounds: float = 0.0, jpeg: float = 0.0, body: float = 0.0) -> str:
     """The training data's generator: GENERATOR_VERSION, or e.g. "ictsynth-11 without distract+sh", with
     " with detail" when the scenes were dressed by sampler.sample_detail, " with photo-backgrounds 0.5" when that
     share of the scenes had a photo behind the face (synth.photos), " with context-blur 0.5" when that share of
-    the scenes had their surround blurred (sampler.blur_context) and " with jpeg 0.5" when that share was JPEG-coded
-    (sampler.compress), in this order."""
+    the scenes had their surround blurred (sampler.blur_context), " with jpeg 0.5" when that share was JPEG-coded
+    (sampler.compress) and " with body 0.5" when that share had a torso under a turning neck (sampler.sample_body),
+    in this order."""
     unknown = set(without) - set(SCENE_FEATURES)
     if unknown:
         raise ValueError(f"unknown scene features {sorted(unknown)}; known: {', '.join(SCENE_FEATURES)}")
-    for what, prob in (("context blur", context_blur), ("photo backgrounds", photo_backgrounds), ("jpeg", jpeg)):
+    for what, prob in (("context blur", context_blur), ("photo backgrounds", photo_backgrounds), ("jpeg", jpeg),
+                       ("body", body)):
         if not 0 <= prob <= 1:
             raise ValueError(f"{what} {prob}: a probability in [0, 1]")
     return (GENERATOR_VERSION + (f" without {'+'.join(sorted(without))}" if without else "")
             + (DETAIL if detail else "")
             + (f"{PHOTO_BACKGROUNDS}{photo_backgrounds:g}" if photo_backgrounds else "")
             + (f"{CONTEXT_BLUR}{context_blur:g}" if context_blur else "")
-            + (f"{JPEG}{jpeg:g}" if jpeg else ""))
+            + (f"{JPEG}{jpeg:g}" if jpeg else "")
+            + (f"{BODY}{body:g}" if body else ""))
 
 
 def without_of(generator: str) -> list[str]:
@@ -122,12 +129,17 @@ def jpeg_of(generator: str) -> float:
     return _share_of(generator, JPEG)
 
 
+def body_of(generator: str) -> float:
+    """The share of scenes with a body (sampler.sample_body) a generator name records (0 without one)."""
+    return _share_of(generator, BODY)
+
+
 class SyntheticStream:
     def __init__(self, batch: int, seed: int = 0, rank: int = 0, device="cpu", reuse: int = 0,
                  max_yaw: float = 90.0, shared=None, augment_on: bool = True, density: float = 40.0,
                  yaw_uniform: float = YAW_UNIFORM, without=(), context_blur: float = 0.0, render_batches: int = 1,
-                 detail: bool = False, photo_backgrounds: float = 0.0, jpeg: float = 0.0):
-        generator_name(without, context_blur, detail, photo_backgrounds, jpeg)   # validates names and probabilities
+                 detail: bool = False, photo_backgrounds: float = 0.0, jpeg: float = 0.0, body: float = 0.0):
+        generator_name(without, context_blur, detail, photo_backgrounds, jpeg, body)   # validates the arguments
         if render_batches < 1:
             raise ValueError(f"render_batches {render_batches}: give a number of batches >= 1")
         self.render_batches = render_batches
@@ -151,6 +163,8 @@ class SyntheticStream:
             self.gp = torch.Generator(dev).manual_seed(seed * 1000 + rank + PHOTO_SEED)
         self.jpeg = jpeg
         self.gj = torch.Generator(dev).manual_seed(seed * 1000 + rank + JPEG_SEED)
+        self.body = body
+        self.gb = torch.Generator().manual_seed(seed * 1000 + rank + BODY_SEED)
         self._kpt = torch.from_numpy(self.renderer.layout.kpt_xy).long().to(dev)   # (68,2) landmark UV pixels (x,y)
         self.device = device
         self._cache, self._left, self._ready = None, 0, []
@@ -167,6 +181,8 @@ class SyntheticStream:
             p.update(sample_detail(B, self.gd, p["beard"], self.device))
         if self.photo_backgrounds:
             p["background"] = self.photos(p["background"], self.gp, self.photo_backgrounds)
+        if self.body:
+            p.update(sample_body(B, self.gb, self.device, self.body))
         return self.renderer.render(p)
 
     def __iter__(self):
@@ -202,9 +218,9 @@ class SyntheticStream:
 def run_stream(meta: dict, batch: int, seed: int, **kw) -> SyntheticStream:
     """A stream of the scenes a run trained on, from its weights' metadata: its scene features and yaw prior (for
     BatchNorm recalibration: the statistics are those of the run's own data), context blur, detail, photo
-    backgrounds and JPEG coding included."""
+    backgrounds, JPEG coding and the body included."""
     generator = meta.get("generator", "")
     return SyntheticStream(batch, seed=seed, without=without_of(generator), context_blur=context_blur_of(generator),
                            detail=detail_of(generator), photo_backgrounds=photo_backgrounds_of(generator),
-                           jpeg=jpeg_of(generator),
+                           jpeg=jpeg_of(generator), body=body_of(generator),
                            yaw_uniform=float(meta.get("yaw_uniform", YAW_UNIFORM)), **kw)

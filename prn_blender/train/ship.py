@@ -28,7 +28,7 @@ from ..core.weights import (
 )
 from ..evaluate.compare import LEVEL, compare
 from ..evaluate.run import PeerModel
-from .data import context_blur_of, detail_of, jpeg_of, photo_backgrounds_of, run_stream, without_of
+from .data import body_of, context_blur_of, detail_of, jpeg_of, photo_backgrounds_of, run_stream, without_of
 from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
 from .soup import BN_BATCHES, default_bn_batches, mean_state
 
@@ -142,7 +142,7 @@ def _train_command(meta: dict, run: str, width: int, batch: int, reuse: int, fir
     loss = meta.get("loss", DEFAULT_LOSS)
     generator = meta.get("generator", "")
     without, blur, detail = without_of(generator), context_blur_of(generator), detail_of(generator)
-    photo, jpeg = photo_backgrounds_of(generator), jpeg_of(generator)
+    photo, jpeg, body = photo_backgrounds_of(generator), jpeg_of(generator), body_of(generator)
     parent = meta.get("parent")
     return (f"python train.py --out runs/{run} --width {width} --batch {batch} --reuse {reuse} "
             + (f"--render-batches {meta['render_batches']} " if int(meta.get("render_batches", 1)) > 1 else "")
@@ -154,6 +154,7 @@ def _train_command(meta: dict, run: str, width: int, batch: int, reuse: int, fir
             + (" --detail" if detail else "")
             + (f" --photo-backgrounds {photo:g}" if photo else "")
             + (f" --jpeg {jpeg:g}" if jpeg else "")
+            + (f" --body {body:g}" if body else "")
             + (f" --yaw-uniform {float(meta['yaw_uniform']):g}" if "yaw_uniform" in meta else "")
             + (" --freeze-bn" if meta.get("bn_frozen") else "")
             + (f" --schedule cosine --max-time {float(meta.get('max_time', 0)):g} --amp {meta.get('amp')}" if cosine
