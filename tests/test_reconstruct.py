@@ -155,6 +155,59 @@ def test_made_crops_are_zoomed_about_their_centre_given_ones_are_not():
     assert rec.crops_for(None, crop=given) == [given]
 
 
+def test_context_blur_blurs_the_second_pass_views_outside_the_first_pass_landmarks(rec, astronaut, monkeypatch):
+    """InferenceOptions.context_blur = G: the second pass's zoomed views (mirrored ones too) are the default ones
+    blurred outside the first pass's landmark hull grown by G (core.context: inside it, the same pixels), the wide
+    view and the texture keep the sharp photo, and a face given by landmarks (no first pass) is not blurred."""
+    import torch
+
+    from prn_blender.core.constants import FIRST_PASS_VIEWS
+    from prn_blender.core.context import context_mask
+    from prn_blender.core.image_io import load_image
+    from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions, texture_from_image
+    batches = {}
+
+    class Spy:                                        # the network's input batches, one per pass
+        def __init__(self, name, predictor):
+            self.name, self.predictor = name, predictor
+
+        def __getattr__(self, attr):
+            return getattr(self.predictor, attr)
+
+        def __call__(self, crops):
+            batches.setdefault(self.name, []).append(crops.copy())
+            return self.predictor(crops)
+
+    def spy(name, r):
+        monkeypatch.setattr(r, "predictor", Spy(name, r.predictor))
+        return r
+    sharp = spy("sharp", FaceReconstructor(device="cpu"))
+    blur = spy("blur", FaceReconstructor(device="cpu", options=InferenceOptions(context_blur=1.5)))
+    a, b = sharp(str(astronaut))[0], blur(str(astronaut))[0]
+    assert a.crop == b.crop
+    tex = texture_from_image(load_image(astronaut), b.position_map, b.vertices, blur.layout)[1]
+    np.testing.assert_array_equal(b.texture, tex)                      # sampled from the sharp photo
+    (scale, turn), = FIRST_PASS_VIEWS
+    first = FaceReconstructor(device="cpu", options=InferenceOptions(recrop=False, scales=(scale,), turns=(turn,),
+                                                                     periphery=False))(str(astronaut), texture=False)[0]
+    own = rec.crop_landmarks(first)
+    views = rec.predictor.options.views
+    sa, sb = batches["sharp"][-1], batches["blur"][-1]              # the second pass: views, wide view, mirrored
+    n = len(views) + 1
+    assert sa.shape == sb.shape == (2 * n, 256, 256, 3)
+    for j, (k, t) in enumerate(views):
+        lm = b.crop.resized(k).turned(t).to_crop(own[:, :2])
+        inside = context_mask(torch.from_numpy(lm)[None].float(), torch.tensor([1.5]))[0, 0].numpy() > 0
+        assert 0.5 < inside.mean() < 0.95
+        np.testing.assert_array_equal(sb[j][inside], sa[j][inside])
+        assert np.abs(sb[j] - sa[j])[~inside].mean() > 0.01
+        np.testing.assert_array_equal(sb[n + j][:, ::-1][inside], sa[n + j][:, ::-1][inside])   # its mirror
+    np.testing.assert_array_equal(sb[n - 1], sa[n - 1])                # the wide view
+    assert np.abs(b.landmarks - a.landmarks)[:, :2].max() > 0.01
+    np.testing.assert_array_equal(blur(str(astronaut), landmarks=own, texture=False)[0].landmarks,
+                                  sharp(str(astronaut), landmarks=own, texture=False)[0].landmarks)
+
+
 def test_recrop_is_turned_with_a_rolled_head(astronaut):
     """A detected face's second pass is cropped turned with the first pass's head roll beyond +-roll_free degrees
     (crop_angle: a soft threshold, 0 within it); roll_free None keeps crops axis-aligned. On the astronaut turned by

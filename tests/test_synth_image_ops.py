@@ -68,7 +68,8 @@ def test_context_blur_matches_opencv_and_keeps_the_random_stream():
     of 360 supporting half-planes, OpenCV's is rounded to whole pixels), and wherever the two masks agree the
     pixels match OpenCV's blur. Unchosen samples are untouched, and the blur's generator advances by the same
     draws whatever is chosen."""
-    from prn_blender.synth.sampler import blur_context, context_mask
+    from prn_blender.core.context import context_mask
+    from prn_blender.synth.sampler import blur_context
     rng = np.random.default_rng(5)
     B, n = 6, 256
     img = torch.from_numpy(rng.random((B, 3, n, n), dtype=np.float32))

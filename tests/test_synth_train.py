@@ -473,8 +473,8 @@ def test_without_is_recorded_and_checked(tmp_path):
 def test_context_blur_scenes_are_the_same_scenes_with_a_blurred_surround(shared):
     """--context-blur: the blur has a generator of its own, so a run with it trains on the scenes of the run
     without it; the chosen samples differ outside the face only, and the generator name records the share."""
+    from prn_blender.core.context import context_mask
     from prn_blender.synth.render import GENERATOR_VERSION
-    from prn_blender.synth.sampler import context_mask
     from prn_blender.train import data
     plain = data.SyntheticStream(4, seed=1, density=20)
     blurred = data.SyntheticStream(4, seed=1, density=20, context_blur=1.0)
@@ -715,8 +715,8 @@ def test_body_turns_the_neck_between_head_and_torso(shared):
     its own, so the run trains on the scenes of the run without: the same landmarks (the face above the neck does not
     move), the neck turned between the head and the torso, more of the canvas covered below the head. The neck's
     vertices turn about BODY_PIVOT by the torso's rotation from NECK_BASE down, not at all above NECK_TOP."""
-    from prn_blender.synth.render import BODY_PIVOT, GENERATOR_VERSION, NECK_BASE, NECK_TOP, _rotation
     from prn_blender.synth.ict import HEAD_NECK_VERTS
+    from prn_blender.synth.render import BODY_PIVOT, GENERATOR_VERSION, NECK_BASE, NECK_TOP, _rotation
     from prn_blender.synth.sampler import sample_body, sample_params
     from prn_blender.train import data
     plain = data.SyntheticStream(4, seed=2, density=20)

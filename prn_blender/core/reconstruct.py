@@ -28,6 +28,7 @@ from .constants import (
     RESOLUTION,
     ROLL_FREE,
 )
+from .context import blur_surround
 from .crop import crop_from_box, crop_from_landmarks, turn_crop, uncrop_position_map, warp
 from .detect import Detector, make_detector
 from .image_io import load_image, upright_turns
@@ -81,6 +82,10 @@ class InferenceOptions:
                                   # sources, the shipped model at zoom 1.15, stop 25): 3.35 % NME with the detector's
                                   # crops alone, 3.10 % with the second pass; real photos: the model card's
                                   # detector-crop table
+    context_blur: float | None = None   # with recrop, the second pass's zoomed views see the crop's surround
+                                        # Gaussian-blurred outside the first pass's landmark hull grown by this factor
+                                        # (core.context.blur_surround, as train.py --context-blur blurs training
+                                        # scenes); the wide view and the texture keep it sharp; None: off
 
     @property
     def views(self) -> tuple[tuple[float, float], ...]:
@@ -266,7 +271,8 @@ class FaceReconstructor:
             first_ms = (time.perf_counter() - t) * 1e3 / len(crops)
         o = self.predictor.options
         results = self._reconstruct(img, crops, texture, detect_ms, o.views,
-                                    o.periphery if periphery is None else periphery, carry)
+                                    o.periphery if periphery is None else periphery, carry,
+                                    surround=None if first_ms is None else [self.crop_landmarks(f) for f in first])
         if first_ms is not None:
             for r in results:
                 r.timings["first_pass"] = first_ms
@@ -300,16 +306,18 @@ class FaceReconstructor:
             crops = [self._recrop(img, face) if o.recrop else face.crop]
             first_ms = (time.perf_counter() - t) * 1e3
         result = self._reconstruct(img, crops, texture, detect_ms, o.views,
-                                   o.periphery if periphery is None else periphery)[0]
+                                   o.periphery if periphery is None else periphery,
+                                   surround=[self.crop_landmarks(face)] if o.recrop else None)[0]
         if first_ms is not None:
             result.timings["first_pass"] = first_ms
         return result, n
 
     def _reconstruct(self, img: np.ndarray, crops: list[CropTransform], texture: bool, detect_ms: float,
-                     views: tuple, periphery: bool, carry=None) -> list[FaceResult]:
+                     views: tuple, periphery: bool, carry=None, surround=None) -> list[FaceResult]:
         """One pass of the network (each crop in ``views``, (side multiple, turn in degrees) pairs, and the wide
         view with ``periphery``; mirrored too when ``options.flip``) over ``crops`` of ``img``; ``carry``: see
-        __call__."""
+        __call__. ``surround``: per crop, (68,2+) image-pixel landmarks of a first pass, outside whose hull the
+        views are blurred when ``options.context_blur``."""
         h, w = img.shape[:2]
         t1 = time.perf_counter()
         m = len(views)
@@ -317,6 +325,13 @@ class FaceReconstructor:
         wide = [c.resized(self.zoom) for c in crops] if periphery and self.zoom > 1 else []
         vcrops += wide
         batch = np.stack([warp(img, v) for v in vcrops])
+        grow = self.predictor.options.context_blur
+        if grow and surround is not None:              # the zoomed views; the wide one keeps its surround
+            nz = len(crops) * m
+            lm = np.stack([v.to_crop(np.asarray(surround[j // m])[:, :2]) for j, v in enumerate(vcrops[:nz])])
+            x = torch.from_numpy(np.ascontiguousarray(batch[:nz].transpose(0, 3, 1, 2)))
+            x = blur_surround(x, torch.from_numpy(lm).float(), torch.full((nz,), float(grow)))
+            batch[:nz] = x.numpy().transpose(0, 2, 3, 1)
         t2 = time.perf_counter()
         if self.predictor.options.flip:
             nv = len(vcrops)
