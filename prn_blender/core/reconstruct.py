@@ -85,7 +85,11 @@ class InferenceOptions:
     context_blur: float | None = None   # with recrop, the second pass's zoomed views see the crop's surround
                                         # Gaussian-blurred outside the first pass's landmark hull grown by this factor
                                         # (core.context.blur_surround, as train.py --context-blur blurs training
-                                        # scenes); the wide view and the texture keep it sharp; None: off
+                                        # scenes); the wide view and the texture keep it sharp; None: off.
+                                        # Stop 44, shipped model: pseudo real set 2.921 -> 2.736 % at G = 1.25
+                                        # (-0.19, 95 % interval [-0.30, -0.09]; G = 1.5: -0.05 [-0.16, +0.04]),
+                                        # but the 16 AFLW2000-3D images with detector crops 4.158 -> 4.262 %
+                                        # (+0.10 [-0.08, +0.31]): not the default
 
     @property
     def views(self) -> tuple[tuple[float, float], ...]:
