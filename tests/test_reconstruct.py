@@ -155,8 +155,8 @@ def test_made_crops_are_zoomed_about_their_centre_given_ones_are_not():
     assert rec.crops_for(None, crop=given) == [given]
 
 
-def test_context_blur_blurs_the_second_pass_views_outside_the_first_pass_landmarks(rec, astronaut, monkeypatch):
-    """InferenceOptions.context_blur = G: the second pass's zoomed views (mirrored ones too) are the default ones
+def test_surround_blur_blurs_the_second_pass_views_outside_the_first_pass_landmarks(rec, astronaut, monkeypatch):
+    """InferenceOptions.surround_blur = G: the second pass's zoomed views (mirrored ones too) are the default ones
     blurred outside the first pass's landmark hull grown by G (core.context: inside it, the same pixels), the wide
     view and the texture keep the sharp photo, and a face given by landmarks (no first pass) is not blurred."""
     import torch
@@ -182,7 +182,7 @@ def test_context_blur_blurs_the_second_pass_views_outside_the_first_pass_landmar
         monkeypatch.setattr(r, "predictor", Spy(name, r.predictor))
         return r
     sharp = spy("sharp", FaceReconstructor(device="cpu"))
-    blur = spy("blur", FaceReconstructor(device="cpu", options=InferenceOptions(context_blur=1.5)))
+    blur = spy("blur", FaceReconstructor(device="cpu", options=InferenceOptions(surround_blur=1.5)))
     a, b = sharp(str(astronaut))[0], blur(str(astronaut))[0]
     assert a.crop == b.crop
     tex = texture_from_image(load_image(astronaut), b.position_map, b.vertices, blur.layout)[1]

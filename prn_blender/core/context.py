@@ -3,7 +3,7 @@
 Real photos' surroundings (background, hair, neck, clothes) mislead a network trained on synthetic scenes (stop 23).
 Training blurs the surround of a share of its scenes (train.py --context-blur, synth.sampler.blur_context), so the
 network learns not to rely on it; inference can blur it in the second pass's views, outside the first pass's
-landmarks (InferenceOptions.context_blur).
+landmarks (InferenceOptions.surround_blur).
 """
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ class InferenceOptions:
                                   # sources, the shipped model at zoom 1.15, stop 25): 3.35 % NME with the detector's
                                   # crops alone, 3.10 % with the second pass; real photos: the model card's
                                   # detector-crop table
-    context_blur: float | None = None   # with recrop, the second pass's zoomed views see the crop's surround
+    surround_blur: float | None = None  # with recrop, the second pass's zoomed views see the crop's surround
                                         # Gaussian-blurred outside the first pass's landmark hull grown by this factor
                                         # (core.context.blur_surround, as train.py --context-blur blurs training
                                         # scenes); the wide view and the texture keep it sharp; None: off.
@@ -321,7 +321,7 @@ class FaceReconstructor:
         """One pass of the network (each crop in ``views``, (side multiple, turn in degrees) pairs, and the wide
         view with ``periphery``; mirrored too when ``options.flip``) over ``crops`` of ``img``; ``carry``: see
         __call__. ``surround``: per crop, (68,2+) image-pixel landmarks of a first pass, outside whose hull the
-        views are blurred when ``options.context_blur``."""
+        views are blurred when ``options.surround_blur``."""
         h, w = img.shape[:2]
         t1 = time.perf_counter()
         m = len(views)
@@ -329,7 +329,7 @@ class FaceReconstructor:
         wide = [c.resized(self.zoom) for c in crops] if periphery and self.zoom > 1 else []
         vcrops += wide
         batch = np.stack([warp(img, v) for v in vcrops])
-        grow = self.predictor.options.context_blur
+        grow = self.predictor.options.surround_blur
         if grow and surround is not None:              # the zoomed views; the wide one keeps its surround
             nz = len(crops) * m
             lm = np.stack([v.to_crop(np.asarray(surround[j // m])[:, :2]) for j, v in enumerate(vcrops[:nz])])
