@@ -267,16 +267,16 @@ class FaceReconstructor:
         if not crops:
             raise ReconstructionError("no face found in the image")
         detect_ms = (time.perf_counter() - t0) * 1e3 / len(crops)
-        first_ms = None
+        first_ms = surround = None
         if self.predictor.options.recrop and crop is None and roi is None and landmarks is None and box is None:
             t = time.perf_counter()
             first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_VIEWS, periphery=False)
             crops = [self._recrop(img, f) for f in first]
+            surround = [self.crop_landmarks(f) for f in first]
             first_ms = (time.perf_counter() - t) * 1e3 / len(crops)
         o = self.predictor.options
         results = self._reconstruct(img, crops, texture, detect_ms, o.views,
-                                    o.periphery if periphery is None else periphery, carry,
-                                    surround=None if first_ms is None else [self.crop_landmarks(f) for f in first])
+                                    o.periphery if periphery is None else periphery, carry, surround)
         if first_ms is not None:
             for r in results:
                 r.timings["first_pass"] = first_ms

@@ -332,11 +332,10 @@ class FaceRenderer:
             Q, Rb = self._body_turn(p, _rotation(p["yaw"], p["pitch"], p["roll"]))
             verts = self._twist_neck(verts, Q)
             body = self._body(p, Q, Rb)
-            verts = torch.cat([verts, body[0]], 1)
-        img_v, R = self.project(verts, p["yaw"], p["pitch"], p["roll"], p["persp_dist"])
-        if body is not None:
-            V = img_v.shape[1] - body[0].shape[1]
-            img_v, body_img, verts = img_v[:, :V], img_v[:, V:], verts[:, :V]
+        img_v, R = self.project(verts if body is None else torch.cat([verts, body[0]], 1), p["yaw"], p["pitch"],
+                                p["roll"], p["persp_dist"])
+        if body is not None:                                  # the torso's points follow the head's vertices
+            img_v, body_img = img_v[:, :verts.shape[1]], img_v[:, verts.shape[1]:]
         # position map (face pixels), z shifted to min 0
         face = self._interp(self.G, img_v)                                                    # (B,N,3)
         zf = face[..., 2].clone()

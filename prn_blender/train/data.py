@@ -4,8 +4,8 @@ blurred surround: ``context_blur``, off by default] [-> JPEG coding: ``jpeg``, o
 (off by default) the scenes are dressed with hair strands, skin mottling and full beards (sampler.sample_detail);
 with ``photo_backgrounds`` (off by default) that share of the scenes has a real photo behind the face instead of a
 procedural background (synth.photos); with ``body`` (off by default) that share has a clothed torso under a neck
-that turns between head and torso (sampler.sample_body); scenes get environment lighting (sampler.sample_lighting) and the yaw-aware
-hair locks and glasses of accessories.draw.
+that turns between head and torso (sampler.sample_body); scenes get environment lighting (sampler.sample_lighting)
+and the yaw-aware hair locks and glasses of accessories.draw.
 
 ``SyntheticStream`` renders fresh batches and keeps a small replay pool: with ``reuse`` > 0 a rendered batch is
 served ``1 + reuse`` times, each time with new occlusion/degradation/augmentation (cheap), which keeps a slow CPU
