@@ -141,7 +141,7 @@ def main():
     names = [f"{w.name} (width {read_metadata(w)['width']})" for w in weights]
     e2e = {}                                  # (weights, label) -> ms per image, or per frame for video
     if "e2e" in only:
-        from prn_blender.core.constants import PHOTO_SCALES, PHOTO_TURNS, VIDEO_SCALES, VIDEO_TURNS
+        from prn_blender.core.constants import PHOTO_SCALES, PHOTO_TURNS, SURROUND_BLUR, VIDEO_SCALES, VIDEO_TURNS
         from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
         if a.image:
             img = a.image
@@ -151,12 +151,14 @@ def main():
         for w, name in zip(weights, names):
             totals = {}
             video, photo = (VIDEO_SCALES, VIDEO_TURNS), (PHOTO_SCALES, PHOTO_TURNS)
-            for label, (scales, turns), wide in (("one view, no periphery view, as video", video, False),
-                                                 ("turned views, no periphery view", photo, False),
-                                                 ("turned views + periphery view, the default for photos", photo,
-                                                  True)):
-                rec = FaceReconstructor(w, device=a.device,
-                                        options=InferenceOptions(scales=scales, turns=turns, periphery=wide))
+            for label, (scales, turns), wide, blur in (
+                    ("one view, no periphery view, as video", video, False, None),
+                    ("turned views, no periphery view", photo, False, None),
+                    ("turned views + periphery view", photo, True, None),
+                    ("turned views + periphery view + blurred-surround views, the default for photos", photo, True,
+                     SURROUND_BLUR)):
+                rec = FaceReconstructor(w, device=a.device, options=InferenceOptions(
+                    scales=scales, turns=turns, periphery=wide, surround_blur=blur))
                 rec(img)
                 acc = {}
                 for _ in range(a.reps):
@@ -166,8 +168,9 @@ def main():
                 print(f"\nend-to-end image -> FaceResult ({name}, mirror averaging, {label} {turns}), "
                       "median ms by stage:")
                 print("  " + ", ".join(f"{k} {np.median(v):.1f}" for k, v in acc.items()) + f"; total {tot:.1f} ms")
-            one, multi, photo = totals.values()
-            print(f"  turned views / one view: x{multi / one:.2f} time; the periphery view: x{photo / multi:.2f}")
+            one, multi, wide, photo = totals.values()
+            print(f"  turned views / one view: x{multi / one:.2f} time; the periphery view: x{wide / multi:.2f}; "
+                  f"the blurred-surround views: x{photo / wide:.2f}")
     from prn_blender.core.paths import shared_dir
     if shared_dir(required=False) and "data" in only:
         from prn_blender.synth.ict import load_ict
@@ -214,7 +217,7 @@ def main():
         from prn_blender.synth.clip import make_synthetic_clip
         with tempfile.TemporaryDirectory() as d:
             path, gt = make_synthetic_clip(Path(d) / "clip.avi", n_frames=40, seed=0)
-            one = {"scales": VIDEO_SCALES, "turns": VIDEO_TURNS}
+            one = {"scales": VIDEO_SCALES, "turns": VIDEO_TURNS, "surround_blur": None}     # as video runs
             for w, name in zip(weights, names):
                 rec = FaceReconstructor(w, device=a.device, options=InferenceOptions(**one, periphery=False))
                 wide = FaceReconstructor(w, device=a.device, options=InferenceOptions(**one, periphery=True))

@@ -27,11 +27,12 @@ def core_rec():
 
 @pytest.fixture(scope="module")
 def core_video_rec():
-    """The same for the video operator, which runs one view and the periphery view on key frames only (asked for
-    by core_video's iter_video)."""
+    """The same for the video operator, which runs one view, no blurred-surround views, and the periphery view on
+    key frames only (asked for by core_video's iter_video)."""
     from prn_blender.core.constants import VIDEO_SCALES, VIDEO_TURNS
     from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
-    return FaceReconstructor(options=InferenceOptions(scales=VIDEO_SCALES, turns=VIDEO_TURNS, periphery=False))
+    return FaceReconstructor(options=InferenceOptions(scales=VIDEO_SCALES, turns=VIDEO_TURNS, periphery=False,
+                                                      surround_blur=None))
 
 
 @pytest.fixture(scope="module")

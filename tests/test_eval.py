@@ -253,7 +253,7 @@ def test_landmark_calibration_writes_the_pixels_the_reconstructor_reads(tmp_path
     from safetensors.torch import load_file
 
     from prn_blender.core.layout import load_layout
-    from prn_blender.core.reconstruct import FaceReconstructor, hull_weight
+    from prn_blender.core.reconstruct import FaceReconstructor, hull_weight, jaw_weight
     from prn_blender.core.weights import WeightsError, load_model, read_metadata, save_weights
     from prn_blender.evaluate import calibrate_landmarks as C
     lay = load_layout()
@@ -280,9 +280,10 @@ def test_landmark_calibration_writes_the_pixels_the_reconstructor_reads(tmp_path
     rec = FaceReconstructor(w, device="cpu")
     b = rec(img, texture=False)[0]
     assert a.crop == b.crop and "first_pass" in b.timings      # the re-crop reads the network's own pixels
-    # the same surface but where the periphery's hull grew to take in the calibrated pixels, and at those pixels
-    # (their landmarks average through the iBUG mirror pairs)
-    same = hull_weight(lay).reshape(-1)[lay.face_ind] == hull_weight(lay, rec.layout).reshape(-1)[lay.face_ind]
+    # the same surface but where the periphery's hull and the sharp jaw line's band grew to take in the calibrated
+    # pixels, and at those pixels (their landmarks average through the iBUG mirror pairs)
+    same = ((hull_weight(lay) == hull_weight(lay, rec.layout))
+            & (jaw_weight(lay) == jaw_weight(lay, rec.layout))).reshape(-1)[lay.face_ind]
     same[rec.layout.kpt_vertex] = False
     assert same.mean() > 0.5
     np.testing.assert_array_equal(a.vertices[same], b.vertices[same])

@@ -78,18 +78,20 @@ def test_face_result_fields(rec, astronaut):
 
 def test_detected_faces_get_a_second_pass_from_their_landmarks(rec, astronaut):
     """A face the detector found is reconstructed again from a crop made from the first pass's landmarks (what
-    ``landmarks=`` does), the first pass in FIRST_PASS_VIEWS without the periphery view; a given box, roi or
-    landmarks are used as they are, in one pass."""
+    ``landmarks=`` does, here without the blurred-surround views, which only a second pass has), the first pass in
+    FIRST_PASS_VIEWS without the periphery view; a given box, roi or landmarks are used as they are, in one pass."""
     from prn_blender.core.constants import FIRST_PASS_VIEWS
     from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions
     once = FaceReconstructor(device="cpu", options=InferenceOptions(recrop=False))
     (scale, turn), = FIRST_PASS_VIEWS
     first = FaceReconstructor(device="cpu", options=InferenceOptions(recrop=False, scales=(scale,), turns=(turn,),
                                                                      periphery=False))(str(astronaut), texture=False)[0]
-    twice = rec(str(astronaut), texture=False)[0]
+    sharp = FaceReconstructor(device="cpu", options=InferenceOptions(surround_blur=None))
+    twice = sharp(str(astronaut), texture=False)[0]
     own = rec.crop_landmarks(first)                     # the network's own landmark pixels make the crop
     again = rec(str(astronaut), landmarks=own, texture=False)[0]
     assert twice.crop == again.crop == rec.crops_for(None, landmarks=own)[0] != first.crop
+    assert rec(str(astronaut), texture=False)[0].crop == twice.crop
     np.testing.assert_allclose(twice.landmarks, again.landmarks)
     assert "first_pass" in twice.timings and "first_pass" not in first.timings | again.timings
     box = (150, 60, 260, 190)
@@ -155,16 +157,18 @@ def test_made_crops_are_zoomed_about_their_centre_given_ones_are_not():
     assert rec.crops_for(None, crop=given) == [given]
 
 
-def test_surround_blur_blurs_the_second_pass_views_outside_the_first_pass_landmarks(rec, astronaut, monkeypatch):
-    """InferenceOptions.surround_blur = G: the second pass's zoomed views (mirrored ones too) are the default ones
-    blurred outside the first pass's landmark hull grown by G (core.context: inside it, the same pixels), the wide
-    view and the texture keep the sharp photo, and a face given by landmarks (no first pass) is not blurred."""
+def test_surround_blur_runs_the_second_pass_views_again_blurred_and_keeps_the_jaw_sharp(rec, astronaut, monkeypatch):
+    """InferenceOptions.surround_blur = G: the second pass runs the default views (the zoomed ones and the wide one)
+    and once more the zoomed ones (mirrored ones too) blurred outside the first pass's landmark hull grown by G
+    (core.context: inside it, the same pixels). The surface comes from the blurred views but within JAW_SHARP of
+    the jaw line, so the jaw landmarks are the default run's and the others are not; the texture is sampled from
+    the sharp photo, and a face given by landmarks (no first pass) is not blurred."""
     import torch
 
     from prn_blender.core.constants import FIRST_PASS_VIEWS
     from prn_blender.core.context import context_mask
     from prn_blender.core.image_io import load_image
-    from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions, texture_from_image
+    from prn_blender.core.reconstruct import FaceReconstructor, InferenceOptions, jaw_weight, texture_from_image
     batches = {}
 
     class Spy:                                        # the network's input batches, one per pass
@@ -181,7 +185,7 @@ def test_surround_blur_blurs_the_second_pass_views_outside_the_first_pass_landma
     def spy(name, r):
         monkeypatch.setattr(r, "predictor", Spy(name, r.predictor))
         return r
-    sharp = spy("sharp", FaceReconstructor(device="cpu"))
+    sharp = spy("sharp", FaceReconstructor(device="cpu", options=InferenceOptions(surround_blur=None)))
     blur = spy("blur", FaceReconstructor(device="cpu", options=InferenceOptions(surround_blur=1.5)))
     a, b = sharp(str(astronaut))[0], blur(str(astronaut))[0]
     assert a.crop == b.crop
@@ -192,18 +196,25 @@ def test_surround_blur_blurs_the_second_pass_views_outside_the_first_pass_landma
                                                                      periphery=False))(str(astronaut), texture=False)[0]
     own = rec.crop_landmarks(first)
     views = rec.predictor.options.views
-    sa, sb = batches["sharp"][-1], batches["blur"][-1]              # the second pass: views, wide view, mirrored
-    n = len(views) + 1
-    assert sa.shape == sb.shape == (2 * n, 256, 256, 3)
+    sa, sb = batches["sharp"][-1], batches["blur"][-1]   # second pass: views, wide view, (blurred views), mirrored
+    m = len(views)
+    n, nb = m + 1, 2 * m + 1
+    assert sa.shape == (2 * n, 256, 256, 3) and sb.shape == (2 * nb, 256, 256, 3)
+    np.testing.assert_array_equal(sb[:n], sa[:n])                      # the sharp views and the wide view
     for j, (k, t) in enumerate(views):
         lm = b.crop.resized(k).turned(t).to_crop(own[:, :2])
         inside = context_mask(torch.from_numpy(lm)[None].float(), torch.tensor([1.5]))[0, 0].numpy() > 0
         assert 0.5 < inside.mean() < 0.95
-        np.testing.assert_array_equal(sb[j][inside], sa[j][inside])
-        assert np.abs(sb[j] - sa[j])[~inside].mean() > 0.01
-        np.testing.assert_array_equal(sb[n + j][:, ::-1][inside], sa[n + j][:, ::-1][inside])   # its mirror
-    np.testing.assert_array_equal(sb[n - 1], sa[n - 1])                # the wide view
-    assert np.abs(b.landmarks - a.landmarks)[:, :2].max() > 0.01
+        np.testing.assert_array_equal(sb[n + j][inside], sa[j][inside])
+        assert np.abs(sb[n + j] - sa[j])[~inside].mean() > 0.01
+        np.testing.assert_array_equal(sb[nb + n + j][:, ::-1][inside], sa[j][inside])   # its mirror
+    w = jaw_weight(blur.predictor.layout, blur.layout)
+    for lay in (blur.predictor.layout, blur.layout):
+        kx, ky = lay.kpt_xy[:, 0], lay.kpt_xy[:, 1]
+        assert (w[ky[:17], kx[:17]] == 0).all() and (w[ky[17:], kx[17:]] == 1).all()
+    assert 0.02 < (w < 1)[blur.layout.mask].mean() < 0.3
+    np.testing.assert_array_equal(b.landmarks[:17], a.landmarks[:17])  # the jaw line from the sharp views
+    assert (np.abs(b.landmarks - a.landmarks)[17:, :2].max(1) > 0).all()     # the others from the blurred ones
     np.testing.assert_array_equal(blur(str(astronaut), landmarks=own, texture=False)[0].landmarks,
                                   sharp(str(astronaut), landmarks=own, texture=False)[0].landmarks)
 

@@ -12,7 +12,7 @@ import bpy
 import numpy as np
 from bpy.props import StringProperty
 
-from ..core.constants import PHOTO_SCALES, PHOTO_TURNS, VIDEO_SCALES, VIDEO_TURNS, VIDEO_WIDE_EVERY
+from ..core.constants import PHOTO_SCALES, PHOTO_TURNS, SURROUND_BLUR, VIDEO_SCALES, VIDEO_TURNS, VIDEO_WIDE_EVERY
 from . import scene as sc
 from .convert import image_to_blender, metres_per_pixel_for, pose_to_blender
 from .preferences import get_preferences
@@ -28,28 +28,33 @@ def one_line(e: BaseException) -> str:
 
 # ------------------------------------------------------------------------------------------ core hooks (patchable)
 def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: tuple = PHOTO_SCALES,
-                       turns: tuple = PHOTO_TURNS, recrop: bool = True, periphery: bool = True):
+                       turns: tuple = PHOTO_TURNS, recrop: bool = True, periphery: bool = True,
+                       surround_blur: float | None = SURROUND_BLUR):
     """Cached core.reconstruct.FaceReconstructor for (weights, device, mirror averaging, the views' scales and
-    turns, re-crop, wide periphery view)."""
-    key = (weights or None, device, flip, tuple(scales), tuple(turns), recrop, periphery)
+    turns, re-crop, wide periphery view, the re-crop's blurred-surround views)."""
+    key = (weights or None, device, flip, tuple(scales), tuple(turns), recrop, periphery, surround_blur)
     if key not in _REC_CACHE:
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         _REC_CACHE.clear()
         _REC_CACHE[key] = FaceReconstructor(weights=weights or None, device=device,
                                             options=InferenceOptions(flip=flip, scales=tuple(scales),
                                                                      turns=tuple(turns), recrop=recrop,
-                                                                     periphery=periphery))
+                                                                     periphery=periphery,
+                                                                     surround_blur=surround_blur))
     return _REC_CACHE[key]
 
 
 def get_reconstructor(context, weights_override: str = "", video: bool = False):
     """The reconstructor for the add-on preferences; photos use their views (core.constants.PHOTO_SCALES,
-    PHOTO_TURNS) when multi-view averaging is on and the wide periphery view, video one view (VIDEO_SCALES,
-    VIDEO_TURNS); video's wide view runs on key frames only, asked for frame by frame (``video_wide_every``)."""
+    PHOTO_TURNS) when multi-view averaging is on, the wide periphery view and the re-crop's blurred-surround views
+    (SURROUND_BLUR), video one view (VIDEO_SCALES, VIDEO_TURNS) and no blurred surround (its tracked frames have no
+    first pass to blur around); video's wide view runs on key frames only, asked for frame by frame
+    (``video_wide_every``)."""
     device, weights, flip, multi, recrop = get_preferences(context)
     scales, turns = (VIDEO_SCALES, VIDEO_TURNS) if video or not multi else (PHOTO_SCALES, PHOTO_TURNS)
     return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else weights, device, flip,
-                              scales, turns, recrop, periphery=not video)
+                              scales, turns, recrop, periphery=not video,
+                              surround_blur=None if video else SURROUND_BLUR)
 
 
 def video_wide_every(s) -> int:

@@ -20,6 +20,7 @@ import torch
 from .constants import (
     FIRST_PASS_VIEWS,
     IBUG68_MIRROR,
+    JAW_SHARP,
     PERIPHERY_FADE,
     PHOTO_SCALES,
     PHOTO_TURNS,
@@ -27,6 +28,7 @@ from .constants import (
     REGION_NECK,
     RESOLUTION,
     ROLL_FREE,
+    SURROUND_BLUR,
 )
 from .context import blur_surround
 from .crop import crop_from_box, crop_from_landmarks, turn_crop, uncrop_position_map, warp
@@ -82,14 +84,11 @@ class InferenceOptions:
                                   # sources, the shipped model at zoom 1.15, stop 25): 3.35 % NME with the detector's
                                   # crops alone, 3.10 % with the second pass; real photos: the model card's
                                   # detector-crop table
-    surround_blur: float | None = None  # with recrop, the second pass's zoomed views see the crop's surround
-                                        # Gaussian-blurred outside the first pass's landmark hull grown by this factor
-                                        # (core.context.blur_surround, as train.py --context-blur blurs training
-                                        # scenes); the wide view and the texture keep it sharp; None: off.
-                                        # Stop 44, shipped model: pseudo real set 2.921 -> 2.736 % at G = 1.25
-                                        # (-0.19, 95 % interval [-0.30, -0.09]; G = 1.5: -0.05 [-0.16, +0.04]),
-                                        # but the 16 AFLW2000-3D images with detector crops 4.158 -> 4.262 %
-                                        # (+0.10 [-0.08, +0.31]): not the default
+    surround_blur: float | None = SURROUND_BLUR   # with recrop, the second pass's zoomed views run once more
+                                                  # with the crop's surround blurred outside the first pass's
+                                                  # landmark hull grown by this factor; they give the surface but
+                                                  # for the jaw line; the wide view and the texture keep the sharp
+                                                  # photo; None: off (constants.SURROUND_BLUR, JAW_SHARP)
 
     @property
     def views(self) -> tuple[tuple[float, float], ...]:
@@ -162,6 +161,7 @@ class FaceReconstructor:
         #: crop zoom (see InferenceOptions.zoom); calibrate_zoom sets it to each candidate on one reconstructor
         self.zoom = float(o.zoom) if o.zoom is not None else inference_zoom(self.predictor.meta["meta"])
         self._inner = hull_weight(self.predictor.layout, self.layout)[..., None]
+        self._jaw_free = jaw_weight(self.predictor.layout, self.layout)[..., None]   # see options.surround_blur
         # the part of those inside the landmarks' hull (where the zoomed views alone give the surface): it places a
         # carried periphery (carry_periphery)
         core = self._fit_idx[self.layout.vertices(np.repeat(self._inner, 3, -1))[self._fit_idx, 0] >= 1]
@@ -225,6 +225,12 @@ class FaceReconstructor:
             up = np.ascontiguousarray(np.rot90(image, turns)) if turns % 4 else image
             crops = [turn_crop(crop_from_box(b), turns, image.shape) for b in self.detector(up)[: self.max_faces]]
         return [c.resized(1 / self.zoom) for c in crops]
+
+    @staticmethod
+    def _views_mean(pos_crop: list, vcrops: list, start: int, m: int) -> np.ndarray:
+        """The mean of the ``m`` crop-space maps from ``start`` on, each un-cropped with its view's transform."""
+        return np.mean([uncrop_position_map(pc, v) for pc, v in zip(pos_crop[start:start + m],
+                                                                    vcrops[start:start + m])], axis=0)
 
     def _merge_flip(self, pos: np.ndarray, pos_mirrored: np.ndarray) -> np.ndarray:
         """Average a crop's position map with the un-mirrored prediction for the mirrored crop."""
@@ -320,22 +326,25 @@ class FaceReconstructor:
                      views: tuple, periphery: bool, carry=None, surround=None) -> list[FaceResult]:
         """One pass of the network (each crop in ``views``, (side multiple, turn in degrees) pairs, and the wide
         view with ``periphery``; mirrored too when ``options.flip``) over ``crops`` of ``img``; ``carry``: see
-        __call__. ``surround``: per crop, (68,2+) image-pixel landmarks of a first pass, outside whose hull the
-        views are blurred when ``options.surround_blur``."""
+        __call__. ``surround``: per crop, (68,2+) image-pixel landmarks of a first pass; with
+        ``options.surround_blur`` the zoomed views run once more with their surround blurred outside those
+        landmarks' hull, and give the surface but for the jaw line (constants.JAW_SHARP)."""
         h, w = img.shape[:2]
         t1 = time.perf_counter()
         m = len(views)
         vcrops = [c.resized(k).turned(a) for c in crops for k, a in views]
         wide = [c.resized(self.zoom) for c in crops] if periphery and self.zoom > 1 else []
+        nz = len(vcrops)                               # the zoomed views
         vcrops += wide
         batch = np.stack([warp(img, v) for v in vcrops])
         grow = self.predictor.options.surround_blur
-        if grow and surround is not None:              # the zoomed views; the wide one keeps its surround
-            nz = len(crops) * m
+        blurred = bool(grow) and surround is not None
+        if blurred:                                    # the zoomed views again, blurred; the wide one stays sharp
             lm = np.stack([v.to_crop(np.asarray(surround[j // m])[:, :2]) for j, v in enumerate(vcrops[:nz])])
             x = torch.from_numpy(np.ascontiguousarray(batch[:nz].transpose(0, 3, 1, 2)))
             x = blur_surround(x, torch.from_numpy(lm).float(), torch.full((nz,), float(grow)))
-            batch[:nz] = x.numpy().transpose(0, 2, 3, 1)
+            batch = np.concatenate([batch, x.numpy().transpose(0, 2, 3, 1)])
+            vcrops += vcrops[:nz]
         t2 = time.perf_counter()
         if self.predictor.options.flip:
             nv = len(vcrops)
@@ -347,11 +356,13 @@ class FaceReconstructor:
         results = []
         for i, c in enumerate(crops):
             t4 = time.perf_counter()
-            pos = np.mean([uncrop_position_map(pc, v) for pc, v in zip(pos_crop[i * m:(i + 1) * m],
-                                                                       vcrops[i * m:(i + 1) * m])], axis=0)
+            pos = self._views_mean(pos_crop, vcrops, i * m, m)
+            if blurred:                                # the blurred views' surface, the sharp views' jaw line
+                pos = self._jaw_free * self._views_mean(pos_crop, vcrops, nz + len(wide) + i * m, m) \
+                    + (1 - self._jaw_free) * pos
             wide_map = None
             if wide:
-                j = len(crops) * m + i
+                j = nz + i
                 wide_map = uncrop_position_map(pos_crop[j], vcrops[j])
             # the confidence is that of the zoomed views' face, whatever gives the periphery (a wide view run now,
             # one carried from a key frame, or none): a video's tracking decisions must not depend on it
@@ -403,6 +414,16 @@ class FaceReconstructor:
                              pos.reshape(-1, 3)[px].astype(np.float64))
         ref = key.wide_view
         return (ref.reshape(-1, 3) @ (s * R).T.astype(np.float32) + t.astype(np.float32)).reshape(ref.shape)
+
+
+def jaw_weight(*layouts: UVLayout, band: tuple[float, float] = JAW_SHARP) -> np.ndarray:
+    """(256,256) float32 UV weight: 0 within ``band[0]`` UV pixels of the polyline through the jaw landmark pixels
+    (0-16) of any of the layouts, rising linearly to 1 at ``band[1]`` pixels from it."""
+    line = np.full((RESOLUTION, RESOLUTION), 255, np.uint8)
+    for lay in layouts:
+        cv2.polylines(line, [lay.kpt_xy[:17].astype(np.int32).reshape(-1, 1, 2)], False, 0, 1)
+    dist = cv2.distanceTransform(line, cv2.DIST_L2, 5)
+    return np.clip((dist - band[0]) / (band[1] - band[0]), 0, 1).astype(np.float32)
 
 
 def hull_weight(*layouts: UVLayout, fade: float = PERIPHERY_FADE) -> np.ndarray:

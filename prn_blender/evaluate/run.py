@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..core.constants import PHOTO_SCALES, PHOTO_TURNS, VIDEO_SCALES, VIDEO_TURNS
+from ..core.constants import PHOTO_SCALES, PHOTO_TURNS, SURROUND_BLUR, VIDEO_SCALES, VIDEO_TURNS
 from ..core.paths import SharedDataMissing, shared_dir
 from . import metrics as M
 
@@ -32,7 +32,7 @@ def roi_from_landmarks(pts: np.ndarray) -> np.ndarray:
 
 class OursModel:
     def __init__(self, weights=None, device="auto", name="ours", flip=True, zoom=None,
-                 scales=PHOTO_SCALES, turns=PHOTO_TURNS, periphery=True, surround_blur=None):
+                 scales=PHOTO_SCALES, turns=PHOTO_TURNS, periphery=True, surround_blur=SURROUND_BLUR):
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         self.rec = FaceReconstructor(weights=weights, device=device,
                                      options=InferenceOptions(flip=flip, zoom=zoom, scales=tuple(scales),
@@ -442,9 +442,11 @@ def build_parser():
     ap.add_argument("--no-periphery", dest="periphery", action="store_false",
                     help="our model without the wide view for the surface outside the landmarks (video runs it on "
                          "key frames only; the landmarks do not change, the head pose and the dense figures do)")
-    ap.add_argument("--surround-blur", type=float, metavar="G",
-                    help="our second pass (the re-crop of a detected face) with its views' surround blurred outside "
-                         "the first pass's landmark hull grown by G (InferenceOptions.surround_blur)")
+    ap.add_argument("--surround-blur", type=float, metavar="G", default=SURROUND_BLUR,
+                    help="our second pass (the re-crop of a detected face) runs its views once more with their "
+                         "surround blurred outside the first pass's landmark hull grown by G, and takes all but the "
+                         f"jaw line from those (InferenceOptions.surround_blur; default {SURROUND_BLUR:g}, 0: off; "
+                         "video: off)")
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--min-cutoff", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=0.05)
@@ -462,7 +464,8 @@ def main(argv=None) -> int:
     default = (VIDEO_SCALES, VIDEO_TURNS) if a.dataset == "video" else (PHOTO_SCALES, PHOTO_TURNS)
     scales, turns = tuple(a.scales or default[0]), tuple(a.turns or default[1])
     models = [OursModel(a.weights, a.device, name=model_name(a.flip, scales, turns, default), flip=a.flip,
-                        zoom=a.zoom, scales=scales, turns=turns, surround_blur=a.surround_blur,
+                        zoom=a.zoom, scales=scales, turns=turns,
+                        surround_blur=None if a.dataset == "video" else a.surround_blur,
                         periphery=a.periphery and a.dataset != "video")]   # video: as the add-on
     if a.prnet_weights:
         # zoom 1: its weights record PRNet's own crops

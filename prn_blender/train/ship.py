@@ -286,7 +286,9 @@ def _metrics_section(a, zoom: float, meta: dict) -> list[str]:
         *([("With the face detector's crops instead of the dataset's roi boxes: what `reconstruct` and the add-on do "
             "with a photo"),
            ("(the detector's box in one view, `core.constants.FIRST_PASS_VIEWS`, then a second pass cropped from "
-            "the first pass's landmarks, `InferenceOptions.recrop`)."), ""] if a.eval_aflw_detector else []),
+            "the first pass's landmarks, `InferenceOptions.recrop`,"),
+           ("whose views run once more with the surround blurred outside those landmarks and give all but the jaw "
+            "line, `core.constants.SURROUND_BLUR`, `JAW_SHARP`)."), ""] if a.eval_aflw_detector else []),
         *_metrics_table(a.eval_aflw_detector, "Real photos, detector crops"),
         *_metrics_table(a.eval_synth, "Held-out synthetic set"),
     ]
