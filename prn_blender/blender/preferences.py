@@ -25,9 +25,10 @@ class PRN_AP_preferences(bpy.types.AddonPreferences):
                                          "either way and average (three times the network time, lower landmark "
                                          "error). Video always runs one view")
     recrop: BoolProperty(name="Landmark Re-Crop", default=True,
-                         description="Run a detected face again, cropped from its first landmarks (a quarter more "
-                                     "network time on photos, twice on the frames where video re-detects; the "
-                                     "detector's own crops give a larger landmark error)")
+                         description="Run a detected face again, cropped from its first landmarks; on photos its "
+                                     "views run once more with the surround blurred, for all but the jaw line "
+                                     "(about twice the network time on photos, twice on the frames where video "
+                                     "re-detects; the detector's own crops give a larger landmark error)")
 
     def draw(self, context):
         col = self.layout.column()
