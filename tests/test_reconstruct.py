@@ -443,6 +443,13 @@ def test_cli_reconstruct_and_info(astronaut, tmp_path):
     assert p.returncode == 0, p.stderr
     fast = json.loads((tmp_path / "fast" / "astronaut_landmarks.json").read_text())
     assert np.abs(np.subtract(fast["landmarks68"], js["landmarks68"])).max() > 0.5
+    # without the blurred-surround views: the same jaw line (from the sharp views), other inner points
+    p = _cli("reconstruct", str(astronaut), "--no-surround-blur", "--out", str(tmp_path / "sharp"))
+    assert p.returncode == 0, p.stderr
+    sharp = np.array(json.loads((tmp_path / "sharp" / "astronaut_landmarks.json").read_text())["landmarks68"])
+    lm = np.array(js["landmarks68"])
+    np.testing.assert_array_equal(sharp[:17], lm[:17])
+    assert (np.abs(sharp[17:] - lm[17:]).max(1) > 0).all()
     p = _cli("info")
     assert p.returncode == 0 and "layout: ict-face-v2" in p.stdout and "parameters:" in p.stdout
 
