@@ -47,9 +47,9 @@ def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: t
 def get_reconstructor(context, weights_override: str = "", video: bool = False):
     """The reconstructor for the add-on preferences; photos use their views (core.constants.PHOTO_SCALES,
     PHOTO_TURNS) when multi-view averaging is on, the wide periphery view and the re-crop's blurred-surround views
-    (SURROUND_BLUR) when that preference is on, video one view (VIDEO_SCALES, VIDEO_TURNS) and no blurred surround (its tracked frames have no
-    first pass to blur around); video's wide view runs on key frames only, asked for frame by frame
-    (``video_wide_every``)."""
+    (SURROUND_BLUR) when that preference is on, video one view (VIDEO_SCALES, VIDEO_TURNS) and no blurred surround
+    (its tracked frames have no first pass to blur around); video's wide view runs on key frames only, asked for
+    frame by frame (``video_wide_every``)."""
     device, weights, flip, multi, recrop, blur = get_preferences(context)
     scales, turns = (VIDEO_SCALES, VIDEO_TURNS) if video or not multi else (PHOTO_SCALES, PHOTO_TURNS)
     return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else weights, device, flip,
