@@ -191,7 +191,8 @@ def main():
         for B in map(int, a.data_batch.split(",")):   # render + augmentation + occlusion + degradation
             options = {"--context-blur 0.5": {"context_blur": 0.5},      # train.py's data options, each against
                        "--photo-backgrounds 0.5": {"photo_backgrounds": 0.5},   # the plain path
-                       "--jpeg 0.5": {"jpeg": 0.5}, "--body 0.5": {"body": 0.5}}
+                       "--jpeg 0.5": {"jpeg": 0.5}, "--body 0.5": {"body": 0.5},
+                       "--shadows 0.5": {"shadows": 0.5}}
             streams = {k: SyntheticStream(B, seed=0, device=dev, **kw) for k, kw in options.items()}
             times = {k: timeit(lambda s=s: (next(s), sync()), 3) for k, s in streams.items()}
             stream = SyntheticStream(B, seed=0, device=dev)

@@ -499,7 +499,7 @@ def test_freeze_bn_keeps_the_running_statistics(tmp_path):
     weights record it. Without it the statistics move."""
     from prn_blender.core.weights import load_model
     _train(tmp_path / "f", "--freeze-bn", "--context-blur", "0.5", "--detail", "--photo-backgrounds", "0.5",
-           "--jpeg", "0.5", "--body", "0.5")
+           "--jpeg", "0.5", "--body", "0.5", "--shadows", "0.5")
     _train(tmp_path / "t")
     frozen, _, md = load_model(tmp_path / "f/weights.safetensors")
     moved = load_model(tmp_path / "t/weights.safetensors")[0]
@@ -511,8 +511,8 @@ def test_freeze_bn_keeps_the_running_statistics(tmp_path):
     assert sum(bool(m.bias.abs().max() > 0) for m in bns) > len(bns) // 2      # the affine weights trained
     assert md["meta"]["bn_frozen"] is True
     assert md["meta"]["generator"].endswith(
-        "with detail with photo-backgrounds 0.5 with context-blur 0.5 with jpeg 0.5 with body 0.5")
-    for flag in ("--context-blur", "--photo-backgrounds", "--jpeg", "--body"):
+        "with detail with photo-backgrounds 0.5 with context-blur 0.5 with jpeg 0.5 with body 0.5 with shadows 0.5")
+    for flag in ("--context-blur", "--photo-backgrounds", "--jpeg", "--body", "--shadows"):
         p = subprocess.run(_train_cmd(tmp_path / "x", flag, "2"), check=False, cwd=REPO,
                            capture_output=True, text=True, timeout=600)
         assert p.returncode != 0 and f"{flag} 2.0: give a probability in [0, 1]" in p.stderr
@@ -575,9 +575,9 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
     from prn_blender.core.network import ResFCN256
     save_weights(ResFCN256(2), tmp_path / "w2.safetensors", "ict-face-v2", {"steps": 0})
     model, _, md, _ = run(tmp_path / "out2", INIT=str(tmp_path / "w2.safetensors"), WIDTH="4", TRAIN_S="2",
-                          EVAL_N="0", PHOTO_BG="0.5", JPEG="0.25", BODY="0.5")
+                          EVAL_N="0", PHOTO_BG="0.5", JPEG="0.25", BODY="0.5", SHADOWS="0.5")
     assert model.width == 4 and md["meta"]["parent"]["widened"].startswith("width 2 -> 4")
-    assert md["meta"]["generator"].endswith(" with photo-backgrounds 0.5 with jpeg 0.25 with body 0.5")   # and BODY
+    assert md["meta"]["generator"].endswith(" with photo-backgrounds 0.5 with jpeg 0.25 with body 0.5 with shadows 0.5")
     assert md["meta"]["seed"] == 17                                   # INIT records no seed
 
 
@@ -755,6 +755,52 @@ def test_body_turns_the_neck_between_head_and_torso(shared):
     p.update(body_yaw=torch.ones(1), body_pitch=torch.ones(1), body_roll=torch.ones(1))
     Q1, _ = r._body_turn(p, _rotation(p["yaw"], p["pitch"], p["roll"]))
     torch.testing.assert_close(r._twist_neck(v, Q1), v, atol=1e-4, rtol=0)
+
+
+def test_shadows_fall_where_the_face_hides_the_key_light(shared):
+    """--shadows P: a share P of the scenes has cast shadows of the key light (sampler.sample_shadows, drawn with a
+    generator of its own; FaceRenderer._lit): the geometry and ground truth are those of the run without; a scene
+    whose ``shadow`` is off is drawn exactly as without the feature. A frontal face lit steeply from above gets the
+    nose's shadow on the upper lip and keeps its forehead's light; lit from the camera, it has next to no shadow."""
+    from prn_blender.synth.render import GENERATOR_VERSION
+    from prn_blender.synth.sampler import sample_params, sample_shadows
+    from prn_blender.train import data
+    plain = data.SyntheticStream(4, seed=2, density=20)
+    shade = data.SyntheticStream(4, seed=2, density=20, shadows=1.0)
+    a, b = plain.render(), shade.render()
+    assert torch.equal(a.kpt, b.kpt) and torch.equal(a.pos, b.pos) and torch.equal(a.visibility, b.visibility)
+    assert bool((a.image - b.image).abs().amax() > 0.1) and bool((b.image <= a.image + 1e-6).all())
+    assert data.generator_name(shadows=0.5).endswith(" with shadows 0.5") and data.shadows_of(GENERATOR_VERSION) == 0
+    name = data.generator_name(["sh"], 0.5, body=0.75, shadows=0.25)
+    assert name.endswith(" with body 0.75 with shadows 0.25") and data.body_of(name) == 0.75
+    assert data.shadows_of(name) == 0.25 and data.run_stream({"generator": name}, 2, 0).shadows == 0.25
+    with pytest.raises(ValueError, match="shadows 2: a probability"):
+        data.generator_name(shadows=2)
+
+    r = plain.renderer
+    p = sample_params(2, plain.ict.expression_names, torch.Generator().manual_seed(5))
+    p.update(yaw=torch.zeros(2), pitch=torch.zeros(2), roll=torch.zeros(2), persp_dist=torch.full((2,), math.inf),
+             expression=torch.zeros_like(p["expression"]), hair_idx=torch.full((2,), 4), hair_vol=torch.zeros(2),
+             bangs=torch.full((2,), 9.0), locks=torch.zeros(2, 2), glasses=torch.zeros(2), specular=torch.zeros(2),
+             light_dir=torch.tensor([[0.0, 1.0, 0.35], [0.0, 0.0, 1.0]]))
+    sh = sample_shadows(2, torch.Generator().manual_seed(0))
+    off = r.render({**p, **sh, "shadow": torch.zeros(2, dtype=torch.bool)})
+    lit, dark = r.render(p), r.render({**p, **sh})
+    assert torch.equal(off.image, lit.image)
+    m = (lit.layer.shape[-1] - 256) // 2
+    kpt = lit.kpt[..., :2] + m
+
+    def mean_at(batch, i, centre, half=5):
+        x, y = (int(v) for v in centre.round())
+        return float(batch.layer[i, :3, y - half:y + half + 1, x - half:x + half + 1].mean())
+
+    lip = (kpt[:, 33] + kpt[:, 51]) / 2                      # under the nose, above the upper lip
+    brow = (kpt[:, 21] + kpt[:, 22]) / 2
+    forehead = brow + (brow - kpt[:, 30]) * 0.6              # above the brows, as far as the nose is below them
+    assert mean_at(dark, 0, lip[0]) < 0.8 * mean_at(lit, 0, lip[0])
+    assert mean_at(dark, 0, forehead[0]) > 0.97 * mean_at(lit, 0, forehead[0])
+    face = lit.layer[1, 3] > 0
+    assert float(dark.layer[1, :3][:, face].mean()) > 0.98 * float(lit.layer[1, :3][:, face].mean())
 
 
 def test_no_face_model_is_one_error_line_and_writes_nothing(tmp_path):

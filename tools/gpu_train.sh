@@ -55,6 +55,7 @@ DETAIL=${DETAIL:-0}          # 1 = train.py --detail: hair strands, skin mottlin
 PHOTO_BG=${PHOTO_BG:-0}      # train.py --photo-backgrounds: the share of scenes with a real photo behind the face
 JPEG=${JPEG:-0}              # train.py --jpeg: the share of scenes JPEG-coded as photos and video frames are
 BODY=${BODY:-0}              # train.py --body: the share of scenes with a torso under a neck turning between the two
+SHADOWS=${SHADOWS:-0}        # train.py --shadows: the share of scenes with cast shadows of the key light
 YAW_UNIFORM=${YAW_UNIFORM:-}     # train.py --yaw-uniform (share of scenes with uniform yaw); unset: its default
 TRAIN_S=${TRAIN_S:-400}      # training s; with setup, benchmark (<= 90 s) and averaging: < 9.5 min
 KEEP=${KEEP:-100}            # snapshot every KEEP steps
@@ -94,7 +95,7 @@ m = r('$INIT'); s = m['meta'].get('seed'); print(m['width'], 17 if s is None els
   fi
   $PY train.py --device "$DEVICE" --out "$W/run" --width "$WIDTH" --batch "$BATCH" --init "$W/init.safetensors" \
     --preset paper-neck --lr "$LR" --loss "$LOSS" --without "$WITHOUT" --context-blur "$CONTEXT_BLUR" --warmup "$WARMUP" \
-    --photo-backgrounds "$PHOTO_BG" --jpeg "$JPEG" --body "$BODY" \
+    --photo-backgrounds "$PHOTO_BG" --jpeg "$JPEG" --body "$BODY" --shadows "$SHADOWS" \
     ${YAW_UNIFORM:+--yaw-uniform "$YAW_UNIFORM"} $([ "$DETAIL" = 1 ] && echo --detail) \
     --schedule cosine --max-time "$TRAIN_S" --reuse "$REUSE" --render-batches "$RENDER_BATCHES" --amp bf16 \
     --save-every "$KEEP" --keep-every "$KEEP" --seed "$SEED" --no-progress \

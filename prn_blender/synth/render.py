@@ -52,6 +52,11 @@ BODY_PIVOT = (0.0, -18.5, -1.0)
 BODY_WALL = 28.0
 BODY_POINTS = (32768, 8192)
 
+# cast shadows of the key light (sampler.sample_shadows, train.py --shadows P): the shadow map's side in cells
+SHADOW_GRID = 320
+# each point's shadow is then averaged twice over this many nearest points of its part (neutral face)
+SHADOW_NEIGHBOURS = 16
+
 # part ids of the rendered point cloud
 P_FACE, P_HEAD, P_MOUTH, P_GUMS, P_TEETH, P_SCLERA, P_IRIS = range(7)
 _PART_RANGES = [  # (part, vmin, vmax, relative sampling density); head and mouth also take their seam to the face
@@ -151,6 +156,8 @@ class FaceRenderer:
         self.G = torch.sparse_coo_tensor(np.stack([rows, g.vids.ravel()]), g.bary.ravel(), (N, V)).coalesce() \
             .to_sparse_csr().to(dev)
         canon = (v[s_tri] * bary[..., None]).sum(1)          # (M,3) cm, neutral face
+        self._canon_parts = (canon, parts[tri_id])            # for the shadows' surface filter (_lit)
+        self._near = None
         # face-region masks from UV pixel positions of the face samples
         suv = np.full((M, 2), -100.0, np.float32)
         fm = parts[tri_id] == P_FACE
@@ -360,6 +367,9 @@ class FaceRenderer:
             terms.append(p["ambient"][:, None] * (1 + _sh_basis(fn) @ p["sh"]).clamp_min(0))
         per = torch.cat(terms, -1).index_select(1, self.s_tri)                                # (B,M,3|6)
         lam, spec = per[..., 0:1], per[..., 1:2]
+        if "shadow" in p:                                                                     # see sample_shadows
+            lit = self._lit(sp, L, lam, p)
+            lam, spec = lam * lit, spec * lit
         amb = per[..., 3:] if "sh" in p else p["ambient"][:, None]                           # (B,M|1,3)
         occ = 1 - p["occlusion"][:, None, None] * self.cavity                                 # (B,M,1)
         col = albedo * occ * (amb + lam * p["light_col"][:, None] * (0.5 + 0.5 * occ)) \
@@ -394,6 +404,55 @@ class FaceRenderer:
         return Batch(image=out.clamp(0, 1).contiguous(), layer=layer, background=p["background"],
                      pos=pos.view(B, RESOLUTION, RESOLUTION, 3).permute(0, 3, 1, 2).contiguous(),
                      kpt=kpt, visibility=vis.view(B, RESOLUTION, RESOLUTION), pose=pose)
+
+    def _lit(self, sp, L, lam, p):
+        """(B,M,1) share of the key light reaching each point (cast shadows; samples without ``shadow`` are lit): a
+        shadow map of all the points (``sp`` (B,M,3) crop pixels, y down, z to the camera) seen along the light
+        ``L`` (B,3) (camera space, y up), on a grid of ``shadow_cell`` pixels. A point is lit where it is no deeper
+        than the nearest point of a cell less a bias that grows with the light's grazing angle (``lam`` (B,M,1):
+        the cosine to the point's normal), averaged over the 3x3 cells around its own, then twice over its
+        SHADOW_NEIGHBOURS nearest points on the surface: soft edges, no speckle where the light grazes."""
+        B, n = sp.shape[0], SHADOW_GRID
+        Li = L * L.new_tensor([1.0, -1.0, 1.0])                                  # the crop's frame: y down
+        a = torch.where(Li[:, :1].abs() < 0.9, Li.new_tensor([1.0, 0, 0]), Li.new_tensor([0, 1.0, 0]))
+        u = F.normalize(torch.cross(Li, a, dim=-1), dim=-1)
+        q = sp @ torch.stack([u, torch.cross(Li, u, dim=-1), Li], -1)           # (B,M,3) light-space points
+        cell = p["shadow_cell"][:, None]
+        gx = ((q[..., 0] - q[..., 0].amin(1, keepdim=True)) / cell).long().clamp(max=n - 3) + 1
+        gy = ((q[..., 1] - q[..., 1].amin(1, keepdim=True)) / cell).long().clamp(max=n - 3) + 1
+        at = torch.arange(B, device=sp.device)[:, None] * n * n + gy * n + gx                # (B,M) map cells
+        depth = q[..., 2]
+        top = torch.full((B * n * n,), -math.inf, device=sp.device)             # nearest depth to the light per cell
+        top.scatter_reduce_(0, at.view(-1), depth.reshape(-1), reduce="amax")
+        tan = (1 - lam[..., 0] ** 2).clamp_min(0).sqrt() / lam[..., 0].clamp_min(0.3)
+        bias = 1.0 + 3.0 * cell * tan                                           # pixels toward the light
+        lit = torch.zeros_like(depth)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                lit += depth >= top.index_select(0, (at + dy * n + dx).view(-1)).view(B, -1) - bias
+        lit = lit / 9
+        near = self._surface_mean()
+        lit = (near @ (near @ lit.T)).T
+        return torch.where(p["shadow"][:, None], lit, torch.ones_like(lit))[..., None]
+
+    def _surface_mean(self) -> torch.Tensor:
+        """Sparse (M,M): the mean over each point's SHADOW_NEIGHBOURS nearest points of the same part on the
+        neutral face (itself included); made once, when the first shadows are drawn."""
+        if self._near is None:
+            from scipy.spatial import cKDTree
+            canon, parts = self._canon_parts
+            near = np.zeros((len(canon), SHADOW_NEIGHBOURS), np.int64)
+            for part in np.unique(parts):
+                at = np.flatnonzero(parts == part)
+                k = min(SHADOW_NEIGHBOURS, len(at))
+                nn = cKDTree(canon[at]).query(canon[at], k)[1].reshape(len(at), k)
+                near[at] = at[nn[:, np.arange(SHADOW_NEIGHBOURS) % k]]
+            M = len(canon)
+            rows = np.repeat(np.arange(M), SHADOW_NEIGHBOURS)
+            self._near = torch.sparse_coo_tensor(np.stack([rows, near.ravel()]),
+                                                 np.full(rows.size, 1 / SHADOW_NEIGHBOURS, np.float32), (M, M)) \
+                .coalesce().to_sparse_csr().to(self.device)
+        return self._near
 
     def _splat(self, pts, col, keep, B, n=RESOLUTION + 2 * CANVAS_MARGIN):
         """z-buffer splat of (B,M,3) canvas-pixel points with colours (B,M,3), each on its 2x2 nearest pixels;

@@ -4,7 +4,8 @@ blurred surround: ``context_blur``, off by default] [-> JPEG coding: ``jpeg``, o
 (off by default) the scenes are dressed with hair strands, skin mottling and full beards (sampler.sample_detail);
 with ``photo_backgrounds`` (off by default) that share of the scenes has a real photo behind the face instead of a
 procedural background (synth.photos); with ``body`` (off by default) that share has a clothed torso under a neck
-that turns between head and torso (sampler.sample_body); scenes get environment lighting (sampler.sample_lighting)
+that turns between head and torso (sampler.sample_body); with ``shadows`` (off by default) that share has cast
+shadows of the key light (sampler.sample_shadows); scenes get environment lighting (sampler.sample_lighting)
 and the yaw-aware hair locks and glasses of accessories.draw.
 
 ``SyntheticStream`` renders fresh batches and keeps a small replay pool: with ``reuse`` > 0 a rendered batch is
@@ -46,6 +47,7 @@ from ..synth.sampler import (
     sample_detail,
     sample_lighting,
     sample_params,
+    sample_shadows,
 )
 
 # What generators 7-10 added to the training scenes, by name: ``train.py --without NAME`` switches one off to measure
@@ -71,21 +73,23 @@ JPEG = " with jpeg "                     # generator-name part of train.py --jpe
 JPEG_SEED = 32452843                     # sampler.compress's generator: seed * 1000 + rank + this (as the blur's)
 BODY = " with body "                     # generator-name part of train.py --body P (off by default)
 BODY_SEED = 49979687                     # sampler.sample_body's generator: seed * 1000 + rank + this (as the blur's)
+SHADOWS = " with shadows "               # generator-name part of train.py --shadows P (off by default)
+SHADOWS_SEED = 67867967                  # sampler.sample_shadows' generator: seed * 1000 + rank + this (as the blur's)
 
 
 def generator_name(without=(), context_blur: float = 0.0, detail: bool = False,
-                   photo_backgrounds: float = 0.0, jpeg: float = 0.0, body: float = 0.0) -> str:
+                   photo_backgrounds: float = 0.0, jpeg: float = 0.0, body: float = 0.0, shadows: float = 0.0) -> str:
     """The training data's generator: GENERATOR_VERSION, or e.g. "ictsynth-11 without distract+sh", with
     " with detail" when the scenes were dressed by sampler.sample_detail, " with photo-backgrounds 0.5" when that
     share of the scenes had a photo behind the face (synth.photos), " with context-blur 0.5" when that share of
     the scenes had their surround blurred (sampler.blur_context), " with jpeg 0.5" when that share was JPEG-coded
-    (sampler.compress) and " with body 0.5" when that share had a torso under a turning neck (sampler.sample_body),
-    in this order."""
+    (sampler.compress), " with body 0.5" when that share had a torso under a turning neck (sampler.sample_body) and
+    " with shadows 0.5" when that share had cast shadows (sampler.sample_shadows), in this order."""
     unknown = set(without) - set(SCENE_FEATURES)
     if unknown:
         raise ValueError(f"unknown scene features {sorted(unknown)}; known: {', '.join(SCENE_FEATURES)}")
     for what, prob in (("context blur", context_blur), ("photo backgrounds", photo_backgrounds), ("jpeg", jpeg),
-                       ("body", body)):
+                       ("body", body), ("shadows", shadows)):
         if not 0 <= prob <= 1:
             raise ValueError(f"{what} {prob}: a probability in [0, 1]")
     return (GENERATOR_VERSION + (f" without {'+'.join(sorted(without))}" if without else "")
@@ -93,7 +97,8 @@ def generator_name(without=(), context_blur: float = 0.0, detail: bool = False,
             + (f"{PHOTO_BACKGROUNDS}{photo_backgrounds:g}" if photo_backgrounds else "")
             + (f"{CONTEXT_BLUR}{context_blur:g}" if context_blur else "")
             + (f"{JPEG}{jpeg:g}" if jpeg else "")
-            + (f"{BODY}{body:g}" if body else ""))
+            + (f"{BODY}{body:g}" if body else "")
+            + (f"{SHADOWS}{shadows:g}" if shadows else ""))
 
 
 def without_of(generator: str) -> list[str]:
@@ -134,12 +139,18 @@ def body_of(generator: str) -> float:
     return _share_of(generator, BODY)
 
 
+def shadows_of(generator: str) -> float:
+    """The share of scenes with cast shadows (sampler.sample_shadows) a generator name records (0 without one)."""
+    return _share_of(generator, SHADOWS)
+
+
 class SyntheticStream:
     def __init__(self, batch: int, seed: int = 0, rank: int = 0, device="cpu", reuse: int = 0,
                  max_yaw: float = 90.0, shared=None, augment_on: bool = True, density: float = 40.0,
                  yaw_uniform: float = YAW_UNIFORM, without=(), context_blur: float = 0.0, render_batches: int = 1,
-                 detail: bool = False, photo_backgrounds: float = 0.0, jpeg: float = 0.0, body: float = 0.0):
-        generator_name(without, context_blur, detail, photo_backgrounds, jpeg, body)   # validates the arguments
+                 detail: bool = False, photo_backgrounds: float = 0.0, jpeg: float = 0.0, body: float = 0.0,
+                 shadows: float = 0.0):
+        generator_name(without, context_blur, detail, photo_backgrounds, jpeg, body, shadows)   # validates them
         if render_batches < 1:
             raise ValueError(f"render_batches {render_batches}: give a number of batches >= 1")
         self.render_batches = render_batches
@@ -165,6 +176,8 @@ class SyntheticStream:
         self.gj = torch.Generator(dev).manual_seed(seed * 1000 + rank + JPEG_SEED)
         self.body = body
         self.gb = torch.Generator().manual_seed(seed * 1000 + rank + BODY_SEED)
+        self.shadows = shadows
+        self.gs = torch.Generator().manual_seed(seed * 1000 + rank + SHADOWS_SEED)
         self._kpt = torch.from_numpy(self.renderer.layout.kpt_xy).long().to(dev)   # (68,2) landmark UV pixels (x,y)
         self.device = device
         self._cache, self._left, self._ready = None, 0, []
@@ -183,6 +196,8 @@ class SyntheticStream:
             p["background"] = self.photos(p["background"], self.gp, self.photo_backgrounds)
         if self.body:
             p.update(sample_body(B, self.gb, self.device, self.body))
+        if self.shadows:
+            p.update(sample_shadows(B, self.gs, self.device, self.shadows))
         return self.renderer.render(p)
 
     def __iter__(self):
@@ -218,9 +233,9 @@ class SyntheticStream:
 def run_stream(meta: dict, batch: int, seed: int, **kw) -> SyntheticStream:
     """A stream of the scenes a run trained on, from its weights' metadata: its scene features and yaw prior (for
     BatchNorm recalibration: the statistics are those of the run's own data), context blur, detail, photo
-    backgrounds, JPEG coding and the body included."""
+    backgrounds, JPEG coding, the body and cast shadows included."""
     generator = meta.get("generator", "")
     return SyntheticStream(batch, seed=seed, without=without_of(generator), context_blur=context_blur_of(generator),
                            detail=detail_of(generator), photo_backgrounds=photo_backgrounds_of(generator),
-                           jpeg=jpeg_of(generator), body=body_of(generator),
+                           jpeg=jpeg_of(generator), body=body_of(generator), shadows=shadows_of(generator),
                            yaw_uniform=float(meta.get("yaw_uniform", YAW_UNIFORM)), **kw)

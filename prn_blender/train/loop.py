@@ -152,6 +152,10 @@ def build_argparser() -> argparse.ArgumentParser:
                     help="draw a clothed torso under this share of the training faces, turned less than the head, "
                          "the neck turning between the two, as in real photos (sampler.sample_body; the scenes are "
                          "otherwise the same)")
+    ap.add_argument("--shadows", type=float, default=0.0, metavar="P",
+                    help="give this share of the training scenes cast shadows of the key light: the nose's on the "
+                         "cheek, the brows' in the eye sockets, the jaw's on the neck (sampler.sample_shadows; the "
+                         "scenes are otherwise the same)")
     ap.add_argument("--freeze-bn", action="store_true",
                     help="BatchNorm layers keep and use their running statistics (their affine weights still "
                          "train): for fine-tuning at small batches, whose batch statistics are noisy")
@@ -249,11 +253,12 @@ def main(argv=None) -> int:
     # arguments are checked before anything is written
     without = sorted({f for f in a.without.split(",") if f})
     for flag, prob in (("--context-blur", a.context_blur), ("--photo-backgrounds", a.photo_backgrounds),
-                       ("--jpeg", a.jpeg), ("--body", a.body)):
+                       ("--jpeg", a.jpeg), ("--body", a.body), ("--shadows", a.shadows)):
         if not 0 <= prob <= 1:
             raise SystemExit(f"{flag} {prob}: give a probability in [0, 1]")
     try:
-        generator = generator_name(without, a.context_blur, a.detail, a.photo_backgrounds, a.jpeg, a.body)
+        generator = generator_name(without, a.context_blur, a.detail, a.photo_backgrounds, a.jpeg, a.body,
+                                   a.shadows)
     except ValueError as e:
         raise SystemExit(f"--without: {e}") from None
     if a.keep_every and a.keep_every % a.save_every:
@@ -330,7 +335,7 @@ def main(argv=None) -> int:
     data = SyntheticStream(a.batch, seed=a.seed + 7919 * step, rank=rank, device=dev, reuse=a.reuse,
                            max_yaw=a.max_yaw, shared=a.shared, yaw_uniform=a.yaw_uniform, without=without,
                            context_blur=a.context_blur, render_batches=a.render_batches, detail=a.detail,
-                           photo_backgrounds=a.photo_backgrounds, jpeg=a.jpeg, body=a.body)
+                           photo_backgrounds=a.photo_backgrounds, jpeg=a.jpeg, body=a.body, shadows=a.shadows)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = None
     if rank == 0 and not a.no_progress:

@@ -28,7 +28,7 @@ from ..core.weights import (
 )
 from ..evaluate.compare import LEVEL, compare
 from ..evaluate.run import PeerModel
-from .data import body_of, context_blur_of, detail_of, jpeg_of, photo_backgrounds_of, run_stream, without_of
+from .data import body_of, context_blur_of, detail_of, jpeg_of, photo_backgrounds_of, run_stream, shadows_of, without_of
 from .loop import DEFAULT_LOSS, LOSSES, describe_hardware, recalibrate_bn
 from .soup import BN_BATCHES, default_bn_batches, mean_state
 
@@ -155,6 +155,7 @@ def _train_command(meta: dict, run: str, width: int, batch: int, reuse: int, fir
             + (f" --photo-backgrounds {photo:g}" if photo else "")
             + (f" --jpeg {jpeg:g}" if jpeg else "")
             + (f" --body {body:g}" if body else "")
+            + (f" --shadows {shadows_of(generator):g}" if shadows_of(generator) else "")
             + (f" --yaw-uniform {float(meta['yaw_uniform']):g}" if "yaw_uniform" in meta else "")
             + (" --freeze-bn" if meta.get("bn_frozen") else "")
             + (f" --schedule cosine --max-time {float(meta.get('max_time', 0)):g} --amp {meta.get('amp')}" if cosine
