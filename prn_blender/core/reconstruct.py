@@ -117,7 +117,9 @@ class PRNPredictor:
         # adaptation to real photos; stop 34, pseudo real set 3.002 % so): 3 % of them 3.871, 20 % 8.532. Nor do
         # statistics of many real faces help (AdaBN, stop 43: 4,170 crops of 417 video frames): NME2D on other
         # people's photos +1.96 points (every layer), +0.69 (half-blended), +0.86 (encoder only); on the clips
-        # themselves +0.94, +0.25, -0.05
+        # themselves +0.94, +0.25, -0.05. Nor does normalising the photo's colours first (stop 46, pseudo real set,
+        # change in NME by the 3DDFA_V2 label box): grey-world white balance -0.04 [-0.16, +0.07], CLAHE on
+        # lightness +0.14, luminance auto-levels +0.23
         if self.options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dt = torch.float16 if self.device.type == "cuda" else torch.bfloat16
@@ -376,7 +378,10 @@ class FaceReconstructor:
             # read straight off the network's surface. Pseudo real set, stop 34 (3.002 % so): the surface projected
             # onto the ICT model's span first (similarity + 153 modes, ridge) 3.23-3.32; turned further about the
             # head's vertical axis, to add back the yaw the network under-estimates on real faces (model card:
-            # Limits), by 3-15 % of its yaw 3.03-3.51, by 10-50 % of its yaw beyond 15 deg 3.10-3.97
+            # Limits), by 3-15 % of its yaw 3.03-3.51, by 10-50 % of its yaw beyond 15 deg 3.10-3.97. Stop 46, the
+            # projection again (default views; ridge x1-x100; landmarks off the fit, or half-way to them): +0.18 to
+            # +0.79 points on the 3DDFA_V2 labels, +0.29 to +0.88 on MediaPipe's (NME by the label box); the surface
+            # on real faces sits 4-5 px rms off that span (and off a similarity: training has perspective cameras)
             lms = self.layout.landmarks(pos)
             if carry or wide_map is not None:          # the head pose sees the periphery it shows
                 pose = estimate_pose(verts, self.layout.canonical, self._fit_idx)[0]
