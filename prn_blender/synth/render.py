@@ -411,7 +411,8 @@ class FaceRenderer:
         ``L`` (B,3) (camera space, y up), on a grid of ``shadow_cell`` pixels. A point is lit where it is no deeper
         than the nearest point of a cell less a bias that grows with the light's grazing angle (``lam`` (B,M,1):
         the cosine to the point's normal), averaged over the 3x3 cells around its own, then twice over its
-        SHADOW_NEIGHBOURS nearest points on the surface: soft edges, no speckle where the light grazes."""
+        SHADOW_NEIGHBOURS nearest points on the surface: soft edges, no speckle where the light grazes. The torso
+        of sample_body neither casts nor receives them; hair and glasses (accessories.draw) do not cast them."""
         B, n = sp.shape[0], SHADOW_GRID
         Li = L * L.new_tensor([1.0, -1.0, 1.0])                                  # the crop's frame: y down
         a = torch.where(Li[:, :1].abs() < 0.9, Li.new_tensor([1.0, 0, 0]), Li.new_tensor([0, 1.0, 0]))
