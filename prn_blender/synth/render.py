@@ -156,7 +156,7 @@ class FaceRenderer:
         self.G = torch.sparse_coo_tensor(np.stack([rows, g.vids.ravel()]), g.bary.ravel(), (N, V)).coalesce() \
             .to_sparse_csr().to(dev)
         canon = (v[s_tri] * bary[..., None]).sum(1)          # (M,3) cm, neutral face
-        self._canon_parts = (canon, parts[tri_id])            # for the shadows' surface filter (_lit)
+        self._canon = canon                                   # for the shadows' surface mean (_surface_mean)
         self._near = None
         # face-region masks from UV pixel positions of the face samples
         suv = np.full((M, 2), -100.0, np.float32)
@@ -441,7 +441,7 @@ class FaceRenderer:
         neutral face (itself included); made once, when the first shadows are drawn."""
         if self._near is None:
             from scipy.spatial import cKDTree
-            canon, parts = self._canon_parts
+            canon, parts = self._canon, self.s_part.cpu().numpy()
             near = np.zeros((len(canon), SHADOW_NEIGHBOURS), np.int64)
             for part in np.unique(parts):
                 at = np.flatnonzero(parts == part)

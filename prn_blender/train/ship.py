@@ -143,6 +143,7 @@ def _train_command(meta: dict, run: str, width: int, batch: int, reuse: int, fir
     generator = meta.get("generator", "")
     without, blur, detail = without_of(generator), context_blur_of(generator), detail_of(generator)
     photo, jpeg, body = photo_backgrounds_of(generator), jpeg_of(generator), body_of(generator)
+    shadows = shadows_of(generator)
     parent = meta.get("parent")
     return (f"python train.py --out runs/{run} --width {width} --batch {batch} --reuse {reuse} "
             + (f"--render-batches {meta['render_batches']} " if int(meta.get("render_batches", 1)) > 1 else "")
@@ -155,7 +156,7 @@ def _train_command(meta: dict, run: str, width: int, batch: int, reuse: int, fir
             + (f" --photo-backgrounds {photo:g}" if photo else "")
             + (f" --jpeg {jpeg:g}" if jpeg else "")
             + (f" --body {body:g}" if body else "")
-            + (f" --shadows {shadows_of(generator):g}" if shadows_of(generator) else "")
+            + (f" --shadows {shadows:g}" if shadows else "")
             + (f" --yaw-uniform {float(meta['yaw_uniform']):g}" if "yaw_uniform" in meta else "")
             + (" --freeze-bn" if meta.get("bn_frozen") else "")
             + (f" --schedule cosine --max-time {float(meta.get('max_time', 0)):g} --amp {meta.get('amp')}" if cosine
