@@ -4,7 +4,8 @@
   throughput, optimized path (bf16 autocast + channels_last on CPU / fp16 on CUDA, inference_mode) vs naive eager
   fp32 NCHW of the same weights; plus width 8 and the shipped model's width. Training step (batch 8, autocast, Adam):
   channels_last, as train.py runs it, vs NCHW.
-* end-to-end image -> FaceResult with the shipped weights, split by stage, and video frames per second; with
+* end-to-end image -> FaceResult with the shipped weights, split by stage, and video frames per second; the texture
+  stage as fine as the photo vs 256 texels, the portrait upscaled x1-x8; with
   ``--weights A B``, those of each model, and B's times against A's (e.g. a wider model against the last one).
 * synthetic data engine throughput (samples/s) when ../shared is present.
 * ``loop`` (only when asked for, with ../shared): train.py itself, steady-state training samples/s with one batch
@@ -90,6 +91,29 @@ def bench_train_step(width, dev, reps, batch=8):
     return out[torch.contiguous_format], out[torch.channels_last]
 
 
+def texture_stage(rec, image, reps):
+    """The texture stage (reconstruct.texture_from_image) for the face of ``image`` and for the same face in the
+    photo upscaled x2, x4, x8: the texture as fine as the photo (the default) against a 256-texel one, same run."""
+    import cv2
+
+    from prn_blender.core.image_io import load_image
+    from prn_blender.core.reconstruct import texture_from_image
+    img = load_image(image)
+    face = rec(img, texture=False)[0]
+    print("\ntexture stage (texture_from_image), ms: as fine as the photo (the default) vs 256 texels")
+    for k in (1, 2, 4, 8):
+        big = cv2.resize(img, None, fx=k, fy=k, interpolation=cv2.INTER_CUBIC) if k > 1 else img
+        pos, verts = face.position_map.copy(), face.vertices.copy()
+        for x in (pos.reshape(-1, 3), verts):            # the same surface in the upscaled photo's pixels
+            x[:, :2] = (x[:, :2] + 0.5) * k - 0.5
+            x[:, 2] *= k
+        side = texture_from_image(big, pos, verts, rec.layout)[1].shape[0]
+        t_auto, t_256 = (timeit(lambda b=big, p=pos, v=verts, n=n: texture_from_image(b, p, v, rec.layout, n), reps)
+                         for n in (None, 256))
+        print(f"  photo x{k} ({big.shape[1]}x{big.shape[0]}): {side} texels {t_auto * 1e3:.1f} | 256 texels "
+              f"{t_256 * 1e3:.1f} | x{t_auto / t_256:.2f}")
+
+
 def bench_loop(dev, width, batch, steps, render_batches):
     """Steady-state training samples/s of train.py (a fresh width ``width`` model, batch ``batch``, ``steps``
     steps, reuse 1 and bf16 autocast as tools/gpu_train.sh trains) over its last two thirds, from the run's own log."""
@@ -171,6 +195,7 @@ def main():
             one, multi, wide, photo = totals.values()
             print(f"  turned views / one view: x{multi / one:.2f} time; the periphery view: x{wide / multi:.2f}; "
                   f"the blurred-surround views: x{photo / wide:.2f}")
+        texture_stage(rec, img, a.reps)
     from prn_blender.core.paths import shared_dir
     if shared_dir(required=False) and "data" in only:
         from prn_blender.synth.ict import load_ict

@@ -17,7 +17,8 @@ def _reconstruct(a) -> int:
         rec = FaceReconstructor(weights=a.weights, device=a.device, detector=a.detector,
                                 options=InferenceOptions(flip=a.flip, scales=scales, turns=turns, recrop=a.recrop,
                                                          periphery=a.periphery,
-                                                         surround_blur=SURROUND_BLUR if a.surround_blur else None))
+                                                         surround_blur=SURROUND_BLUR if a.surround_blur else None,
+                                                         texture_size=a.texture_size))
         img = load_image(a.image)
         faces = rec(img, box=a.box, turns=upright_turns(a.image))
     except (ImageError, ReconstructionError, WeightsError) as e:
@@ -26,6 +27,13 @@ def _reconstruct(a) -> int:
     for f in write_outputs(faces, img, a.out, Path(a.image).stem):
         print(f)
     return 0
+
+
+def _texture_size(text: str) -> int:
+    n = int(text)
+    if not 16 <= n <= 8192:
+        raise argparse.ArgumentTypeError(f"{n}: give a side of 16 to 8192 texels")
+    return n
 
 
 def _info(a) -> int:
@@ -87,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-surround-blur", dest="surround_blur", action="store_false",
                    help="the second pass without its views run once more with the surround blurred (about a third "
                         "less network time by default, less accurate)")
+    r.add_argument("--texture-size", type=_texture_size, metavar="N",
+                   help="side of the UV texture in texels (default: 256, or up to 2048 as fine as the photo: "
+                        "core.reconstruct.texture_side)")
     r.add_argument("--out", required=True, help="output folder")
     r.set_defaults(fn=_reconstruct)
     i = sub.add_parser("info", help="print parameter count, layout and device of a weights file")

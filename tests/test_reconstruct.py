@@ -76,6 +76,41 @@ def test_face_result_fields(rec, astronaut):
     assert np.isfinite(h.vertices).all()
 
 
+def test_texture_is_as_fine_as_the_photo_and_never_aliases(rec, astronaut):
+    """A face's UV texture gets the smallest side of 256 x 2^k (up to TEXTURE_MAX) whose texels span at most one
+    photo pixel: the astronaut's 256 (0.55 px a texel), the same face in the photo upscaled x4 1024, which area-
+    filtered back to 256 texels is the 256 texture, and its colours the same. A 256-texel texture of that large face
+    reads an area-filtered photo: a one-pixel checkerboard over it (+-0.2) barely shows, where bilinear reads of
+    the full resolution pick up much of it."""
+    import cv2
+
+    from prn_blender.core.constants import TEXTURE_MAX
+    from prn_blender.core.reconstruct import texel_spacing, texture_from_image, texture_side
+    f = rec(str(astronaut))[0]
+    lay = rec.layout
+    assert 0.3 < texel_spacing(f.position_map, lay) < 1 and f.texture.shape == (256, 256, 3)
+    k = 4
+    img = np.asarray(__import__("PIL").Image.open(astronaut), np.float32) / 255
+    big = np.clip(cv2.resize(img, None, fx=k, fy=k, interpolation=cv2.INTER_CUBIC), 0, 1)
+    pos, verts = f.position_map.copy(), f.vertices.copy()
+    for a in (pos.reshape(-1, 3), verts):                     # the same surface in the x4 photo's pixels
+        a[:, :2] = (a[:, :2] + 0.5) * k - 0.5
+        a[:, 2] *= k
+    colors, tex, mask, depth = texture_from_image(big, pos, verts, lay)
+    assert tex.shape == (1024, 1024, 3) and mask.shape == (1024, 1024) and depth.shape == big.shape[:2]
+    down = cv2.resize(tex, (256, 256), interpolation=cv2.INTER_AREA)
+    full = (cv2.resize(mask.astype(np.float32), (256, 256), interpolation=cv2.INTER_AREA) > 0.999) & f.texture_mask
+    assert full.sum() > 0.8 * f.texture_mask.sum()
+    assert np.abs(down - f.texture)[full].mean() < 0.01 and np.abs(colors - f.colors).mean() < 0.01
+    checker = (np.indices(big.shape[:2]).sum(0) % 2 * 0.4 - 0.2).astype(np.float32)[..., None]
+    _, small, smask, _ = texture_from_image(np.clip(big + checker, 0, 1), pos, verts, lay, size=256)
+    plain = cv2.remap(np.clip(big + checker, 0, 1), pos[..., 0], pos[..., 1], cv2.INTER_LINEAR)
+    both = smask & f.texture_mask
+    assert np.abs(small - f.texture)[both].mean() < 0.03 and np.abs(plain - f.texture)[both].mean() > 0.045
+    assert texture_side(0.5) == 256 and texture_side(1.0) == 256 and texture_side(1.01) == 512
+    assert texture_side(100.0) == TEXTURE_MAX and texture_side(5.0, 256) == 256
+
+
 def test_detected_faces_get_a_second_pass_from_their_landmarks(rec, astronaut):
     """A face the detector found is reconstructed again from a crop made from the first pass's landmarks (what
     ``landmarks=`` does, here without the blurred-surround views, which only a second pass has), the first pass in
@@ -450,6 +485,15 @@ def test_cli_reconstruct_and_info(astronaut, tmp_path):
     lm = np.array(js["landmarks68"])
     np.testing.assert_array_equal(sharp[:17], lm[:17])
     assert (np.abs(sharp[17:] - lm[17:]).max(1) > 0).all()
+    # a texture of a given side (the astronaut's own is 256 texels: texture_side)
+    import cv2
+    assert cv2.imread(str(tmp_path / "astronaut_texture.png"), cv2.IMREAD_UNCHANGED).shape[:2] == (256, 256)
+    p = _cli("reconstruct", str(astronaut), "--texture-size", "512", "--out", str(tmp_path / "t512"))
+    assert p.returncode == 0, p.stderr
+    assert cv2.imread(str(tmp_path / "t512" / "astronaut_texture.png"), cv2.IMREAD_UNCHANGED).shape[:2] == (512, 512)
+    p = _cli("reconstruct", str(astronaut), "--texture-size", "0", "--out", str(tmp_path / "t0"))
+    assert p.returncode == 2 and "--texture-size: 0: give a side of 16 to 8192" in p.stderr
+    assert not (tmp_path / "t0").exists()
     p = _cli("info")
     assert p.returncode == 0 and "layout: ict-face-v2" in p.stdout and "parameters:" in p.stdout
 

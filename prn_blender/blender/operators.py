@@ -12,7 +12,15 @@ import bpy
 import numpy as np
 from bpy.props import StringProperty
 
-from ..core.constants import PHOTO_SCALES, PHOTO_TURNS, SURROUND_BLUR, VIDEO_SCALES, VIDEO_TURNS, VIDEO_WIDE_EVERY
+from ..core.constants import (
+    PHOTO_SCALES,
+    PHOTO_TURNS,
+    RESOLUTION,
+    SURROUND_BLUR,
+    VIDEO_SCALES,
+    VIDEO_TURNS,
+    VIDEO_WIDE_EVERY,
+)
 from . import scene as sc
 from .convert import image_to_blender, metres_per_pixel_for, pose_to_blender
 from .preferences import get_preferences
@@ -29,10 +37,11 @@ def one_line(e: BaseException) -> str:
 # ------------------------------------------------------------------------------------------ core hooks (patchable)
 def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: tuple = PHOTO_SCALES,
                        turns: tuple = PHOTO_TURNS, recrop: bool = True, periphery: bool = True,
-                       surround_blur: float | None = SURROUND_BLUR):
+                       surround_blur: float | None = SURROUND_BLUR, texture_size: int | None = None):
     """Cached core.reconstruct.FaceReconstructor for (weights, device, mirror averaging, the views' scales and
-    turns, re-crop, wide periphery view, the re-crop's blurred-surround views)."""
-    key = (weights or None, device, flip, tuple(scales), tuple(turns), recrop, periphery, surround_blur)
+    turns, re-crop, wide periphery view, the re-crop's blurred-surround views, UV texture side: None = by the
+    photo's resolution)."""
+    key = (weights or None, device, flip, tuple(scales), tuple(turns), recrop, periphery, surround_blur, texture_size)
     if key not in _REC_CACHE:
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         _REC_CACHE.clear()
@@ -40,21 +49,24 @@ def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: t
                                             options=InferenceOptions(flip=flip, scales=tuple(scales),
                                                                      turns=tuple(turns), recrop=recrop,
                                                                      periphery=periphery,
-                                                                     surround_blur=surround_blur))
+                                                                     surround_blur=surround_blur,
+                                                                     texture_size=texture_size))
     return _REC_CACHE[key]
 
 
 def get_reconstructor(context, weights_override: str = "", video: bool = False):
     """The reconstructor for the add-on preferences; photos use their views (core.constants.PHOTO_SCALES,
     PHOTO_TURNS) when multi-view averaging is on, the wide periphery view and the re-crop's blurred-surround views
-    (SURROUND_BLUR) when that preference is on, video one view (VIDEO_SCALES, VIDEO_TURNS) and no blurred surround
-    (its tracked frames have no first pass to blur around); video's wide view runs on key frames only, asked for
-    frame by frame (``video_wide_every``)."""
+    (SURROUND_BLUR) when that preference is on and a UV texture as fine as the photo (core.reconstruct.texture_side),
+    video one view (VIDEO_SCALES, VIDEO_TURNS), no blurred surround (its tracked frames have no first pass to blur
+    around) and a 256-texel texture on every frame (only the first frame's is used); video's wide view runs on key
+    frames only, asked for frame by frame (``video_wide_every``)."""
     device, weights, flip, multi, recrop, blur = get_preferences(context)
     scales, turns = (VIDEO_SCALES, VIDEO_TURNS) if video or not multi else (PHOTO_SCALES, PHOTO_TURNS)
     return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else weights, device, flip,
                               scales, turns, recrop, periphery=not video,
-                              surround_blur=SURROUND_BLUR if blur and not video else None)
+                              surround_blur=SURROUND_BLUR if blur and not video else None,
+                              texture_size=RESOLUTION if video else None)
 
 
 def video_wide_every(s) -> int:

@@ -133,7 +133,7 @@ def new_mesh(name: str, verts, tris, uvs=None):
 
 
 def texture_image(name: str, texture, mask) -> "bpy.types.Image":
-    """RGBA image datablock from the (256,256,3) UV texture (row 0 = top) and its mask (alpha), packed."""
+    """RGBA image datablock from the (T,T,3) UV texture (row 0 = top) and its mask (alpha), packed."""
     tex = np.clip(np.asarray(texture, np.float32), 0.0, 1.0)
     h, w = tex.shape[:2]
     rgba = np.empty((h, w, 4), np.float32)

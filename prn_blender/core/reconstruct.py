@@ -7,6 +7,7 @@ Stages (timed in ``FaceResult.timings``, milliseconds): detect, crop, net, uncro
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -29,6 +30,7 @@ from .constants import (
     RESOLUTION,
     ROLL_FREE,
     SURROUND_BLUR,
+    TEXTURE_MAX,
 )
 from .context import blur_surround
 from .crop import crop_from_box, crop_from_landmarks, turn_crop, uncrop_position_map, warp
@@ -89,6 +91,9 @@ class InferenceOptions:
                                                   # landmark hull grown by this factor; they give the surface but
                                                   # for the jaw line; the wide view and the texture keep the sharp
                                                   # photo; None: off (constants.SURROUND_BLUR, JAW_SHARP)
+    texture_size: int | None = None   # the UV texture's side in texels; None: per face, the smallest of 256, 512, ...
+                                      # constants.TEXTURE_MAX whose texels span at most one photo pixel
+                                      # (texture_side); video tracking keeps RESOLUTION (it keys the first frame's)
 
     @property
     def views(self) -> tuple[tuple[float, float], ...]:
@@ -390,7 +395,8 @@ class FaceReconstructor:
                 pose = estimate_pose(verts, self.layout.canonical, self._fit_idx)[0]
             t5 = time.perf_counter()
             if texture:
-                colors, tex, tmask, depth = texture_from_image(img, pos, verts, self.layout)
+                colors, tex, tmask, depth = texture_from_image(img, pos, verts, self.layout,
+                                                                self.predictor.options.texture_size)
             else:
                 colors = np.zeros_like(verts)
                 tex = np.zeros((RESOLUTION, RESOLUTION, 3), np.float32)
@@ -445,21 +451,71 @@ def hull_weight(*layouts: UVLayout, fade: float = PERIPHERY_FADE) -> np.ndarray:
     return np.clip(1 - dist / fade, 0, 1).astype(np.float32)
 
 
-def _bilinear(img: np.ndarray, xy: np.ndarray) -> np.ndarray:
+def _sample(img: np.ndarray, xy: np.ndarray, spacing: float, border: int = cv2.BORDER_CONSTANT,
+            valid: np.ndarray | None = None) -> np.ndarray:
+    """Bilinear samples (H,W,3) of the image at the image-pixel points ``xy`` (H,W,2), ``spacing`` image pixels
+    apart. Where samples are more than a pixel apart they read an area-filtered copy of the image region under the
+    points (the ``valid`` ones, default all) shrunk by ``spacing``: bilinear reads of the full resolution would
+    alias there, each seeing only its 2x2 nearest pixels of a larger footprint."""
+    if spacing > 1.0:
+        h, w = img.shape[:2]
+        pts = xy.reshape(-1, 2) if valid is None else xy[valid]
+        if len(pts):
+            x0, y0 = np.maximum(np.floor(pts.min(0)).astype(int) - 2, 0)
+            x1, y1 = np.minimum(np.ceil(pts.max(0)).astype(int) + 3, (w, h))
+            if x1 > x0 and y1 > y0:
+                sw, sh = max(round((x1 - x0) / spacing), 1), max(round((y1 - y0) / spacing), 1)
+                fx, fy = sw / (x1 - x0), sh / (y1 - y0)
+                img = cv2.resize(img[y0:y1, x0:x1], (sw, sh), interpolation=cv2.INTER_AREA)
+                xy = np.stack([(xy[..., 0] - x0 + 0.5) * fx - 0.5, (xy[..., 1] - y0 + 0.5) * fy - 0.5], -1)
+    return cv2.remap(img, xy[..., 0].astype(np.float32), xy[..., 1].astype(np.float32), cv2.INTER_LINEAR,
+                     borderMode=border, borderValue=0)
+
+
+def _bilinear(img: np.ndarray, xy: np.ndarray, spacing: float = 1.0) -> np.ndarray:
+    """(N,3) samples at the (N,2) image-pixel points ``xy``, ``spacing`` apart (_sample), edge pixels beyond."""
     n = len(xy)
     cols = 512                                   # cv2.remap maps must stay below 32767 on each side
     m = np.zeros((-(-n // cols) * cols, 2), np.float32)
     m[:n] = xy
-    m = m.reshape(-1, cols, 2)
-    out = cv2.remap(img, m[..., 0], m[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    valid = np.zeros(len(m), bool)
+    valid[:n] = True
+    out = _sample(img, m.reshape(-1, cols, 2), spacing, cv2.BORDER_REPLICATE, valid.reshape(-1, cols))
     return out.reshape(-1, 3)[:n]
 
 
-def texture_from_image(img: np.ndarray, pos: np.ndarray, verts: np.ndarray, layout: UVLayout):
-    """Per-vertex colours, UV texture (256,256,3), texture visibility mask (z-buffer test) and an image-size depth
-    map (nan off the face). The z-buffer is splatted from the vertices on a grid no finer than the vertex spacing."""
+def texel_spacing(pos: np.ndarray, layout: UVLayout) -> float:
+    """Median distance, in image pixels, between neighbouring face pixels of the (256,256,3) image-space position
+    map ``pos`` (x, y pixels): how much of the photo one texel of a 256-texel UV texture spans."""
+    xy, m = pos[..., :2], layout.mask
+    d = np.concatenate([np.linalg.norm(xy[:, 1:] - xy[:, :-1], axis=-1)[m[:, 1:] & m[:, :-1]],
+                        np.linalg.norm(xy[1:] - xy[:-1], axis=-1)[m[1:] & m[:-1]]])
+    return float(np.median(d)) if len(d) else 1.0
+
+
+def texture_side(spacing: float, size: int | None = None) -> int:
+    """The UV texture's side in texels: ``size`` when given, else the smallest of RESOLUTION x 1, 2, 4, ... up to
+    TEXTURE_MAX whose texels span at most one photo pixel, for a face whose 256-texel spacing is ``spacing``
+    (texel_spacing)."""
+    if size:
+        return int(size)
+    k = max(0, math.ceil(math.log2(max(spacing, 1e-6))))
+    return int(min(TEXTURE_MAX, RESOLUTION * 2 ** k))
+
+
+def texture_from_image(img: np.ndarray, pos: np.ndarray, verts: np.ndarray, layout: UVLayout,
+                       size: int | None = None):
+    """Per-vertex colours, UV texture (T,T,3), its visibility mask (T,T) (z-buffer test) and an image-size depth
+    map (nan off the face). The z-buffer is splatted from the vertices on a grid no finer than the vertex spacing.
+    T = ``size``, or by default (texture_side) the smallest power-of-two multiple of 256 up to TEXTURE_MAX at which
+    a texel spans at most one photo pixel: a high-resolution photo keeps its detail; a larger T samples the position
+    map bilinearly between its pixels (texels between the mesh's vertices), and its mask is where all four
+    neighbouring face pixels are seen. Samples further apart than a photo pixel read an area-filtered photo
+    (_sample), so neither the texture nor the colours alias."""
     h, w = img.shape[:2]
-    colors = _bilinear(img, verts[:, :2])
+    spacing = texel_spacing(pos, layout)
+    side = texture_side(spacing, size)
+    colors = _bilinear(img, verts[:, :2], spacing)
     x0, y0 = np.floor(verts[:, :2].min(0)).astype(int)
     x1, y1 = np.ceil(verts[:, :2].max(0)).astype(int)
     span = max(x1 - x0, y1 - y0, 1)
@@ -472,13 +528,16 @@ def texture_from_image(img: np.ndarray, pos: np.ndarray, verts: np.ndarray, layo
     zb = zb.reshape(gh, gw)
     tol = 0.04 * span
     visible = verts[:, 2] >= zb[gy, gx] - tol
-    tex = cv2.remap(img, pos[..., 0].astype(np.float32), pos[..., 1].astype(np.float32), cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    tmask = np.zeros(RESOLUTION * RESOLUTION, bool)
+    seen = np.zeros(RESOLUTION * RESOLUTION, bool)
     inside = (verts[:, 0] >= 0) & (verts[:, 0] < w) & (verts[:, 1] >= 0) & (verts[:, 1] < h)
-    tmask[layout.face_ind] = visible & inside
-    tmask = tmask.reshape(RESOLUTION, RESOLUTION)
-    tex = tex * tmask[..., None]
+    seen[layout.face_ind] = visible & inside
+    seen = seen.reshape(RESOLUTION, RESOLUTION)
+    if side == RESOLUTION:
+        xy, tmask = pos[..., :2], seen
+    else:
+        xy = cv2.resize(np.ascontiguousarray(pos[..., :2], np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+        tmask = cv2.resize(seen.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR) > 0.999
+    tex = _sample(img, xy, spacing * RESOLUTION / side, valid=tmask) * tmask[..., None]
     depth = np.full((h, w), np.nan, np.float32)
     zimg = np.where(np.isfinite(zb), zb, np.nan).astype(np.float32)
     bw, bh = int(round(gw * cell)), int(round(gh * cell))

@@ -92,8 +92,9 @@ class FaceResult:
     position_map: (256,256,3) float32 position map already in image space (x, y pixels, z depth pixels).
     vertices: (N,3) float32 image space; triangles (T,3) int32; uvs (N,2) float32 (v up).
     landmarks: (68,3) float32 iBUG-68 in image space. colors: (N,3) float32 RGB in [0,1] sampled from the image.
-    texture: (256,256,3) float32 RGB UV texture (row 0 = top = v 1); texture_mask (256,256) bool = texel's
-    surface point visible in the photo (z-buffer test). depth: (H,W) float32 depth image (nan off the face).
+    texture: (T,T,3) float32 RGB UV texture (row 0 = top = v 1), T = 256 or more for a high-resolution photo
+    (InferenceOptions.texture_size, reconstruct.texture_side); texture_mask (T,T) bool = texel's surface point
+    visible in the photo (z-buffer test). depth: (H,W) float32 depth image (nan off the face).
     crop: the crop used; confidence in [0,1]; layout: layout name; image_size (w, h).
     wide_view: (256,256,3) float32 un-cropped position map (image space) of the wide periphery view when this result
     ran it, else None (video carries it to the frames after: FaceReconstructor's ``carry``).
