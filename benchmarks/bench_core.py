@@ -247,18 +247,21 @@ def main():
             for w, name in zip(weights, names):
                 rec = FaceReconstructor(w, device=a.device, options=InferenceOptions(**one, periphery=False))
                 wide = FaceReconstructor(w, device=a.device, options=InferenceOptions(**one, periphery=True))
-                for label, sm, r, every in (("raw", None, rec, 0), ("one-euro", OneEuroSettings(), rec, 0),
-                                            (f"one-euro, wide view every {VIDEO_WIDE_EVERY} frames (default)",
-                                             OneEuroSettings(), rec, VIDEO_WIDE_EVERY),
-                                            ("one-euro, wide view every frame", OneEuroSettings(), wide, 0)):
+                for label, sm, r, every, tex in (
+                        ("raw", None, rec, 0, "all"), ("one-euro", OneEuroSettings(), rec, 0, "all"),
+                        (f"one-euro, wide view every {VIDEO_WIDE_EVERY} frames", OneEuroSettings(), rec,
+                         VIDEO_WIDE_EVERY, "all"),
+                        ((f"one-euro, wide view every {VIDEO_WIDE_EVERY} frames, texture on the first frame only "
+                          "(the add-on)"), OneEuroSettings(), rec, VIDEO_WIDE_EVERY, "first"),
+                        ("one-euro, wide view every frame", OneEuroSettings(), wide, 0, "all")):
                     t = time.perf_counter()
-                    n = sum(1 for _ in iter_video(path, r, smoothing=sm, wide_every=every))
+                    n = sum(1 for _ in iter_video(path, r, smoothing=sm, wide_every=every, textures=tex))
                     dt = time.perf_counter() - t
                     e2e[name, f"video {label}"] = dt * 1e3 / n
-                    print(f"video end-to-end ({name}, {label}, tracking, textures): {n / dt:.2f} fps "
+                    print(f"video end-to-end ({name}, {label}, tracking): {n / dt:.2f} fps "
                           f"({dt * 1e3 / n:.0f} ms/frame, {n} frames 256x256)")
                 base = e2e[name, "video one-euro"]
-                print("  the wide view: " + ", ".join(f"{k[1][len('video one-euro, '):]} x{v / base:.2f}"
+                print("  against one-euro alone: " + ", ".join(f"{k[1][len('video one-euro, '):]} x{v / base:.2f}"
                                                       for k, v in e2e.items() if k[0] == name
                                                       and k[1].startswith("video one-euro, ")) + " time")
     if shared_dir(required=False) and "loop" in only:

@@ -207,6 +207,10 @@ def test_synthetic_video_end_to_end(addon, core_video_rec, shared, tmp_path):
     head_paths = {fc.data_path for fc in fcurves(objs["head"]) if len(fc.keyframe_points) == len(frames)}
     assert {"location", "rotation_euler", "scale"} <= head_paths
     assert objs["camera"].data.background_images[0].source == "MOVIE_CLIP"
+    # the mesh wears the first frame's texture (only that frame's is made: open_video's textures="first")
+    tex, = [im for im in bpy.data.images if im.name.endswith("_texture")]
+    alpha = np.array(tex.pixels[:]).reshape(-1, 4)[:, 3]
+    assert tex.size[0] == tex.size[1] >= 256 and alpha.mean() > 0.3
 
     j = 3                                               # video frame 3 -> scene frame 4
     want = image_to_blender(faces[j].vertices, size, k)

@@ -361,23 +361,21 @@ def test_video_runs_the_wide_view_on_key_frames(bpy_empty, monkeypatch, tmp_path
     """Photos run the periphery view in every call; video's reconstructor does not, and its frames ask for it on key
     frames (every VIDEO_WIDE_EVERY) unless the scene's Wide View is off; the CLI's blend --no-wide-view turns it off.
     Photos' re-crop runs the blurred-surround views (SURROUND_BLUR) unless that preference is off, video's
-    detections do not. Photos' textures follow the photo's resolution, video's are 256 texels."""
+    detections do not."""
     from prn_blender.blender import operators, register
     from prn_blender.blender.pipeline import run_blend
     from prn_blender.core.constants import SURROUND_BLUR, VIDEO_WIDE_EVERY
     register()
     seen = []
     monkeypatch.setattr(operators, "make_reconstructor",
-                        lambda *a, **k: seen.append((k["periphery"], k["surround_blur"], k["texture_size"]))
-                        or FakeRec())
+                        lambda *a, **k: seen.append((k["periphery"], k["surround_blur"])) or FakeRec())
     ctx = bpy_empty.context
     operators.get_reconstructor(ctx)
     operators.get_reconstructor(ctx, video=True)
-    # photos: a texture as fine as the photo; video: 256 texels on every frame (the first frame's is used)
-    assert seen == [(True, SURROUND_BLUR, None), (False, None, 256)] and SURROUND_BLUR > 1
+    assert seen == [(True, SURROUND_BLUR), (False, None)] and SURROUND_BLUR > 1
     monkeypatch.setattr(operators, "get_preferences", lambda c: ("auto", None, True, True, True, False))
     operators.get_reconstructor(ctx)                  # Preferences -> Blurred Surround (Photos) off
-    assert seen[-1] == (True, None, None)
+    assert seen[-1] == (True, None)
     s = ctx.scene.prn_face
     assert s.wide_view and operators.video_wide_every(s) == VIDEO_WIDE_EVERY > 1
     s.wide_view = False

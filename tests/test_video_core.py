@@ -195,6 +195,30 @@ def test_iter_video_tracking_and_redetection(tmp_path):
                                               "track"]
 
 
+def test_iter_video_asks_for_the_first_faces_texture_only(tmp_path):
+    """textures="first" asks rec for a texture (texture=True) on every frame up to and including the first one with
+    a face, texture=False after it, lost track or not; "none" never; "all" leaves it to rec (no texture argument)."""
+    path = _write_indexed_clip(tmp_path / "idx.avi")
+
+    class Textures(FakeRec):
+        def __call__(self, image, crop=None, texture=None):
+            self.asked = getattr(self, "asked", []) + [(self.frame, texture)]
+            return super().__call__(image, crop)
+
+    rec = Textures(no_face_frames={0, 1, 5})
+    _run(path, rec, textures="first")
+    assert rec.asked[:3] == [(0, True), (1, True), (2, True)]          # no face on frames 0 and 1
+    assert {t for f, t in rec.asked if f > 2} == {False}                # a face on 2; frame 5's loss changes nothing
+    rec = Textures()
+    _run(path, rec, textures="none")
+    assert {t for _, t in rec.asked} == {False}
+    rec = Textures()
+    _run(path, rec)
+    assert {t for _, t in rec.asked} == {None} and len(rec.asked) == 12
+    with pytest.raises(ValueError, match="textures 'some'"):
+        next(iter_video(path, rec, textures="some"))
+
+
 def test_iter_video_range_step_and_smoothing(tmp_path):
     path = _write_indexed_clip(tmp_path / "idx.avi")
     frames = _run(path, FakeRec(), start=2, end=11, step=3)

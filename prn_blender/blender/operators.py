@@ -12,15 +12,7 @@ import bpy
 import numpy as np
 from bpy.props import StringProperty
 
-from ..core.constants import (
-    PHOTO_SCALES,
-    PHOTO_TURNS,
-    RESOLUTION,
-    SURROUND_BLUR,
-    VIDEO_SCALES,
-    VIDEO_TURNS,
-    VIDEO_WIDE_EVERY,
-)
+from ..core.constants import PHOTO_SCALES, PHOTO_TURNS, SURROUND_BLUR, VIDEO_SCALES, VIDEO_TURNS, VIDEO_WIDE_EVERY
 from . import scene as sc
 from .convert import image_to_blender, metres_per_pixel_for, pose_to_blender
 from .preferences import get_preferences
@@ -37,11 +29,10 @@ def one_line(e: BaseException) -> str:
 # ------------------------------------------------------------------------------------------ core hooks (patchable)
 def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: tuple = PHOTO_SCALES,
                        turns: tuple = PHOTO_TURNS, recrop: bool = True, periphery: bool = True,
-                       surround_blur: float | None = SURROUND_BLUR, texture_size: int | None = None):
+                       surround_blur: float | None = SURROUND_BLUR):
     """Cached core.reconstruct.FaceReconstructor for (weights, device, mirror averaging, the views' scales and
-    turns, re-crop, wide periphery view, the re-crop's blurred-surround views, UV texture side: None = by the
-    photo's resolution)."""
-    key = (weights or None, device, flip, tuple(scales), tuple(turns), recrop, periphery, surround_blur, texture_size)
+    turns, re-crop, wide periphery view, the re-crop's blurred-surround views)."""
+    key = (weights or None, device, flip, tuple(scales), tuple(turns), recrop, periphery, surround_blur)
     if key not in _REC_CACHE:
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         _REC_CACHE.clear()
@@ -49,24 +40,22 @@ def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: t
                                             options=InferenceOptions(flip=flip, scales=tuple(scales),
                                                                      turns=tuple(turns), recrop=recrop,
                                                                      periphery=periphery,
-                                                                     surround_blur=surround_blur,
-                                                                     texture_size=texture_size))
+                                                                     surround_blur=surround_blur))
     return _REC_CACHE[key]
 
 
 def get_reconstructor(context, weights_override: str = "", video: bool = False):
     """The reconstructor for the add-on preferences; photos use their views (core.constants.PHOTO_SCALES,
     PHOTO_TURNS) when multi-view averaging is on, the wide periphery view and the re-crop's blurred-surround views
-    (SURROUND_BLUR) when that preference is on and a UV texture as fine as the photo (core.reconstruct.texture_side),
-    video one view (VIDEO_SCALES, VIDEO_TURNS), no blurred surround (its tracked frames have no first pass to blur
-    around) and a 256-texel texture on every frame (only the first frame's is used); video's wide view runs on key
-    frames only, asked for frame by frame (``video_wide_every``)."""
+    (SURROUND_BLUR) when that preference is on, video one view (VIDEO_SCALES, VIDEO_TURNS) and no blurred surround
+    (its tracked frames have no first pass to blur around); video's wide view runs on key frames only, asked for
+    frame by frame (``video_wide_every``), and its texture on the first frame with a face only (open_video, the
+    frame the mesh is built from). Textures are as fine as the photo or frame (core.reconstruct.texture_side)."""
     device, weights, flip, multi, recrop, blur = get_preferences(context)
     scales, turns = (VIDEO_SCALES, VIDEO_TURNS) if video or not multi else (PHOTO_SCALES, PHOTO_TURNS)
     return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else weights, device, flip,
                               scales, turns, recrop, periphery=not video,
-                              surround_blur=SURROUND_BLUR if blur and not video else None,
-                              texture_size=RESOLUTION if video else None)
+                              surround_blur=SURROUND_BLUR if blur and not video else None)
 
 
 def video_wide_every(s) -> int:
@@ -110,7 +99,8 @@ def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=
     (a variable frame rate: Blender repeats frames to play it at a constant rate), or one OpenCV cannot decode but
     Blender can (AV1, for one), is read from a copy of the frame range that Blender re-encodes there (transcode;
     ``progress(done, total)`` after each frame encoded). ``face_rank``: whom to track, 1 = the largest face
-    (core.video.iter_video). core.video.VideoError when neither can read it."""
+    (core.video.iter_video). Only the first frame with a face gets a texture (VideoJob builds the mesh from it).
+    core.video.VideoError when neither can read it."""
     from ..core.video import VideoError, iter_video, video_info
     rotated = BLENDER_ROTATES_VIDEO
     timing = blender_timing(path) if scratch is not None else None
@@ -126,7 +116,7 @@ def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=
         why = e
     if why is None:
         return info, iter_video(path, rec, start=start, end=end, step=step, smoothing=smoothing,
-                                wide_every=wide_every, rotated=rotated, face_rank=face_rank)
+                                wide_every=wide_every, rotated=rotated, face_rank=face_rank, textures="first")
     from .transcode import transcode
     first = max(int(start), 0) if timing is not None else 0      # without Blender's frame count: the whole clip
     try:
@@ -137,7 +127,8 @@ def open_video(path, rec, start=0, end=None, step=1, smoothing=None, wide_every=
         raise VideoError(str(e)) from None
     info = video_info(copy, rotated)
     frames = iter_video(copy, rec, start=start - first, end=None if end is None else end - first, step=step,
-                        smoothing=smoothing, wide_every=wide_every, rotated=rotated, face_rank=face_rank)
+                        smoothing=smoothing, wide_every=wide_every, rotated=rotated, face_rank=face_rank,
+                        textures="first")
     if timing is not None:
         info = dataclasses.replace(info, n_frames=timing[0])
     return info, (dataclasses.replace(fr, index=fr.index + first, time_s=(fr.index + first) / info.fps)

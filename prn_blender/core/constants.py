@@ -4,7 +4,8 @@
 RESOLUTION = 256
 #: Largest side, in texels, of a face's UV texture (reconstruct.texture_side): by default a face gets the smallest
 #: of 256, 512, 1024, 2048 texels at which one texel spans at most one photo pixel, so a high-resolution photo keeps
-#: its detail (a 256-texel texture of a face 1,500 pixels wide spans six pixels a texel). 2048 x 2048 float RGB is 48 MB.
+#: its detail (a 256-texel texture of a face 1,500 pixels wide spans six pixels a texel). 2048 x 2048 float RGB is
+#: 48 MB.
 TEXTURE_MAX = 2048
 #: The network's sigmoid output is multiplied by this (256 * 1.1) to give crop pixels.
 POS_SCALE = 281.6

@@ -93,7 +93,8 @@ class InferenceOptions:
                                                   # photo; None: off (constants.SURROUND_BLUR, JAW_SHARP)
     texture_size: int | None = None   # the UV texture's side in texels; None: per face, the smallest of 256, 512, ...
                                       # constants.TEXTURE_MAX whose texels span at most one photo pixel
-                                      # (texture_side); video tracking keeps RESOLUTION (it keys the first frame's)
+                                      # (texture_side); the add-on's video makes only its first face's
+                                      # (core.video.iter_video's ``textures``)
 
     @property
     def views(self) -> tuple[tuple[float, float], ...]:
@@ -125,9 +126,10 @@ class PRNPredictor:
         # themselves +0.94, +0.25, -0.05. Nor does normalising the photo's colours first (stop 46, pseudo real set,
         # change in NME by the 3DDFA_V2 label box): grey-world white balance -0.04 [-0.16, +0.07], CLAHE on
         # lightness +0.14, luminance auto-levels +0.23. Nor does the crops' sharpness matter (stop 47, pseudo real
-        # set, eval.py's mean of the sources): the crops that shrink the photo area-filtered first, against crop.warp's
-        # bilinear reads, +0.001 [-0.002, +0.005] (the set's crops shrink it x2.2 at most), and on its faces upscaled
-        # x4 with pixel noise +0.003 [-0.018, +0.022]; every crop Gaussian-blurred (sigma 0.8 px) +0.008 [-0.036, +0.049]
+        # set, eval.py's mean of the sources): the crops that shrink the photo area-filtered first, against
+        # crop.warp's bilinear reads, +0.001 [-0.002, +0.005] (the set's crops shrink it x2.2 at most), and on its
+        # faces upscaled x4 with pixel noise +0.003 [-0.018, +0.022]; every crop Gaussian-blurred (sigma 0.8 px)
+        # +0.008 [-0.036, +0.049]
         if self.options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dt = torch.float16 if self.device.type == "cuda" else torch.bfloat16

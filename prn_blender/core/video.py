@@ -156,7 +156,7 @@ def _wide_view_args(keys: list[FaceResult], since_key: int, every: int, due: boo
 def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step: int = 1,
                smoothing: OneEuroSettings | None = None, redetect_every: int = 0,
                min_confidence: float = 0.3, wide_every: int = 0, rotated: bool = True,
-               face_rank: int = 1) -> Iterator[VideoFrame]:
+               face_rank: int = 1, textures: str = "all") -> Iterator[VideoFrame]:
     """Stream frames ``start, start+step, ... < end`` (``end`` None = to the end) through ``rec`` with tracking.
 
     ``rec(image_rgb_uint8, crop=None) -> list[FaceResult]`` (FaceReconstructor; it detects without ``crop``).
@@ -171,7 +171,12 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
     sideways comes out upright), else as stored; either way every result is in the frames' pixels.
     ``face_rank``: whom a detection without a face to follow picks, counted largest first (result.largest_first):
     1 = the largest face of that frame; a frame with fewer faces has none. A forced re-detection of a tracked face
-    picks the detection nearest to it."""
+    picks the detection nearest to it. ``textures``: "all" leaves every frame's texture to ``rec`` (its default);
+    "first" asks for it (``texture=True``) until a frame has a face and then never again (``texture=False``): the
+    add-on builds the mesh from that frame and keys the others, so their textures would be thrown away; "none"
+    never."""
+    if textures not in ("all", "first", "none"):
+        raise ValueError(f"textures {textures!r}: all, first or none")
     if step < 1:
         raise ValueError("step must be >= 1")
     if face_rank < 1:
@@ -197,6 +202,7 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
         anchor = None
         since_detect = 0
         keys: list[FaceResult] = []                  # the last two key frames (they ran the wide view), older first
+        textured = False                             # textures "first": a frame with a face has had its texture
         since_key = 0
         first = True
         while end is None or idx < end:
@@ -219,9 +225,9 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
             h, w = img.shape[:2]
             face = None
             tracked = prev is not None and not (redetect_every > 0 and since_detect >= redetect_every)
-            wide = {}
+            wide = {} if textures == "all" else {"texture": textures == "first" and not textured}
             if wide_every:
-                wide = _wide_view_args(keys, since_key, wide_every, due=not keys or since_key >= wide_every)
+                wide.update(_wide_view_args(keys, since_key, wide_every, due=not keys or since_key >= wide_every))
             if tracked:
                 faces = _call(rec, img, crop=tracking_crop(prev, anchor, prev_angle), **wide)
                 if faces:
@@ -231,7 +237,7 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
                         face = f
             if face is None:                          # lost (or never found, or forced): detect
                 if wide_every:
-                    wide = _wide_view_args(keys, since_key, wide_every, due=True)
+                    wide.update(_wide_view_args(keys, since_key, wide_every, due=True))
                 faces = _call(rec, img, **wide)
                 if prev is None:
                     faces = largest_first(faces)[face_rank - 1:face_rank]
@@ -255,6 +261,7 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
                     lm_filter.reset()
                     vx_filter.reset()
             else:
+                textured = True
                 prev = np.asarray(face.landmarks, np.float64).copy()
                 prev_angle = angle_of(face) if angle_of is not None else 0.0
                 if lm_filter is not None:

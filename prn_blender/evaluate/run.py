@@ -295,7 +295,7 @@ def evaluate_video(a, model) -> dict:
     for label, sm in (("raw", None), ("one_euro", OneEuroSettings(min_cutoff=a.min_cutoff, beta=a.beta))):
         preds = np.full(gt.shape, np.nan, np.float32)
         t = time.perf_counter()
-        for fr in iter_video(path, model.rec, smoothing=sm):
+        for fr in iter_video(path, model.rec, smoothing=sm, textures="none"):
             if fr.face is not None and fr.index < len(gt):
                 preds[fr.index] = fr.face.landmarks
         dt = (time.perf_counter() - t) * 1e3 / len(gt)
