@@ -225,11 +225,12 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
             h, w = img.shape[:2]
             face = None
             tracked = prev is not None and not (redetect_every > 0 and since_detect >= redetect_every)
-            wide = {} if textures == "all" else {"texture": textures == "first" and not textured}
+            # rec's keyword arguments: the texture (``textures``) and the wide view (``wide_every``)
+            kw = {} if textures == "all" else {"texture": textures == "first" and not textured}
             if wide_every:
-                wide.update(_wide_view_args(keys, since_key, wide_every, due=not keys or since_key >= wide_every))
+                kw.update(_wide_view_args(keys, since_key, wide_every, due=not keys or since_key >= wide_every))
             if tracked:
-                faces = _call(rec, img, crop=tracking_crop(prev, anchor, prev_angle), **wide)
+                faces = _call(rec, img, crop=tracking_crop(prev, anchor, prev_angle), **kw)
                 if faces:
                     f = faces[0]
                     lms = np.asarray(f.landmarks)
@@ -237,8 +238,8 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
                         face = f
             if face is None:                          # lost (or never found, or forced): detect
                 if wide_every:
-                    wide.update(_wide_view_args(keys, since_key, wide_every, due=True))
-                faces = _call(rec, img, **wide)
+                    kw.update(_wide_view_args(keys, since_key, wide_every, due=True))
+                faces = _call(rec, img, **kw)
                 if prev is None:
                     faces = largest_first(faces)[face_rank - 1:face_rank]
                 if faces:
@@ -251,7 +252,7 @@ def iter_video(path, rec: Callable, start: int = 0, end: int | None = None, step
             else:
                 since_detect += 1
             if wide_every:
-                if face is not None and wide["periphery"] and face.wide_view is not None:
+                if face is not None and kw["periphery"] and face.wide_view is not None:
                     keys, since_key = (keys + [face])[-2:], 0
                 since_key += 1
             if face is None:
