@@ -137,7 +137,7 @@ def test_image_end_to_end(addon, core_rec, astronaut_png, tmp_path):
     assert "UVMap" in me.uv_layers
     mat = me.materials[0]
     tex = [n for n in mat.node_tree.nodes if n.type == "TEX_IMAGE"]
-    assert tex and tex[0].image is not None and tex[0].image.size[0] > 0
+    assert tex and tex[0].image is not None and tuple(tex[0].image.size) == (256, 256)   # auto: 0.55 px a texel
     lm_objs = objs["landmarks"]
     assert [o.name for o in lm_objs] == [sc.landmark_name(i) for i in range(68)]
     assert lm_objs[0].name == "lm_00_jaw" and lm_objs[36].name == "lm_36_eye_r"
@@ -169,6 +169,23 @@ def test_image_end_to_end(addon, core_rec, astronaut_png, tmp_path):
     assert names(bpy) == before
     assert len([o for o in bpy.data.objects if o.name.startswith("lm_")]) == 68
     assert len(bpy.data.meshes) == 1 and len(bpy.data.collections) == 1
+
+    # Preferences -> Texture Size fixes the texture's side; the geometry stays the same
+    addon_entry = bpy.context.preferences.addons.new()
+    try:
+        addon_entry.module = "prn_blender"
+        assert addon_entry.preferences.texture_size == "AUTO"
+        addon_entry.preferences.texture_size = "512"
+        assert bpy.ops.prn.reconstruct_image(filepath=astronaut_png) == {"FINISHED"}
+    finally:
+        bpy.context.preferences.addons.remove(addon_entry)
+    assert names(bpy) == before
+    me = sc.objects_by_role(face_coll(bpy))["mesh"].data
+    img, = [n.image for n in me.materials[0].node_tree.nodes if n.type == "TEX_IMAGE"]
+    assert tuple(img.size) == (512, 512)
+    co2 = np.zeros(len(me.vertices) * 3, np.float32)
+    me.vertices.foreach_get("co", co2)
+    assert np.array_equal(co2, co)
 
     # failures raise (operator ERROR report) and leave the scene as it was
     data = Path(astronaut_png).read_bytes()

@@ -373,7 +373,8 @@ def test_video_runs_the_wide_view_on_key_frames(bpy_empty, monkeypatch, tmp_path
     operators.get_reconstructor(ctx)
     operators.get_reconstructor(ctx, video=True)
     assert seen == [(True, SURROUND_BLUR), (False, None)] and SURROUND_BLUR > 1
-    monkeypatch.setattr(operators, "get_preferences", lambda c: ("auto", None, True, True, True, False))
+    from prn_blender.blender.preferences import Preferences
+    monkeypatch.setattr(operators, "get_preferences", lambda c: Preferences(surround_blur=False))
     operators.get_reconstructor(ctx)                  # Preferences -> Blurred Surround (Photos) off
     assert seen[-1] == (True, None)
     s = ctx.scene.prn_face

@@ -29,10 +29,10 @@ def one_line(e: BaseException) -> str:
 # ------------------------------------------------------------------------------------------ core hooks (patchable)
 def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: tuple = PHOTO_SCALES,
                        turns: tuple = PHOTO_TURNS, recrop: bool = True, periphery: bool = True,
-                       surround_blur: float | None = SURROUND_BLUR):
+                       surround_blur: float | None = SURROUND_BLUR, texture_size: int | None = None):
     """Cached core.reconstruct.FaceReconstructor for (weights, device, mirror averaging, the views' scales and
-    turns, re-crop, wide periphery view, the re-crop's blurred-surround views)."""
-    key = (weights or None, device, flip, tuple(scales), tuple(turns), recrop, periphery, surround_blur)
+    turns, re-crop, wide periphery view, the re-crop's blurred-surround views, texture side or None: auto)."""
+    key = (weights or None, device, flip, tuple(scales), tuple(turns), recrop, periphery, surround_blur, texture_size)
     if key not in _REC_CACHE:
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         _REC_CACHE.clear()
@@ -40,7 +40,8 @@ def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: t
                                             options=InferenceOptions(flip=flip, scales=tuple(scales),
                                                                      turns=tuple(turns), recrop=recrop,
                                                                      periphery=periphery,
-                                                                     surround_blur=surround_blur))
+                                                                     surround_blur=surround_blur,
+                                                                     texture_size=texture_size))
     return _REC_CACHE[key]
 
 
@@ -50,12 +51,14 @@ def get_reconstructor(context, weights_override: str = "", video: bool = False):
     (SURROUND_BLUR) when that preference is on, video one view (VIDEO_SCALES, VIDEO_TURNS) and no blurred surround
     (its tracked frames have no first pass to blur around); video's wide view runs on key frames only, asked for
     frame by frame (``video_wide_every``), and its texture on the first frame with a face only (open_video, the
-    frame the mesh is built from). Textures are as fine as the photo or frame (core.reconstruct.texture_side)."""
-    device, weights, flip, multi, recrop, blur = get_preferences(context)
-    scales, turns = (VIDEO_SCALES, VIDEO_TURNS) if video or not multi else (PHOTO_SCALES, PHOTO_TURNS)
-    return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else weights, device, flip,
-                              scales, turns, recrop, periphery=not video,
-                              surround_blur=SURROUND_BLUR if blur and not video else None)
+    frame the mesh is built from). Textures are as fine as the photo or frame (core.reconstruct.texture_side)
+    unless the Texture Size preference fixes their side."""
+    pr = get_preferences(context)
+    scales, turns = (VIDEO_SCALES, VIDEO_TURNS) if video or not pr.multi_view else (PHOTO_SCALES, PHOTO_TURNS)
+    return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else pr.weights, pr.device,
+                              pr.mirror_average, scales, turns, pr.recrop, periphery=not video,
+                              surround_blur=SURROUND_BLUR if pr.surround_blur and not video else None,
+                              texture_size=pr.texture_size)
 
 
 def video_wide_every(s) -> int:

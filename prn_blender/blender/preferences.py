@@ -2,12 +2,29 @@
 ``bl_ext.<repo>.prn_blender`` when installed as an extension)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from ..core.constants import PHOTO_TURNS
+from ..core.constants import PHOTO_TURNS, RESOLUTION, TEXTURE_MAX
 
 ADDON_ID = (__package__ or "prn_blender").rsplit(".blender", 1)[0]
+# the fixed texture sides: 256 (the position map's) doubled up to TEXTURE_MAX
+TEXTURE_SIDES = tuple(RESOLUTION << k for k in range((TEXTURE_MAX // RESOLUTION).bit_length()))
+
+
+class Preferences(NamedTuple):
+    """The add-on preferences as core options: device 'auto'|'cuda'|'cpu', weights path (None: the shipped model),
+    mirror averaging, multi-view averaging for photos, landmark re-crop of detected faces, its blurred-surround views
+    for photos, and the UV texture's side in texels (None: as fine as the photo, core.reconstruct.texture_side)."""
+    device: str = "auto"
+    weights: str | None = None
+    mirror_average: bool = True
+    multi_view: bool = True
+    recrop: bool = True
+    surround_blur: bool = True
+    texture_size: int | None = None
 
 
 class PRN_AP_preferences(bpy.types.AddonPreferences):
@@ -33,6 +50,13 @@ class PRN_AP_preferences(bpy.types.AddonPreferences):
                                             "outside the first landmarks and takes all but the jaw line from them "
                                             "(about 1.6x the network time, lower landmark error on real photos). "
                                             "Video never does")
+    texture_size: EnumProperty(
+        name="Texture Size", default="AUTO",
+        items=[("AUTO", "Auto", (f"As fine as the photo or frame: the smallest of "
+                                 f"{', '.join(map(str, TEXTURE_SIDES))} texels whose texels span at most one pixel "
+                                 "of it"))]
+        + [(str(t), f"{t} x {t}", f"Always {t} x {t} texels") for t in TEXTURE_SIDES],
+        description="Side of the face's UV texture in texels (a video's mesh gets the texture of its first face)")
 
     def draw(self, context):
         col = self.layout.column()
@@ -42,19 +66,19 @@ class PRN_AP_preferences(bpy.types.AddonPreferences):
         col.prop(self, "multi_view")
         col.prop(self, "recrop")
         col.prop(self, "surround_blur")
+        col.prop(self, "texture_size")
 
 
-def get_preferences(context=None) -> tuple[str, str | None, bool, bool, bool, bool]:
-    """(device 'auto'|'cuda'|'cpu', weights path or None, mirror averaging, multi-view averaging for photos,
-    landmark re-crop of detected faces, its blurred-surround views for photos); defaults when the add-on is not
-    enabled as such."""
+def get_preferences(context=None) -> Preferences:
+    """The add-on's Preferences; the defaults when the add-on is not enabled as such."""
     context = context or bpy.context
     addon = context.preferences.addons.get(ADDON_ID)
     prefs = getattr(addon, "preferences", None) if addon else None
     if prefs is None:
-        return "auto", None, True, True, True, True
-    return (prefs.device.lower(), (bpy.path.abspath(prefs.weights_path) if prefs.weights_path else None),
-            bool(prefs.mirror_average), bool(prefs.multi_view), bool(prefs.recrop), bool(prefs.surround_blur))
+        return Preferences()
+    return Preferences(prefs.device.lower(), bpy.path.abspath(prefs.weights_path) if prefs.weights_path else None,
+                       bool(prefs.mirror_average), bool(prefs.multi_view), bool(prefs.recrop),
+                       bool(prefs.surround_blur), None if prefs.texture_size == "AUTO" else int(prefs.texture_size))
 
 
 CLASSES = (PRN_AP_preferences,)
