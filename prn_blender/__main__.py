@@ -6,7 +6,33 @@ import sys
 from pathlib import Path
 
 
+def _photos(paths: list[str]) -> list[Path]:
+    """The photos to reconstruct: each path as given, a folder's photos (core.image_io.IMAGE_SUFFIXES, sorted, not
+    its sub-folders). ValueError for a folder without photos and for two photos whose outputs would have the same
+    names."""
+    from .core.image_io import IMAGE_SUFFIXES
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not found:
+                raise ValueError(f"{p}: no photos ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            out += found
+        else:
+            out.append(p)
+    seen = {}
+    for p in out:
+        if p.stem in seen:
+            raise ValueError(f"{seen[p.stem]} and {p} would both write {p.stem}.*; rename one or run them "
+                             "separately")
+        seen[p.stem] = p
+    return out
+
+
 def _reconstruct(a) -> int:
+    """Every photo of ``a.images`` with one reconstructor: its files in ``a.out`` (core.export.write_outputs).
+    A photo that cannot be read or shows no face gets one 'error:' line and no files, and the others go on;
+    exit 2 when any failed."""
     from .core.constants import PHOTO_SCALES, PHOTO_TURNS, SURROUND_BLUR, VIDEO_SCALES, VIDEO_TURNS
     from .core.export import write_outputs
     from .core.image_io import ImageError, load_image, upright_turns
@@ -14,19 +40,32 @@ def _reconstruct(a) -> int:
     from .core.weights import WeightsError
     scales, turns = (VIDEO_SCALES, VIDEO_TURNS) if a.one_view else (PHOTO_SCALES, PHOTO_TURNS)
     try:
+        photos = _photos(a.images)
+        if a.box is not None and len(photos) > 1:
+            raise ValueError(f"--box gives the face of one photo, not of {len(photos)}")
         rec = FaceReconstructor(weights=a.weights, device=a.device, detector=a.detector,
                                 options=InferenceOptions(flip=a.flip, scales=scales, turns=turns, recrop=a.recrop,
                                                          periphery=a.periphery,
                                                          surround_blur=SURROUND_BLUR if a.surround_blur else None,
                                                          texture_size=a.texture_size))
-        img = load_image(a.image)
-        faces = rec(img, box=a.box, turns=upright_turns(a.image))
-    except (ImageError, ReconstructionError, WeightsError) as e:
+    except (ValueError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for f in write_outputs(faces, img, a.out, Path(a.image).stem):
-        print(f)
-    return 0
+    failed = 0
+    for path in photos:
+        try:
+            img = load_image(path)
+            faces = rec(img, box=a.box, turns=upright_turns(path))
+        except (ImageError, ReconstructionError) as e:
+            failed += 1
+            named = len(photos) == 1 or isinstance(e, ImageError)            # ImageError names the file
+            print(f"error: {e}" if named else f"error: {path}: {e}", file=sys.stderr)
+            continue
+        for f in write_outputs(faces, img, a.out, path.stem):
+            print(f)
+    if len(photos) > 1:
+        print(f"{len(photos) - failed} of {len(photos)} photos reconstructed", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _texture_size(text: str) -> int:
@@ -75,10 +114,12 @@ def _import_prnet(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m prn_blender")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("reconstruct", help="image -> OBJ + landmarks JSON + overlay PNG")
-    r.add_argument("image")
+    r = sub.add_parser("reconstruct", help="photos -> OBJ + landmarks JSON + overlay PNG each")
+    r.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="photos, or folders of photos; each gets <name>.obj/.mtl/_texture.png, <name>_landmarks.json "
+                        "and <name>_overlay.png in --out (faces after the first <name>_1 ...)")
     r.add_argument("--weights", help="weights file (default: the shipped model)")
-    r.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="face box, pixels")
+    r.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="face box, pixels (one photo only)")
     r.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     r.add_argument("--detector", default="auto", help="auto | yuface | haar | yunet:PATH.onnx")
     r.add_argument("--no-flip", dest="flip", action="store_false",

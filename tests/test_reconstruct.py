@@ -508,6 +508,46 @@ def test_cli_errors_are_one_line(tmp_path):
     assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1
 
 
+def test_cli_reconstructs_many_photos_and_goes_on_past_bad_ones(astronaut, tmp_path, capsys):
+    """``reconstruct`` takes photos and folders of photos with one model: a photo that cannot be read or shows no
+    face gets one error line and no files, the others are written, exit 2 when any failed; inputs whose outputs
+    would share names, a folder without photos and --box for several photos stop it before any work."""
+    from prn_blender.__main__ import main
+    from prn_blender.core.image_io import save_image
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "astronaut.png").write_bytes(astronaut.read_bytes())
+    (photos / "broken.jpg").write_bytes(astronaut.read_bytes()[:3000])
+    (photos / "notes.txt").write_text("not a photo")
+    blank = tmp_path / "blank.png"
+    save_image(blank, np.full((200, 200, 3), 0.5, np.float32))
+    fast = ["--one-view", "--no-flip", "--no-recrop", "--out", str(tmp_path / "out")]
+    p = _cli("reconstruct", str(blank), str(photos), *fast)
+    assert p.returncode == 2, p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors == [f"error: {blank}: no face found in the image",
+                      (f"error: cannot read image {photos / 'broken.jpg'}: not a decodable image (truncated or "
+                       "unsupported format)")], p.stderr
+    assert p.stderr.splitlines()[-1] == "1 of 3 photos reconstructed"
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == [
+        "astronaut.mtl", "astronaut.obj", "astronaut_landmarks.json", "astronaut_overlay.png",
+        "astronaut_texture.png"]
+    assert p.stdout.split() == [str(tmp_path / "out" / f) for f in (
+        "astronaut.obj", "astronaut_landmarks.json", "astronaut_overlay.png")]
+    # stopped before any work: one line, exit 2, nothing written
+    (tmp_path / "other").mkdir()
+    save_image(tmp_path / "other" / "astronaut.jpg", np.zeros((8, 8, 3), np.float32))
+    (tmp_path / "empty").mkdir()
+    twin = tmp_path / "other" / "astronaut.jpg"
+    for args, msg in (([photos, tmp_path / "other"], f"{photos / 'astronaut.png'} and {twin} would both write"),
+                      ([tmp_path / "empty"], f"{tmp_path / 'empty'}: no photos (.jpg,"),
+                      ([blank, astronaut, "--box", "0", "0", "9", "9"], "--box gives the face of one photo, not of 2")):
+        assert main(["reconstruct", *map(str, args), "--out", str(tmp_path / "none")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: " + msg), err
+        assert not (tmp_path / "none").exists()
+
+
 def test_demo_rejects_bad_input_with_one_line(tmp_path, astronaut):
     """README command 1 with a truncated or missing photo: exit 2, one 'error:' line on stderr, nothing written."""
     bad = tmp_path / "bad.jpg"

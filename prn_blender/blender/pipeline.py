@@ -4,15 +4,16 @@ from __future__ import annotations
 import os
 import sys
 
+from ..core.image_io import IMAGE_SUFFIXES
+
 VIDEO_EXTS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def is_video(path) -> bool:
     ext = os.path.splitext(str(path))[1].lower()
     if ext in VIDEO_EXTS:
         return True
-    if ext in IMAGE_EXTS:
+    if ext in IMAGE_SUFFIXES:
         return False
     try:
         import cv2

@@ -13,6 +13,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+#: file name endings taken for photos: by the CLI when given a folder, by ``blend`` to tell a photo from a video,
+#: by eval's folders of photos
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
 
 class ImageError(ValueError):
     """The image cannot be read or has an unusable format."""

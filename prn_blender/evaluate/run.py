@@ -139,7 +139,6 @@ PSEUDO_CLIPS = (("webcam", "webcam_400x300.mp4", 25), ("talking", "talking_face_
 #: at least this many pixels wide, the largest few of each photo, each cut out with this much context (a square of
 #: this many box sides about the box's centre, clipped to the photo), as one more source of that name
 EXTRA_SOURCE, EXTRA_MIN_BOX, EXTRA_PER_PHOTO, EXTRA_CONTEXT = "people", 60, 4, 2.5
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
 
 
 def extra_faces(folder):
@@ -147,7 +146,7 @@ def extra_faces(folder):
     sorted): see EXTRA_MIN_BOX, EXTRA_PER_PHOTO and EXTRA_CONTEXT. Group photos give one cut-out per face, so that
     each face is found again by the detector path and labelled on its own."""
     from ..core.detect import make_detector
-    from ..core.image_io import load_image
+    from ..core.image_io import IMAGE_SUFFIXES, load_image
     folder = Path(folder)
     photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
                     and not any(part.startswith(".") for part in p.relative_to(folder).parts))   # not .cache/
