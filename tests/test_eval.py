@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from prn_blender.cli_util import script_argv
@@ -318,3 +319,23 @@ def test_landmark_calibration_writes_the_pixels_the_reconstructor_reads(tmp_path
     assert c2["copied_from"] == c["copied_from"] and c2["command"].endswith(f"--copy-from {soup}")
     with pytest.raises(SystemExit, match="plain.safetensors records no calibrated landmark pixels"):
         C.main(["--weights", str(soup), "--copy-from", str(plain)])
+
+
+@pytest.mark.shared
+def test_expression_response_probes_and_ratios(shared, capsys):
+    """Each probe expression moves its own landmark measure on the true landmarks (lids close, the mouth widens or
+    narrows, brows rise, lips part); the response is the predicted change over the true one: the truth gets 1, a
+    face that never moves 0; the CLI prints one row per weights file."""
+    from prn_blender.core.layout import load_layout
+    from prn_blender.evaluate import expression_response as E
+    images, kpts, maps = next(E.probe_scenes(1, seed=3, shared=shared))
+    assert images.shape == (len(E.PROBES) + 1, 256, 256, 3) and kpts.shape == (len(E.PROBES) + 1, 68, 3)
+    true = np.stack([load_layout().landmarks(m) for m in maps])
+    assert E.eye_aperture(true[1]) < 0.6 * E.eye_aperture(true[0])
+    assert E.mouth_width(true[2]) > 1.15 * E.mouth_width(true[0]) and E.mouth_width(true[3]) < 0.9 * E.mouth_width(true[0])
+    assert E.brow_height(true[4]) > 1.2 * E.brow_height(true[0]) and E.lip_gap(true[5]) > 2 * E.lip_gap(true[0])
+    assert all(v == pytest.approx(1.0) for v in E.responses(true, true).values())
+    assert all(v == 0 for v in E.responses(np.repeat(true[:1], len(true), 0), true).values())
+    assert E.main(["--faces", "1", "--shared", str(shared)]) == 0
+    row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| shipped |")]
+    assert len(row) == 1 and all(np.isfinite(float(x)) for x in row[0].strip("| ").split("|")[1:])

@@ -52,9 +52,9 @@ class PRN_AP_preferences(bpy.types.AddonPreferences):
                                             "Video never does")
     texture_size: EnumProperty(
         name="Texture Size", default="AUTO",
-        items=[("AUTO", "Auto", (f"As fine as the photo or frame: the smallest of "
-                                 f"{', '.join(map(str, TEXTURE_SIDES))} texels whose texels span at most one pixel "
-                                 "of it"))]
+        items=[("AUTO", "Auto", (f"As fine as the photo or frame: the smallest side of "
+                                 f"{', '.join(map(str, TEXTURE_SIDES))} texels at which a texel spans at most one "
+                                 "pixel of it"))]
         + [(str(t), f"{t} x {t}", f"Always {t} x {t} texels") for t in TEXTURE_SIDES],
         description="Side of the face's UV texture in texels (a video's mesh gets the texture of its first face)")
 
