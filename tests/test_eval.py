@@ -336,6 +336,8 @@ def test_expression_response_probes_and_ratios(shared, capsys):
     assert E.brow_height(true[4]) > 1.2 * E.brow_height(true[0]) and E.lip_gap(true[5]) > 2 * E.lip_gap(true[0])
     assert all(v == pytest.approx(1.0) for v in E.responses(true, true).values())
     assert all(v == 0 for v in E.responses(np.repeat(true[:1], len(true), 0), true).values())
-    assert E.main(["--faces", "1", "--shared", str(shared)]) == 0
-    row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| shipped |")]
-    assert len(row) == 1 and all(np.isfinite(float(x)) for x in row[0].strip("| ").split("|")[1:])
+    assert E.main(["--faces", "1", "--peer", "--shared", str(shared)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    for name in ("shipped", "3ddfa_v2_mb05"):
+        row = [ln for ln in out if ln.startswith(f"| {name} |")]
+        assert len(row) == 1 and all(np.isfinite(float(x)) for x in row[0].strip("| ").split("|")[1:]), out

@@ -12,7 +12,6 @@ no blinks.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
@@ -83,15 +82,13 @@ def responses(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     return out
 
 
-def measure(rec, scenes) -> dict[str, np.ndarray]:
-    """(n_faces,) responses per probe of a core.reconstruct.FaceReconstructor over ``probe_scenes``; landmarks read
-    at the network's own layout pixels, for the network and the truth alike."""
-    lay = rec.predictor.layout
+def measure(predict, scenes, layout) -> dict[str, np.ndarray]:
+    """(n_faces,) responses per probe over ``probe_scenes`` of ``predict(image, true landmarks) -> (68,>=2)
+    landmarks``; the truth is read at ``layout``'s landmark pixels."""
     got: dict[str, list] = {k: [] for k in PROBES}
     for images, kpts, maps in scenes:
-        pred = np.stack([lay.landmarks(rec(img, texture=False, landmarks=kp)[0].position_map)
-                         for img, kp in zip(images, kpts)])
-        true = np.stack([lay.landmarks(m) for m in maps])
+        pred = np.stack([predict(img, kp) for img, kp in zip(images, kpts)])
+        true = np.stack([layout.landmarks(m) for m in maps])
         for k, v in responses(pred, true).items():
             got[k].append(v)
     return {k: np.asarray(v) for k, v in got.items()}
@@ -104,18 +101,28 @@ def main(argv=None) -> int:
     ap.add_argument("--faces", type=int, default=8, help="synthetic faces, each neutral and with every probe")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-yaw", type=float, default=20.0)
+    ap.add_argument("--peer", action="store_true",
+                    help="also the 3DDFA_V2 mb05 peer (cropped from the true landmarks as the peer crops)")
     ap.add_argument("--shared", help="development data folder (default: $PRN_BLENDER_SHARED or ../shared)")
     a = ap.parse_args(script_argv() if argv is None else argv)
     from ..core.reconstruct import FaceReconstructor
     scenes = list(probe_scenes(a.faces, a.seed, a.max_yaw, a.shared))
+    rows = []
+    for w in a.weights:
+        rec = FaceReconstructor(weights=w, device="cpu")
+        lay = rec.predictor.layout           # the network's own landmark pixels, for it and the truth alike
+        rows.append((w or "shipped", lambda img, kp, rec=rec, lay=lay:
+                     lay.landmarks(rec(img, texture=False, landmarks=kp)[0].position_map), lay))
+    if a.peer:
+        from .run import PeerModel
+        peer = PeerModel(a.shared)
+        rows.append((peer.name, lambda img, kp: peer.predict(img, "gt", kp, None)[0], rows[0][2]))
     print(f"expression response (network change / true change), {a.faces} faces, yaw <= {a.max_yaw:g}, seed "
           f"{a.seed}; default photo inference cropped from the true landmarks")
     print("| weights | " + " | ".join(PROBES) + " | mean of the first four |")
     print("|---|" + "---|" * (len(PROBES) + 1))
-    for w in a.weights:
-        r = measure(FaceReconstructor(weights=w, device="cpu"), scenes)
-        means = [float(v.mean()) for v in r.values()]
-        name = os.path.basename(w) if w else "shipped"
+    for name, predict, lay in rows:
+        means = [float(v.mean()) for v in measure(predict, scenes, lay).values()]
         print(f"| {name} | " + " | ".join(f"{m:+.2f}" for m in means) + f" | {np.mean(means[:4]):+.2f} |",
               flush=True)
     return 0
