@@ -350,6 +350,10 @@ def _limits(images: int, blurs: tuple[float, ...], zoom: float) -> list[str]:
         "- Head yaw: on real photos the predicted face turns less than the real head (the tables' under-estimate,",
         "  mean |GT yaw| - |predicted yaw|); the predicted 2D geometry itself is under-rotated (a pose fit on x, y",
         "  alone gives the same bias), so head-pose keys are damped on strongly turned heads.",
+        "- Expressions: the landmarks and the mesh follow an opening jaw but little of a smile and almost none of a",
+        "  blink, a pucker or raised brows: the network draws close to the average expression",
+        "  (`python -m prn_blender.evaluate.expression_response` measures it, the 3DDFA_V2 peer alongside with",
+        "  `--peer`), so animation from video shows speech and jaw motion more than eye and brow motion.",
         *_context_limit(blurs, zoom),
     ]
 
