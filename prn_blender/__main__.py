@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="photos, or folders of photos; each gets <name>.obj/.mtl/_texture.png, <name>_landmarks.json "
                         "and <name>_overlay.png in --out (faces after the first <name>_1 ...)")
     r.add_argument("--weights", help="weights file (default: the shipped model)")
-    r.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="face box, pixels (one photo only)")
+    r.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
+                   help="face box, pixels (one photo only)")
     r.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     r.add_argument("--detector", default="auto", help="auto | yuface | haar | yunet:PATH.onnx")
     r.add_argument("--no-flip", dest="flip", action="store_false",

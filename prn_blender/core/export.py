@@ -25,7 +25,7 @@ def write_obj(result: FaceResult, path: str | Path) -> Path:
     # one %-format per block (3.5x faster than a line at a time)
     path.write_text(f"mtllib {mtl.name}\nusemtl face\n"
                     + ("v %.4f %.4f %.4f %.4f %.4f %.4f\n" * n) % tuple(v.ravel().tolist())
-                    + ("vt %.6f %.6f\n" * n) % tuple(np.asarray(result.uvs, np.float64).ravel().tolist())
+                    + ("vt %.6f %.6f\n" * len(result.uvs)) % tuple(np.asarray(result.uvs, np.float64).ravel().tolist())
                     + ("f %d/%d %d/%d %d/%d\n" * nt) % tuple((result.triangles + 1).repeat(2, 1).ravel().tolist()))
     return path
 
