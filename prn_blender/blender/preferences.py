@@ -27,25 +27,28 @@ class Preferences(NamedTuple):
     texture_size: int | None = None
 
 
+_DEFAULT = Preferences()       # the properties below start from these too
+
+
 class PRN_AP_preferences(bpy.types.AddonPreferences):
     bl_idname = ADDON_ID
 
-    device: EnumProperty(name="Device", default="AUTO", items=[
+    device: EnumProperty(name="Device", default=_DEFAULT.device.upper(), items=[
         ("AUTO", "Auto", "CUDA when available, else CPU"), ("CUDA", "CUDA", "NVIDIA GPU"), ("CPU", "CPU", "CPU")])
     weights_path: StringProperty(name="Weights", subtype="FILE_PATH",
                                  description="Weights file (empty = the shipped default model)")
-    mirror_average: BoolProperty(name="Mirror Averaging", default=True,
+    mirror_average: BoolProperty(name="Mirror Averaging", default=_DEFAULT.mirror_average,
                                  description="Also run the network on the mirrored crop and average (twice the network "
                                              "time, lower landmark error)")
-    multi_view: BoolProperty(name="Multi-View Averaging (Photos)", default=True,
+    multi_view: BoolProperty(name="Multi-View Averaging (Photos)", default=_DEFAULT.multi_view,
                              description=f"For photos, also run each crop turned {max(PHOTO_TURNS):g} degrees "
                                          "either way and average (three times the network time, lower landmark "
                                          "error). Video always runs one view")
-    recrop: BoolProperty(name="Landmark Re-Crop", default=True,
+    recrop: BoolProperty(name="Landmark Re-Crop", default=_DEFAULT.recrop,
                          description="Run a detected face again, cropped from its first landmarks (a quarter more "
                                      "network time on photos, twice with Blurred Surround; twice on the frames where "
                                      "video re-detects; the detector's own crops give a larger landmark error)")
-    surround_blur: BoolProperty(name="Blurred Surround (Photos)", default=True,
+    surround_blur: BoolProperty(name="Blurred Surround (Photos)", default=_DEFAULT.surround_blur,
                                 description="For photos, the re-crop also runs its views with the surround blurred "
                                             "outside the first landmarks and takes all but the jaw line from them "
                                             "(about 1.6x the network time, lower landmark error on real photos). "
@@ -75,7 +78,7 @@ def get_preferences(context=None) -> Preferences:
     addon = context.preferences.addons.get(ADDON_ID)
     prefs = getattr(addon, "preferences", None) if addon else None
     if prefs is None:
-        return Preferences()
+        return _DEFAULT
     return Preferences(prefs.device.lower(), bpy.path.abspath(prefs.weights_path) if prefs.weights_path else None,
                        bool(prefs.mirror_average), bool(prefs.multi_view), bool(prefs.recrop),
                        bool(prefs.surround_blur), None if prefs.texture_size == "AUTO" else int(prefs.texture_size))
