@@ -559,3 +559,17 @@ def test_demo_rejects_bad_input_with_one_line(tmp_path, astronaut):
         lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("[ WARN")]   # OpenCV's decoder warning
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot read image"), r.stderr
         assert not any(out.iterdir())
+
+
+def test_cpu_autocast_only_where_the_cpu_runs_bf16(monkeypatch):
+    """On a CPU, InferenceOptions.amp runs bf16 autocast only where cpu_bf16() says the CPU computes it natively
+    (emulated bf16 made the network ~30x slower on an AVX2-only CPU); elsewhere the output is float32's, exactly."""
+    from prn_blender.core import reconstruct as R
+    assert isinstance(R.cpu_bf16(), bool)
+    x = np.random.default_rng(0).random((1, 256, 256, 3), dtype=np.float32)
+    fp32 = R.PRNPredictor(device="cpu", options=R.InferenceOptions(amp=False))(x)
+    amp = R.PRNPredictor(device="cpu", options=R.InferenceOptions(amp=True))
+    monkeypatch.setattr(R, "cpu_bf16", lambda: False)
+    np.testing.assert_array_equal(amp(x), fp32)
+    monkeypatch.setattr(R, "cpu_bf16", lambda: True)
+    assert np.abs(amp(x) - fp32).max() > 1e-4

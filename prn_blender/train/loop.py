@@ -28,6 +28,7 @@ from ..core.constants import POS_SCALE, WEIGHT_PRESETS
 from ..core.layout import load_layout
 from ..core.network import ResFCN256, count_parameters
 from ..core.paths import SharedDataMissing, shared_file
+from ..core.reconstruct import cpu_bf16
 from ..core.weights import save_weights
 from ..synth.ict import ICT_NPZ
 from ..synth.sampler import YAW_UNIFORM
@@ -162,7 +163,8 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
-                    help="autocast: bf16 on CPU, fp16 on CUDA when auto")
+                    help="autocast; auto: fp16 on CUDA, bf16 on a CPU that runs it natively "
+                         "(core.reconstruct.cpu_bf16), else off")
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--keep-every", type=int, default=0,
                     help="also keep the weights of every Nth step (a multiple of --save-every) in OUT/snapshots/, "
@@ -329,7 +331,7 @@ def main(argv=None) -> int:
         if history[-1][1:] != [a.preset, generator]:
             history.append([step, a.preset, generator])
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
-    amp = a.amp if a.amp != "auto" else ("fp16" if dev.type == "cuda" else "bf16")
+    amp = a.amp if a.amp != "auto" else ("fp16" if dev.type == "cuda" else "bf16" if cpu_bf16() else "off")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and dev.type == "cuda" else None
     data = SyntheticStream(a.batch, seed=a.seed + 7919 * step, rank=rank, device=dev, reuse=a.reuse,
