@@ -47,7 +47,7 @@ def _reconstruct(a) -> int:
                                 options=InferenceOptions(flip=a.flip, scales=scales, turns=turns, recrop=a.recrop,
                                                          periphery=a.periphery,
                                                          surround_blur=SURROUND_BLUR if a.surround_blur else None,
-                                                         texture_size=a.texture_size))
+                                                         refine=a.refine, texture_size=a.texture_size))
     except (ValueError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-surround-blur", dest="surround_blur", action="store_false",
                    help="the second pass without its views run once more with the surround blurred (about a third "
                         "less network time by default, less accurate)")
+    r.add_argument("--refine", action="store_true",
+                   help="redraw the mouth from a close-up patch with the shipped refiner (core.refine), so smiles and "
+                        "puckers show (off by default: REFINER_CARD.md)")
     r.add_argument("--texture-size", type=_texture_size, metavar="N",
                    help="side of the UV texture in texels (default: 256, or up to 2048 as fine as the photo: "
                         "core.reconstruct.texture_side)")

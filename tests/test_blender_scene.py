@@ -361,22 +361,22 @@ def test_video_runs_the_wide_view_on_key_frames(bpy_empty, monkeypatch, tmp_path
     """Photos run the periphery view in every call; video's reconstructor does not, and its frames ask for it on key
     frames (every VIDEO_WIDE_EVERY) unless the scene's Wide View is off; the CLI's blend --no-wide-view turns it off.
     Photos' re-crop runs the blurred-surround views (SURROUND_BLUR) unless that preference is off, video's
-    detections do not."""
+    detections do not. The Refine Mouth preference reaches the reconstructor."""
     from prn_blender.blender import operators, register
     from prn_blender.blender.pipeline import run_blend
     from prn_blender.core.constants import SURROUND_BLUR, VIDEO_WIDE_EVERY
     register()
     seen = []
     monkeypatch.setattr(operators, "make_reconstructor",
-                        lambda *a, **k: seen.append((k["periphery"], k["surround_blur"])) or FakeRec())
+                        lambda *a, **k: seen.append((k["periphery"], k["surround_blur"], k["refine"])) or FakeRec())
     ctx = bpy_empty.context
     operators.get_reconstructor(ctx)
     operators.get_reconstructor(ctx, video=True)
-    assert seen == [(True, SURROUND_BLUR), (False, None)] and SURROUND_BLUR > 1
+    assert seen == [(True, SURROUND_BLUR, False), (False, None, False)] and SURROUND_BLUR > 1
     from prn_blender.blender.preferences import Preferences
-    monkeypatch.setattr(operators, "get_preferences", lambda c: Preferences(surround_blur=False))
-    operators.get_reconstructor(ctx)                  # Preferences -> Blurred Surround (Photos) off
-    assert seen[-1] == (True, None)
+    monkeypatch.setattr(operators, "get_preferences", lambda c: Preferences(surround_blur=False, refine=True))
+    operators.get_reconstructor(ctx)                  # Preferences -> Blurred Surround (Photos) off, Refine Mouth on
+    assert seen[-1] == (True, None, True)
     s = ctx.scene.prn_face
     assert s.wide_view and operators.video_wide_every(s) == VIDEO_WIDE_EVERY > 1
     s.wide_view = False

@@ -64,7 +64,8 @@ def test_face_result_fields(rec, astronaut):
     assert f.confidence > 0.5, f.confidence
     flat = rec(np.full((512, 512, 3), 128, np.uint8), box=(150, 60, 260, 190), texture=False)[0]
     assert flat.confidence < 0.3, flat.confidence
-    assert set(f.timings) == {"detect", "first_pass", "crop", "net", "uncrop", "texture"}   # detected: two passes
+    # detected: two passes
+    assert set(f.timings) == {"detect", "first_pass", "crop", "net", "uncrop", "refine", "texture"}
     np.testing.assert_allclose(f.landmarks, rec.layout.landmarks(f.position_map))   # at the calibrated pixels
     np.testing.assert_allclose(f.landmarks, f.vertices[rec.layout.kpt_vertex])
     assert (rec.layout.kpt_xy != lay.kpt_xy).any(1).sum() > 60        # the shipped weights record their own
@@ -463,7 +464,7 @@ def _cli(*args):
                           timeout=600)
 
 
-def test_cli_reconstruct_and_info(astronaut, tmp_path):
+def test_cli_reconstruct_and_info(astronaut, rec, tmp_path):
     p = _cli("reconstruct", str(astronaut), "--out", str(tmp_path))
     assert p.returncode == 0, p.stderr
     for f in ("astronaut.obj", "astronaut.mtl", "astronaut_texture.png", "astronaut_landmarks.json",
@@ -485,6 +486,18 @@ def test_cli_reconstruct_and_info(astronaut, tmp_path):
     lm = np.array(js["landmarks68"])
     np.testing.assert_array_equal(sharp[:17], lm[:17])
     assert (np.abs(sharp[17:] - lm[17:]).max(1) > 0).all()
+    # with the shipped refiner: the same landmarks but those it redraws (read inside its UV windows)
+    p = _cli("reconstruct", str(astronaut), "--refine", "--out", str(tmp_path / "refined"))
+    assert p.returncode == 0, p.stderr
+    raw = np.array(json.loads((tmp_path / "refined" / "astronaut_landmarks.json").read_text())["landmarks68"])
+    inside = np.zeros(68, bool)
+    from prn_blender.core.refine import DEFAULT_REFINER, Refiner
+    for w in Refiner(DEFAULT_REFINER, rec.predictor.layout).windows:
+        u, v = rec.layout.kpt_xy.T
+        inside |= (u >= w.u0) & (u < w.u1) & (v >= w.v0) & (v < w.v1)
+    assert inside[48:].all() and inside.sum() < 30
+    np.testing.assert_array_equal(raw[~inside], lm[~inside])
+    assert (np.abs(raw[inside] - lm[inside]).max(1) > 0.1).mean() > 0.5
     # a texture of a given side (the astronaut's own is 256 texels: texture_side)
     import cv2
     assert cv2.imread(str(tmp_path / "astronaut_texture.png"), cv2.IMREAD_UNCHANGED).shape[:2] == (256, 256)

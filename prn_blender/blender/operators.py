@@ -29,10 +29,13 @@ def one_line(e: BaseException) -> str:
 # ------------------------------------------------------------------------------------------ core hooks (patchable)
 def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: tuple = PHOTO_SCALES,
                        turns: tuple = PHOTO_TURNS, recrop: bool = True, periphery: bool = True,
-                       surround_blur: float | None = SURROUND_BLUR, texture_size: int | None = None):
+                       surround_blur: float | None = SURROUND_BLUR, texture_size: int | None = None,
+                       refine: bool = False):
     """Cached core.reconstruct.FaceReconstructor for (weights, device, mirror averaging, the views' scales and
-    turns, re-crop, wide periphery view, the re-crop's blurred-surround views, texture side or None: auto)."""
-    key = (weights or None, device, flip, tuple(scales), tuple(turns), recrop, periphery, surround_blur, texture_size)
+    turns, re-crop, wide periphery view, the re-crop's blurred-surround views, texture side or None: auto, the
+    refiner)."""
+    key = (weights or None, device, flip, tuple(scales), tuple(turns), recrop, periphery, surround_blur, texture_size,
+           refine)
     if key not in _REC_CACHE:
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         _REC_CACHE.clear()
@@ -41,7 +44,7 @@ def make_reconstructor(weights=None, device="auto", flip: bool = True, scales: t
                                                                      turns=tuple(turns), recrop=recrop,
                                                                      periphery=periphery,
                                                                      surround_blur=surround_blur,
-                                                                     texture_size=texture_size))
+                                                                     refine=refine, texture_size=texture_size))
     return _REC_CACHE[key]
 
 
@@ -58,7 +61,7 @@ def get_reconstructor(context, weights_override: str = "", video: bool = False):
     return make_reconstructor(bpy.path.abspath(weights_override) if weights_override else pr.weights, pr.device,
                               pr.mirror_average, scales, turns, pr.recrop, periphery=not video,
                               surround_blur=SURROUND_BLUR if pr.surround_blur and not video else None,
-                              texture_size=pr.texture_size)
+                              texture_size=pr.texture_size, refine=pr.refine)
 
 
 def video_wide_every(s) -> int:

@@ -17,13 +17,15 @@ TEXTURE_SIDES = tuple(RESOLUTION << k for k in range((TEXTURE_MAX // RESOLUTION)
 class Preferences(NamedTuple):
     """The add-on preferences as core options: device 'auto'|'cuda'|'cpu', weights path (None: the shipped model),
     mirror averaging, multi-view averaging for photos, landmark re-crop of detected faces, its blurred-surround views
-    for photos, and the UV texture's side in texels (None: as fine as the photo, core.reconstruct.texture_side)."""
+    for photos, the refiner (core.refine), and the UV texture's side in texels (None: as fine as the photo,
+    core.reconstruct.texture_side)."""
     device: str = "auto"
     weights: str | None = None
     mirror_average: bool = True
     multi_view: bool = True
     recrop: bool = True
     surround_blur: bool = True
+    refine: bool = False
     texture_size: int | None = None
 
 
@@ -53,6 +55,10 @@ class PRN_AP_preferences(bpy.types.AddonPreferences):
                                             "outside the first landmarks and takes all but the jaw line from them "
                                             "(about 1.6x the network time, lower landmark error on real photos). "
                                             "Video never does")
+    refine: BoolProperty(name="Refine Mouth", default=_DEFAULT.refine,
+                         description="Redraw the mouth from a close-up patch of the photo or frame with the shipped "
+                                     "refiner network, so smiles and puckers show; off by default: its model card "
+                                     "(REFINER_CARD.md) has what it changes")
     texture_size: EnumProperty(
         name="Texture Size", default="AUTO",
         items=[("AUTO", "Auto", (f"As fine as the photo or frame: the smallest side of "
@@ -69,6 +75,7 @@ class PRN_AP_preferences(bpy.types.AddonPreferences):
         col.prop(self, "multi_view")
         col.prop(self, "recrop")
         col.prop(self, "surround_blur")
+        col.prop(self, "refine")
         col.prop(self, "texture_size")
 
 
@@ -81,7 +88,8 @@ def get_preferences(context=None) -> Preferences:
         return _DEFAULT
     return Preferences(prefs.device.lower(), bpy.path.abspath(prefs.weights_path) if prefs.weights_path else None,
                        bool(prefs.mirror_average), bool(prefs.multi_view), bool(prefs.recrop),
-                       bool(prefs.surround_blur), None if prefs.texture_size == "AUTO" else int(prefs.texture_size))
+                       bool(prefs.surround_blur), bool(prefs.refine),
+                       None if prefs.texture_size == "AUTO" else int(prefs.texture_size))
 
 
 CLASSES = (PRN_AP_preferences,)

@@ -3,7 +3,7 @@
     rec = FaceReconstructor()                     # shipped weights, auto device, default detector
     faces = rec("photo.jpg")                      # or an (H,W,3) array; box=... / landmarks=... to skip detection
 
-Stages (timed in ``FaceResult.timings``, milliseconds): detect, crop, net, uncrop, texture.
+Stages (timed in ``FaceResult.timings``, milliseconds): detect, crop, net, uncrop, refine (core.refine), texture.
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from .detect import Detector, make_detector
 from .image_io import load_image, upright_turns
 from .layout import UVLayout
 from .pose import estimate_pose, umeyama
+from .refine import DEFAULT_REFINER, Refiner, refiner_layout
 from .result import CropTransform, FaceResult, largest_first
 from .weights import inference_zoom, landmark_layout, load_model
 
@@ -103,6 +104,9 @@ class InferenceOptions:
                                                   # landmark hull grown by this factor; they give the surface but
                                                   # for the jaw line; the wide view and the texture keep the sharp
                                                   # photo; None: off (constants.SURROUND_BLUR, JAW_SHARP)
+    refine: bool = False          # opt-in: the refiner (core.refine; the shipped one redraws the mouth from a
+                                  # close-up patch, so smiles and puckers show) after the views are merged
+                                  # (FaceReconstructor's ``refiner``); off by default, REFINER_CARD.md says why
     texture_size: int | None = None   # the UV texture's side in texels; None: per face, the smallest of 256, 512, ...
                                       # constants.TEXTURE_MAX whose texels span at most one photo pixel
                                       # (texture_side); the add-on's video makes only its first face's
@@ -170,8 +174,15 @@ class FaceReconstructor:
     ``detector``: 'auto' | 'yuface' | 'haar' | 'yunet:PATH' | a Detector instance."""
 
     def __init__(self, weights=None, device: str = "auto", detector: str | Detector = "auto",
-                 max_faces: int = 8, options: InferenceOptions | None = None):
+                 max_faces: int = 8, options: InferenceOptions | None = None, refiner=None):
         self.predictor = PRNPredictor(weights, device, options)
+        #: the refiner (core.refine) ``options.refine`` runs: ``refiner``, a weights path, else the shipped one when
+        #: it exists and fits the network's layout; None without one or with ``options.refine`` off
+        self.refiner: Refiner | None = None
+        if self.predictor.options.refine:
+            path = refiner or DEFAULT_REFINER
+            if refiner or (path.is_file() and refiner_layout(path) == self.predictor.layout.name):
+                self.refiner = Refiner(path, self.predictor.layout, self.device)
         #: the network's layout reading the landmarks where the weights say (weights.landmark_layout): the results'
         #: landmarks; the surface, its mirror averaging and the periphery's hull keep the network's own layout
         self.layout: UVLayout = landmark_layout(self.predictor.meta["meta"], self.predictor.layout)
@@ -301,7 +312,7 @@ class FaceReconstructor:
         first_ms = surround = None
         if self.predictor.options.recrop and crop is None and roi is None and landmarks is None and box is None:
             t = time.perf_counter()
-            first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_VIEWS, periphery=False)
+            first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_VIEWS, periphery=False, refine=False)
             crops = [self._recrop(img, f) for f in first]
             surround = [self.crop_landmarks(f) for f in first]
             first_ms = (time.perf_counter() - t) * 1e3 / len(crops)
@@ -336,7 +347,7 @@ class FaceReconstructor:
         first_ms = None
         if n > 1 or o.recrop:
             t = time.perf_counter()
-            first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_VIEWS, periphery=False)
+            first = self._reconstruct(img, crops, False, detect_ms, FIRST_PASS_VIEWS, periphery=False, refine=False)
             face = largest_first(first)[rank - 1]
             crops = [self._recrop(img, face) if o.recrop else face.crop]
             first_ms = (time.perf_counter() - t) * 1e3
@@ -348,12 +359,14 @@ class FaceReconstructor:
         return result, n
 
     def _reconstruct(self, img: np.ndarray, crops: list[CropTransform], texture: bool, detect_ms: float,
-                     views: tuple, periphery: bool, carry=None, surround=None) -> list[FaceResult]:
+                     views: tuple, periphery: bool, carry=None, surround=None, refine: bool = True
+                     ) -> list[FaceResult]:
         """One pass of the network (each crop in ``views``, (side multiple, turn in degrees) pairs, and the wide
         view with ``periphery``; mirrored too when ``options.flip``) over ``crops`` of ``img``; ``carry``: see
         __call__. ``surround``: per crop, (68,2+) image-pixel landmarks of a first pass; with
         ``options.surround_blur`` the zoomed views run once more with their surround blurred outside those
-        landmarks' hull, and give the surface but for the jaw line (constants.JAW_SHARP)."""
+        landmarks' hull, and give the surface but for the jaw line (constants.JAW_SHARP). ``refine``: run the
+        refiner, when there is one (a first pass, which only places the second crop, does not)."""
         h, w = img.shape[:2]
         t1 = time.perf_counter()
         m = len(views)
@@ -385,6 +398,10 @@ class FaceReconstructor:
             if blurred:                                # the blurred views' surface, the sharp views' jaw line
                 pos = self._jaw_free * self._views_mean(pos_crop, vcrops, nz + len(wide) + i * m, m) \
                     + (1 - self._jaw_free) * pos
+            tr = time.perf_counter()
+            if refine and self.refiner is not None:
+                pos = self.refiner(img, pos)
+            refine_s = time.perf_counter() - tr
             wide_map = None
             if wide:
                 j = nz + i
@@ -422,7 +439,7 @@ class FaceReconstructor:
             conf = float(np.exp(-(resid / CONFIDENCE_RESIDUAL) ** 2) * inside)
             n = len(crops)
             timings = {"detect": detect_ms, "crop": (t2 - t1) * 1e3 / n, "net": (t3 - t2) * 1e3 / n,
-                       "uncrop": (t5 - t4) * 1e3, "texture": (t6 - t5) * 1e3}
+                       "uncrop": (t5 - t4 - refine_s) * 1e3, "refine": refine_s * 1e3, "texture": (t6 - t5) * 1e3}
             results.append(FaceResult(position_map=pos, vertices=verts, triangles=self.layout.triangles,
                                       uvs=self.layout.uvs, landmarks=lms, pose=pose, colors=colors, texture=tex,
                                       texture_mask=tmask, depth=depth, crop=c, confidence=conf,

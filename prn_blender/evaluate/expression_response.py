@@ -94,10 +94,42 @@ def measure(predict, scenes, layout) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in got.items()}
 
 
+def response_table(weights=(None,), refiners=("none",), faces: int = 8, seed: int = 0, max_yaw: float = 20.0,
+                   peer: bool = False, shared=None) -> list[str]:
+    """The expression response as markdown lines (a title, then a table: a row per weights x refiner, and the
+    3DDFA_V2 peer's with ``peer``); ``refiners``: files, 'default' (the shipped one, if any) or 'none' (off)."""
+    from ..core.reconstruct import FaceReconstructor, InferenceOptions
+    scenes = list(probe_scenes(faces, seed, max_yaw, shared))
+    rows = []
+    for w in weights:
+        for r in refiners:
+            rec = FaceReconstructor(weights=w, device="cpu", options=InferenceOptions(refine=r != "none"),
+                                    refiner=None if r in ("default", "none") else r)
+            lay = rec.predictor.layout           # the network's own landmark pixels, for it and the truth alike
+            name = (w or "shipped") + ("" if len(refiners) == 1 and r == "none" else f", refiner {r}")
+            rows.append((name, lambda img, kp, rec=rec, lay=lay:
+                         lay.landmarks(rec(img, texture=False, landmarks=kp)[0].position_map), lay))
+    if peer:
+        from .run import PeerModel
+        pm = PeerModel(shared)
+        rows.append((pm.name, lambda img, kp: pm.predict(img, "gt", kp, None)[0], rows[0][2]))
+    out = [(f"expression response (network change / true change), {faces} faces, yaw <= {max_yaw:g}, seed {seed}; "
+            "default photo inference cropped from the true landmarks"), "",
+           "| weights | " + " | ".join(PROBES) + " | mean of the first four |",
+           "|---|" + "---|" * (len(PROBES) + 1)]
+    for name, predict, lay in rows:
+        means = [float(v.mean()) for v in measure(predict, scenes, lay).values()]
+        out.append(f"| {name} | " + " | ".join(f"{m:+.2f}" for m in means) + f" | {np.mean(means[:4]):+.2f} |")
+    return out
+
+
 def main(argv=None) -> int:
     from ..cli_util import script_argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", nargs="+", default=[None], help="weights files (default: the shipped model)")
+    ap.add_argument("--refiner", nargs="+", default=["none"],
+                    help="refiners (core.refine) to run each weights with: files, 'default' (the shipped one, if "
+                         "any) or 'none' (off, the default inference)")
     ap.add_argument("--faces", type=int, default=8, help="synthetic faces, each neutral and with every probe")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-yaw", type=float, default=20.0)
@@ -105,26 +137,7 @@ def main(argv=None) -> int:
                     help="also the 3DDFA_V2 mb05 peer (cropped from the true landmarks as the peer crops)")
     ap.add_argument("--shared", help="development data folder (default: $PRN_BLENDER_SHARED or ../shared)")
     a = ap.parse_args(script_argv() if argv is None else argv)
-    from ..core.reconstruct import FaceReconstructor
-    scenes = list(probe_scenes(a.faces, a.seed, a.max_yaw, a.shared))
-    rows = []
-    for w in a.weights:
-        rec = FaceReconstructor(weights=w, device="cpu")
-        lay = rec.predictor.layout           # the network's own landmark pixels, for it and the truth alike
-        rows.append((w or "shipped", lambda img, kp, rec=rec, lay=lay:
-                     lay.landmarks(rec(img, texture=False, landmarks=kp)[0].position_map), lay))
-    if a.peer:
-        from .run import PeerModel
-        peer = PeerModel(a.shared)
-        rows.append((peer.name, lambda img, kp: peer.predict(img, "gt", kp, None)[0], rows[0][2]))
-    print(f"expression response (network change / true change), {a.faces} faces, yaw <= {a.max_yaw:g}, seed "
-          f"{a.seed}; default photo inference cropped from the true landmarks")
-    print("| weights | " + " | ".join(PROBES) + " | mean of the first four |")
-    print("|---|" + "---|" * (len(PROBES) + 1))
-    for name, predict, lay in rows:
-        means = [float(v.mean()) for v in measure(predict, scenes, lay).values()]
-        print(f"| {name} | " + " | ".join(f"{m:+.2f}" for m in means) + f" | {np.mean(means[:4]):+.2f} |",
-              flush=True)
+    print("\n".join(response_table(a.weights, a.refiner, a.faces, a.seed, a.max_yaw, a.peer, a.shared)))
     return 0
 
 

@@ -32,12 +32,14 @@ def roi_from_landmarks(pts: np.ndarray) -> np.ndarray:
 
 class OursModel:
     def __init__(self, weights=None, device="auto", name="ours", flip=True, zoom=None,
-                 scales=PHOTO_SCALES, turns=PHOTO_TURNS, periphery=True, surround_blur=SURROUND_BLUR):
+                 scales=PHOTO_SCALES, turns=PHOTO_TURNS, periphery=True, surround_blur=SURROUND_BLUR, refiner=None):
         from ..core.reconstruct import FaceReconstructor, InferenceOptions
         self.rec = FaceReconstructor(weights=weights, device=device,
+                                     refiner=None if refiner in (None, "default") else refiner,
                                      options=InferenceOptions(flip=flip, zoom=zoom, scales=tuple(scales),
                                                               turns=tuple(turns), periphery=periphery,
-                                                              surround_blur=surround_blur))
+                                                              surround_blur=surround_blur,
+                                                              refine=refiner is not None))
         self.name = name
         self.stage_ms: dict[str, list] = {}
 
@@ -446,6 +448,9 @@ def build_parser():
                          "surround blurred outside the first pass's landmark hull grown by G, and takes all but the "
                          f"jaw line from those (InferenceOptions.surround_blur; default {SURROUND_BLUR:g}, 0: off; "
                          "video: off)")
+    ap.add_argument("--refiner", metavar="PATH",
+                    help="run a refiner (core.refine) after our network: a weights file, or 'default' for the "
+                         "shipped one (default: none, as inference)")
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--min-cutoff", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=0.05)
@@ -465,7 +470,8 @@ def main(argv=None) -> int:
     models = [OursModel(a.weights, a.device, name=model_name(a.flip, scales, turns, default), flip=a.flip,
                         zoom=a.zoom, scales=scales, turns=turns,
                         surround_blur=None if a.dataset == "video" else a.surround_blur,
-                        periphery=a.periphery and a.dataset != "video")]   # video: as the add-on
+                        periphery=a.periphery and a.dataset != "video",    # video: as the add-on
+                        refiner=a.refiner)]
     if a.prnet_weights:
         # zoom 1: its weights record PRNet's own crops
         models.append(OursModel(a.prnet_weights, a.device, name="prnet_official", scales=scales, turns=turns))

@@ -46,11 +46,12 @@ def _read_log(log: Path, upto: int | None = None) -> list[dict]:
 
 
 def _save_loss_plot(fig, ax, out: Path, xlabel: str, loss_kind: str) -> None:
-    """Finish a training-loss figure (log loss axis, grid, legend) and write it to ``out``."""
+    """Finish a training-loss figure (log loss axis, grid, legend) and write it to ``out``; ``loss_kind``: a
+    train.py --loss, else the y label itself."""
     import matplotlib.pyplot as plt
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(LOSSES[loss_kind])
+    ax.set_ylabel(LOSSES.get(loss_kind, loss_kind))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -350,10 +351,12 @@ def _limits(images: int, blurs: tuple[float, ...], zoom: float) -> list[str]:
         "- Head yaw: on real photos the predicted face turns less than the real head (the tables' under-estimate,",
         "  mean |GT yaw| - |predicted yaw|); the predicted 2D geometry itself is under-rotated (a pose fit on x, y",
         "  alone gives the same bias), so head-pose keys are damped on strongly turned heads.",
-        "- Expressions: the landmarks and the mesh follow an opening jaw but little of a smile and almost none of a",
-        "  blink, a pucker or raised brows: the network draws close to the average expression",
-        "  (`python -m prn_blender.evaluate.expression_response` measures it, the 3DDFA_V2 peer alongside with",
-        "  `--peer`), so animation from video shows speech and jaw motion more than eye and brow motion.",
+        "- Expressions: the network alone follows an opening jaw but little of a smile and almost none of a blink, a",
+        "  pucker or raised brows: it draws close to the average expression (`python -m",
+        "  prn_blender.evaluate.expression_response` measures it, the 3DDFA_V2 peer alongside with `--peer`).",
+        "  The opt-in refiner (Preferences -> Refine Mouth, `reconstruct --refine`; REFINER_CARD.md) redraws the",
+        "  mouth from a close-up patch, so smiles and puckers show; blinks and brow raises barely do, so animation",
+        "  from video shows mouth motion more than eye and brow motion.",
         *_context_limit(blurs, zoom),
     ]
 
