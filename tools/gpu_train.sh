@@ -43,6 +43,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
+AMP=${AMP:-$([ "$DEVICE" = cpu ] && echo auto || echo bf16)}   # train.py --amp; auto on a CPU: bf16 only where native
 WIDTH=${WIDTH:-16}
 INIT=${INIT:-prn_blender/assets/weights/prn-ict-default.safetensors}   # widened to WIDTH when narrower
 BATCH=${BATCH:-64}
@@ -97,7 +98,7 @@ m = r('$INIT'); s = m['meta'].get('seed'); print(m['width'], 17 if s is None els
     --preset paper-neck --lr "$LR" --loss "$LOSS" --without "$WITHOUT" --context-blur "$CONTEXT_BLUR" --warmup "$WARMUP" \
     --photo-backgrounds "$PHOTO_BG" --jpeg "$JPEG" --body "$BODY" --shadows "$SHADOWS" \
     ${YAW_UNIFORM:+--yaw-uniform "$YAW_UNIFORM"} $([ "$DETAIL" = 1 ] && echo --detail) \
-    --schedule cosine --max-time "$TRAIN_S" --reuse "$REUSE" --render-batches "$RENDER_BATCHES" --amp bf16 \
+    --schedule cosine --max-time "$TRAIN_S" --reuse "$REUSE" --render-batches "$RENDER_BATCHES" --amp "$AMP" \
     --save-every "$KEEP" --keep-every "$KEEP" --seed "$SEED" --no-progress \
     || { echo "[gpu_train] training failed: returning what it saved"; touch "$W/failed"; }
   local last from

@@ -66,7 +66,8 @@ def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
 @torch.no_grad()
 def recalibrate_bn(model: ResFCN256, batches, amp_dtype=torch.bfloat16) -> None:
     """Replace BatchNorm running statistics by their exact average over ``batches`` (an iterable of image
-    tensors) under the training forward: removes the lag of the exponential running averages."""
+    tensors) under the training forward: removes the lag of the exponential running averages. ``amp_dtype``
+    autocasts on CUDA and on a CPU that runs bf16 natively (core.reconstruct.cpu_bf16); elsewhere float32."""
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     saved = [(m.momentum, m.training) for m in bns]
     was_training = model.training
@@ -76,7 +77,8 @@ def recalibrate_bn(model: ResFCN256, batches, amp_dtype=torch.bfloat16) -> None:
         m.momentum = None                     # cumulative moving average
     dev = next(model.parameters()).device
     for img in batches:
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.autocast(dev.type, dtype=amp_dtype,
+                            enabled=amp_dtype is not None and (dev.type == "cuda" or cpu_bf16())):
             model(img.to(dev).contiguous(memory_format=torch.channels_last))
     for m, (mom, _) in zip(bns, saved):
         m.momentum = mom
