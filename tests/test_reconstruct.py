@@ -577,8 +577,9 @@ def test_demo_rejects_bad_input_with_one_line(tmp_path, astronaut):
 def test_cpu_autocast_only_where_the_cpu_runs_bf16(monkeypatch):
     """On a CPU, InferenceOptions.amp runs bf16 autocast only where cpu_bf16() says the CPU computes it natively
     (emulated bf16 made the network ~30x slower on an AVX2-only CPU); elsewhere the output is float32's, exactly."""
+    from prn_blender.core import network
     from prn_blender.core import reconstruct as R
-    assert isinstance(R.cpu_bf16(), bool)
+    assert R.cpu_bf16 is network.cpu_bf16 and isinstance(network.cpu_bf16(), bool)
     x = np.random.default_rng(0).random((1, 256, 256, 3), dtype=np.float32)
     fp32 = R.PRNPredictor(device="cpu", options=R.InferenceOptions(amp=False))(x)
     amp = R.PRNPredictor(device="cpu", options=R.InferenceOptions(amp=True))

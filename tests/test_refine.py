@@ -197,3 +197,20 @@ def test_shipped_refiner_fits_the_shipped_model_and_its_card():
     card = DEFAULT_REFINER.with_name("REFINER_CARD.md").read_text()
     assert ref.regions == ["mouth"] and hashlib.sha256(DEFAULT_REFINER.read_bytes()).hexdigest() in card
     assert "python -m prn_blender.train.refine --out " in card and "--ship --regions mouth" in card
+
+
+def test_the_shipped_refiner_is_used_only_where_it_fits(tmp_path, monkeypatch):
+    """With refine on and no refiner named, the reconstructor takes the shipped refiner only when it exists and
+    fits the network's layout, and runs without one otherwise; a named refiner that does not fit is an error."""
+    from prn_blender.core import reconstruct as R
+    from prn_blender.core.weights import WeightsError
+    lay = load_layout()
+    windows = region_windows(lay)
+    other = save_refiner(RefineNet([w.shape for w in windows], width=4), tmp_path / "other.safetensors",
+                         tuple(REGIONS), windows, "another-layout", {})
+    on = R.InferenceOptions(refine=True)
+    for shipped in (other, tmp_path / "missing.safetensors"):
+        monkeypatch.setattr(R, "DEFAULT_REFINER", shipped)
+        assert R.FaceReconstructor(device="cpu", options=on).refiner is None
+    with pytest.raises(WeightsError, match="not a refiner for UV layout"):
+        R.FaceReconstructor(device="cpu", refiner=other, options=on)

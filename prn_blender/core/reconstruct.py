@@ -7,7 +7,6 @@ Stages (timed in ``FaceResult.timings``, milliseconds): detect, crop, net, uncro
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 import time
@@ -38,25 +37,15 @@ from .crop import crop_from_box, crop_from_landmarks, turn_crop, uncrop_position
 from .detect import Detector, make_detector
 from .image_io import load_image, upright_turns
 from .layout import UVLayout
+from .network import cpu_bf16
 from .pose import estimate_pose, umeyama
-from .refine import DEFAULT_REFINER, Refiner, refiner_layout
+from .refine import DEFAULT_REFINER, Refiner
 from .result import CropTransform, FaceResult, largest_first
-from .weights import inference_zoom, landmark_layout, load_model
+from .weights import WeightsError, inference_zoom, landmark_layout, load_model
 
 
 class ReconstructionError(RuntimeError):
     """No face could be reconstructed from the input (one-line reason)."""
-
-
-@functools.cache
-def cpu_bf16() -> bool:
-    """Whether this CPU runs bfloat16 convolutions natively (oneDNN's bf16 kernels: AVX-512 BF16, AMX, ...). Where it
-    does not, torch emulates them and autocast is what makes the network slow: stop 50, an AMD EPYC with AVX2 only,
-    the shipped model on a batch of 8 crops, 1.2 s in float32 and 36.8 s under bf16 autocast."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -180,9 +169,13 @@ class FaceReconstructor:
         #: it exists and fits the network's layout; None without one or with ``options.refine`` off
         self.refiner: Refiner | None = None
         if self.predictor.options.refine:
-            path = refiner or DEFAULT_REFINER
-            if refiner or (path.is_file() and refiner_layout(path) == self.predictor.layout.name):
-                self.refiner = Refiner(path, self.predictor.layout, self.device)
+            if refiner:
+                self.refiner = Refiner(refiner, self.predictor.layout, self.device)
+            elif DEFAULT_REFINER.is_file():
+                try:
+                    self.refiner = Refiner(DEFAULT_REFINER, self.predictor.layout, self.device)
+                except WeightsError:          # the shipped refiner is for another layout than these weights'
+                    pass
         #: the network's layout reading the landmarks where the weights say (weights.landmark_layout): the results'
         #: landmarks; the surface, its mirror averaging and the periphery's hull keep the network's own layout
         self.layout: UVLayout = landmark_layout(self.predictor.meta["meta"], self.predictor.layout)

@@ -26,9 +26,8 @@ import torch.distributed as dist
 
 from ..core.constants import POS_SCALE, WEIGHT_PRESETS
 from ..core.layout import load_layout
-from ..core.network import ResFCN256, count_parameters
+from ..core.network import ResFCN256, count_parameters, cpu_bf16
 from ..core.paths import SharedDataMissing, shared_file
-from ..core.reconstruct import cpu_bf16
 from ..core.weights import save_weights
 from ..synth.ict import ICT_NPZ
 from ..synth.sampler import YAW_UNIFORM
@@ -67,7 +66,7 @@ def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
 def recalibrate_bn(model: ResFCN256, batches, amp_dtype=torch.bfloat16) -> None:
     """Replace BatchNorm running statistics by their exact average over ``batches`` (an iterable of image
     tensors) under the training forward: removes the lag of the exponential running averages. ``amp_dtype``
-    autocasts on CUDA and on a CPU that runs bf16 natively (core.reconstruct.cpu_bf16); elsewhere float32."""
+    autocasts on CUDA and on a CPU that runs bf16 natively (core.network.cpu_bf16); elsewhere float32."""
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     saved = [(m.momentum, m.training) for m in bns]
     was_training = model.training
@@ -166,7 +165,7 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
                     help="autocast; auto: fp16 on CUDA, bf16 on a CPU that runs it natively "
-                         "(core.reconstruct.cpu_bf16), else off")
+                         "(core.network.cpu_bf16), else off")
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--keep-every", type=int, default=0,
                     help="also keep the weights of every Nth step (a multiple of --save-every) in OUT/snapshots/, "
