@@ -817,3 +817,38 @@ def test_no_face_model_is_one_error_line_and_writes_nothing(tmp_path):
     with pytest.raises(SystemExit, match="^error: development data folder not found at "):
         sheet.main(["--out", str(tmp_path / "s.png"), "--shared", str(missing), "--detail"])
     assert not (tmp_path / "s.png").exists()
+
+
+def test_open_eyes_show_an_iris_and_a_pupil_on_the_gaze_axis(engine):
+    """ICT's outer eyeball shell is drawn sclera off its gaze axis, iris about it and pupil at its centre (its UV
+    square's centre is the axis), and the iris shows in the image: a frontal face's eye centres change with the
+    iris colour (in ictsynth-11 the iris sat on the hidden inner shell and did not show)."""
+    from prn_blender.synth.render import P_SCLERA
+    from prn_blender.synth.sampler import sample_params
+    ict, r = engine
+    p = _bare(sample_params(2, ict.expression_names, torch.Generator().manual_seed(5)))
+    p["expression"].zero_()
+    for k in ("yaw", "pitch", "roll"):
+        p[k].zero_()
+    p["sclera"] = torch.ones(2, 3)
+    p["iris"] = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    alb = r.albedo(p)[0]
+    shell = torch.from_numpy(r._canon).float()
+    for side in (r.s_part == P_SCLERA) & (shell[:, 0] > 0), (r.s_part == P_SCLERA) & (shell[:, 0] < 0):
+        q = shell[side] - shell[side].mean(0)
+        angle = torch.rad2deg(torch.acos((q[:, 2] / q.norm(dim=1)).clamp(-1, 1)))
+        a = alb[side]
+        assert torch.allclose(a[angle > 40], torch.ones(3))                              # sclera
+        front = a[angle < 15]
+        assert len(front) > 20 and bool((front[:, 1] == 0).all())                         # iris or pupil
+        assert 0.05 < float((front[:, 0] < 0.5).float().mean()) < 0.6                      # a dark pupil at the centre
+    img = []
+    for colour in (0.0, 1.0):
+        p["iris"] = torch.full((2, 3), colour)
+        img.append(r.render(p).image)
+    kpt = r.render(p).kpt
+    for a, b in ((36, 42), (42, 48)):
+        for i in range(2):
+            ex, ey = kpt[i, a:b, :2].mean(0).round().long().tolist()
+            d = (img[1][i, :, ey - 2:ey + 3, ex - 2:ex + 3] - img[0][i, :, ey - 2:ey + 3, ex - 2:ex + 3]).mean(0)
+            assert float(d.max()) > 0.15, (i, a, d)

@@ -36,8 +36,10 @@ from .uvmap import LAYOUT_NAME, rasterize_face_uv, uv_to_pixel, vertex_uv
 # only. 9: and no hair lock over the face from the jaw end turned away beyond 35 deg. 10: a quarter of the training
 # scenes have another person's head behind the subject, cut by the crop border (sampler.distract). 11: no restyle:
 # in two fine-tunes of the shipped model that differed only in it (same seed), it cost 0.42 points of real-photo
-# NME (6.15 vs 5.73 %; nose +0.44, mouth +0.59) and nothing on held-out synthetic faces (4.23 both)
-GENERATOR_VERSION = "ictsynth-11"
+# NME (6.15 vs 5.73 %; nose +0.44, mouth +0.59) and nothing on held-out synthetic faces (4.23 both). 12: eyes with
+# an iris and a pupil: 11 drew ICT's outer eyeball shell (the cornea, whose UVs centre on the gaze axis) all sclera,
+# hiding the inner shell that carried the iris colour, so open eyes showed no iris
+GENERATOR_VERSION = "ictsynth-12"
 
 # the head is drawn on a canvas this many pixels larger than the crop on every side, so the paper's shrink /
 # shift / rotation augmentation (see sampler.augment) reveals more head and neck, not a cut edge
@@ -57,7 +59,11 @@ SHADOW_GRID = 320
 # each point's shadow is then averaged twice over this many nearest points of its part (neutral face)
 SHADOW_NEIGHBOURS = 16
 
-# part ids of the rendered point cloud
+# the iris and the pupil on ICT's outer eyeball shell: its points within these distances of its UV square's centre
+# (the gaze axis; 0.13 is about 28 deg off it, the cornea's bulge: an iris 1.3 cm across)
+IRIS_UV, PUPIL_UV = 0.13, 0.045
+
+# part ids of the rendered point cloud (P_IRIS: ICT's inner eyeball shell, hidden inside the outer one)
 P_FACE, P_HEAD, P_MOUTH, P_GUMS, P_TEETH, P_SCLERA, P_IRIS = range(7)
 _PART_RANGES = [  # (part, vmin, vmax, relative sampling density); head and mouth also take their seam to the face
     (P_FACE, 0, FACE_VERTS, 1.0), (P_HEAD, *HEAD_NECK_VERTS, 0.6), (P_MOUTH, 11248, 13294, 0.5),
@@ -123,14 +129,16 @@ class FaceRenderer:
         rng = np.random.default_rng(seed)
 
         # render triangles and area-weighted point samples
-        tris, parts, dens = [], [], []
+        tris, tuvs, parts, dens = [], [], [], []
         vuv = vertex_uv(ict)
         for part, a, b, rel in _PART_RANGES:
             t, tu = ict.triangles(b, a, reach=0 if part in (P_HEAD, P_MOUTH) else None)
             tris.append(t)
+            tuvs.append(tu)
             parts.append(np.full(len(t), part))
             dens.append(np.full(len(t), rel))
         tris = np.concatenate(tris)
+        tuvs = np.concatenate(tuvs)
         parts = np.concatenate(parts)
         dens = np.concatenate(dens)
         v = ict.neutral
@@ -175,6 +183,10 @@ class FaceRenderer:
             lash |= (_polyline_distance(suv, upper) < 2.2) | (_polyline_distance(suv, lower) < 1.0)
         lash &= fm & ~brow
         skinpart = parts[tri_id] <= P_HEAD
+        # iris and pupil: discs about the gaze axis of the outer eyeball shell (IRIS_UV)
+        shell = parts[tri_id] == P_SCLERA
+        gaze = np.full(M, np.inf, np.float32)
+        gaze[shell] = np.linalg.norm((ict.uv[tuvs[tri_id[shell]]] * bary[shell][..., None]).sum(1) - 0.5, axis=1)
         # low-frequency 3D noise of the canonical position (random Fourier features)
         K = 8
         freqs = rng.normal(size=(K, 3)) * np.repeat([0.08, 0.15, 0.3, 0.6], K // 4)[:, None]
@@ -189,8 +201,8 @@ class FaceRenderer:
         cols = {"skin": skinpart & ~lips & ~brow & ~beard & ~lash, "lips": lips, "brow": brow, "beard": beard,
                 "lash": lash,
                 "mouth": parts[tri_id] == P_MOUTH, "gums": parts[tri_id] == P_GUMS,
-                "teeth": parts[tri_id] == P_TEETH, "sclera": parts[tri_id] == P_SCLERA,
-                "iris": parts[tri_id] == P_IRIS}
+                "teeth": parts[tri_id] == P_TEETH, "sclera": shell & (gaze >= IRIS_UV),
+                "iris": (gaze < IRIS_UV) & (gaze >= PUPIL_UV) | (parts[tri_id] == P_IRIS), "pupil": gaze < PUPIL_UV}
         basis = [cols[k].astype(np.float32) for k in cols]
         self.basis_names = list(cols)
         for k in range(K):
@@ -494,7 +506,7 @@ class FaceRenderer:
 
     def albedo(self, p) -> torch.Tensor:
         """(B,M,3) per-point albedo: a linear combination of fixed per-point bases (skin, lips, brows, stubble,
-        lash lines, mouth, teeth, eyes, 3D noise) plus the hair mask for the sample's hairline; with
+        lash lines, mouth, teeth, sclera, iris, pupil, 3D noise) plus the hair mask for the sample's hairline; with
         sampler.sample_detail's parameters, strand streaks on the hair and mottling on the skin (and beard)."""
         skin = p["skin"]
         coef = torch.stack([
@@ -503,7 +515,8 @@ class FaceRenderer:
             skin * (1 - p["beard"][:, None]) + p["hair"] * p["beard"][:, None],
             skin * (1 - p["lash"][:, None]) + p["brow_col"] * 0.5 * p["lash"][:, None],
             p["mouth_col"], p["mouth_col"] * 1.3, p["teeth"], p["sclera"], p["iris"] * 0.6,
-        ], 1)                                                                          # (B,10,3)
+            p["iris"] * 0.1,
+        ], 1)                                                                          # (B,11,3)
         noise = p["noise_w"][:, :self.n_noise, None] * 0.05 * skin[:, None]          # (B,K,3)
         coef = torch.cat([coef, noise], 1)
         out = torch.einsum("mj,bjc->bmc", self.basis, coef)

@@ -29,6 +29,16 @@ SKIN_TONES = torch.tensor([[0.96, 0.80, 0.69], [0.90, 0.70, 0.58], [0.80, 0.58, 
 HAIR = torch.tensor([[0.05, 0.04, 0.03], [0.15, 0.10, 0.06], [0.30, 0.20, 0.12], [0.55, 0.40, 0.25],
                      [0.75, 0.62, 0.40], [0.45, 0.20, 0.10], [0.6, 0.6, 0.6], [0.12, 0.12, 0.12]])
 
+#: iris colours (albedo before the renderer's 0.6): dark brown, brown twice, hazel, green, blue, grey
+IRIS = torch.tensor([[0.30, 0.16, 0.08], [0.45, 0.27, 0.12], [0.45, 0.27, 0.12], [0.45, 0.38, 0.18],
+                     [0.30, 0.38, 0.22], [0.30, 0.40, 0.55], [0.40, 0.42, 0.45]])
+
+
+def _iris(pick: torch.Tensor, bright: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
+    """(B,3) iris albedo: IRIS[pick in [0, 1) -> a colour] times ``bright``, mixed ``grey`` of the way to its grey."""
+    c = IRIS[(pick * len(IRIS)).long().clamp(max=len(IRIS) - 1)]
+    return (c * (1 - grey) + c.mean(-1, keepdim=True) * grey) * bright
+
 
 def sample_params(B: int, names: tuple, g: torch.Generator, device="cpu", max_yaw: float = 90.0,
                   id_scale: float = 1.0, image_g: torch.Generator | None = None,
@@ -79,7 +89,7 @@ def sample_params(B: int, names: tuple, g: torch.Generator, device="cpu", max_ya
             hair_idx=torch.where(U(B) < 0.9, torch.randint(4, (B,), generator=g), torch.full((B,), 4)),
             mouth_col=torch.stack([U(B, lo=0.35, hi=0.6), U(B, lo=0.1, hi=0.2), U(B, lo=0.1, hi=0.2)], -1),
             teeth=U(B, 1, lo=0.7, hi=0.95) * torch.tensor([1.0, 0.97, 0.88]),
-            iris=torch.stack([U(B, lo=0.1, hi=0.5), U(B, lo=0.1, hi=0.4), U(B, lo=0.05, hi=0.4)], -1),
+            iris=_iris(U(B), U(B, 1, lo=0.6, hi=1.4), U(B, 1, hi=0.3)),
             light_dir=light_dir, light_col=warm * U(B, 1, lo=0.4, hi=1.0),
             ambient=U(B, 3, lo=0.9, hi=1.1) * U(B, 1, lo=0.25, hi=0.7),
             specular=U(B, lo=0.0, hi=0.25), shininess=U(B, lo=5, hi=40),
