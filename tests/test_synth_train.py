@@ -559,7 +559,8 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
         return (*load_model(out / "cand.safetensors"), parts)
 
     W = int(read_metadata(DEFAULT_WEIGHTS)["width"])
-    model, _, md, parts = run(tmp_path / "out", WIDTH=str(W))        # a continuation of the shipped model
+    # a continuation of the shipped model, 20 s: at least 2 steps of batch 2 even on 2 cores that other jobs share
+    model, _, md, parts = run(tmp_path / "out", WIDTH=str(W), TRAIN_S="20")
     assert len(parts) >= 2 or W < 16                                 # a full-width model comes back in parts
     steps = [json.loads(x)["step"] for x in (tmp_path / "out/train_log.jsonl").read_text().splitlines()]
     assert model.width == W and md["meta"]["steps"] == steps[-1] >= 2
