@@ -843,11 +843,11 @@ def test_open_eyes_show_an_iris_and_a_pupil_on_the_gaze_axis(engine):
         front = a[angle < 15]
         assert len(front) > 20 and bool((front[:, 1] == 0).all())                         # iris or pupil
         assert 0.05 < float((front[:, 0] < 0.5).float().mean()) < 0.6                      # a dark pupil at the centre
-    img = []
+    outs = []
     for colour in (0.0, 1.0):
         p["iris"] = torch.full((2, 3), colour)
-        img.append(r.render(p).image)
-    kpt = r.render(p).kpt
+        outs.append(r.render(p))
+    img, kpt = [o.image for o in outs], outs[1].kpt
     for a, b in ((36, 42), (42, 48)):
         for i in range(2):
             ex, ey = kpt[i, a:b, :2].mean(0).round().long().tolist()

@@ -228,17 +228,6 @@ def save_refiner(model: RefineNet, path, regions, windows: list[Window], layout:
     return path
 
 
-def refiner_layout(path) -> str | None:
-    """The UV layout a refiner weights file was trained for (None when it is not one)."""
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), "pt") as f:
-            md = dict(f.metadata() or {})
-    except Exception:  # noqa: BLE001 - safetensors raises several types
-        return None
-    return md.get("layout") if md.get("format") == FORMAT else None
-
-
 class Refiner:
     """Runs a trained RefineNet on a position map in image pixels (see the module docstring)."""
 
