@@ -853,3 +853,51 @@ def test_open_eyes_show_an_iris_and_a_pupil_on_the_gaze_axis(engine):
             ex, ey = kpt[i, a:b, :2].mean(0).round().long().tolist()
             d = (img[1][i, :, ey - 2:ey + 3, ex - 2:ex + 3] - img[0][i, :, ey - 2:ey + 3, ex - 2:ex + 3]).mean(0)
             assert float(d.max()) > 0.15, (i, a, d)
+
+
+def test_closed_eyes_show_lid_skin_not_the_eyeball_or_a_lash_smear(engine):
+    """At a full blink the lids cover the eyeball, and the lash colour stays on the lids' front edges. Inside the eye
+    openings seen open (and 3 pixels about them): the eyeball's colour changes over 20 % of the pixels of an open eye
+    and under 1 % of a closed one; the lash colour over 4 % of an open eye's (its lash line) and under 10 % of a
+    closed one's. ictsynth-12 failed both: the eyeball showed through the sparsely sampled lids (4-12 %), and its
+    lash band in UV pixels stretched over the whole closed lid (45-56 %)."""
+    import cv2
+
+    from prn_blender.synth.sampler import sample_params
+    ict, r = engine
+    p = _bare(sample_params(2, ict.expression_names, torch.Generator().manual_seed(5)))
+    for k in ("yaw", "pitch", "roll"):
+        p[k].zero_()
+    p["expression"].zero_()
+    p["skin"], p["brow_col"] = torch.tensor([[0.9, 0.7, 0.58]]).expand(2, 3), torch.zeros(2, 3)
+
+    def render(blink, eyeball, lash):
+        q = {k: v.clone() for k, v in p.items()}
+        for n in ("eyeBlink_L", "eyeBlink_R"):
+            q["expression"][:, ict.expression_index(n)] = blink
+        q["sclera"], q["iris"] = torch.full((2, 3), eyeball), torch.full((2, 3), eyeball)
+        q["lash"] = torch.full((2,), lash)
+        return r.render(q)
+
+    base = render(0.0, 1.0, 0.9)
+    openings = []
+    for i in range(2):                                        # the eye openings seen open, per face and eye
+        for a in (36, 42):
+            m = np.zeros((256, 256), np.uint8)
+            cv2.fillPoly(m, [np.round(base.kpt[i, a:a + 6, :2].numpy()).astype(np.int32)], 1)
+            m = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))   # the lid margins too
+            openings.append((i, torch.from_numpy(m.astype(bool))))
+
+    def changed(x, y):
+        """Per opening, the share of its pixels that differ between renders x and y."""
+        d = (x.image - y.image).abs().amax(1) > 0.05
+        return [float(d[i][m].float().mean()) for i, m in openings]
+
+    shut = render(1.0, 1.0, 0.9)
+    eyeball_open = changed(base, render(0.0, 0.0, 0.9))
+    eyeball_shut = changed(shut, render(1.0, 0.0, 0.9))
+    lash_open = changed(base, render(0.0, 1.0, 0.0))
+    lash_shut = changed(shut, render(1.0, 1.0, 0.0))
+    assert min(eyeball_open) > 0.2, eyeball_open
+    assert max(eyeball_shut) < 0.01, eyeball_shut
+    assert min(lash_open) > 0.04 and max(lash_shut) < 0.1, (lash_open, lash_shut)

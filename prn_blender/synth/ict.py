@@ -42,6 +42,13 @@ class ICTModel:
     def expression_index(self, name: str) -> int:
         return self.expression_names.index(name)
 
+    def expression_weights(self, named: dict) -> np.ndarray:
+        """(53,) float32 expression weights from {ARKit name: weight}, zero elsewhere."""
+        e = np.zeros(len(self.expression_names), np.float32)
+        for n, w in named.items():
+            e[self.expression_index(n)] = w
+        return e
+
     def triangles(self, vmax: int | None = None, vmin: int = 0, reach: int | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
         """Triangulated faces (vertex ids, uv ids) of the polygons whose vertices all lie in [vmin, vmax); with

@@ -38,8 +38,11 @@ from .uvmap import LAYOUT_NAME, rasterize_face_uv, uv_to_pixel, vertex_uv
 # in two fine-tunes of the shipped model that differed only in it (same seed), it cost 0.42 points of real-photo
 # NME (6.15 vs 5.73 %; nose +0.44, mouth +0.59) and nothing on held-out synthetic faces (4.23 both). 12: eyes with
 # an iris and a pupil: 11 drew ICT's outer eyeball shell (the cornea, whose UVs centre on the gaze axis) all sclera,
-# hiding the inner shell that carried the iris colour, so open eyes showed no iris
-GENERATOR_VERSION = "ictsynth-12"
+# hiding the inner shell that carried the iris colour, so open eyes showed no iris. 13: closed eyes show lid skin: 12
+# drew the lash lines as a band in UV pixels about the lid landmarks, which a blink stretches over the whole lid (a
+# dark smear), and sampled the lids at their open-eye area, so the eyeball showed through them shut; lash lines now
+# follow the lids' front edges (LASH_CM) and points are sampled at the larger of the open and closed areas
+GENERATOR_VERSION = "ictsynth-13"
 
 # the head is drawn on a canvas this many pixels larger than the crop on every side, so the paper's shrink /
 # shift / rotation augmentation (see sampler.augment) reveals more head and neck, not a cut edge
@@ -62,6 +65,13 @@ SHADOW_NEIGHBOURS = 16
 # the iris and the pupil on ICT's outer eyeball shell: its points within these distances of its UV square's centre
 # (the gaze axis; 0.13 is about 28 deg off it, the cornea's bulge: an iris 1.3 cm across)
 IRIS_UV, PUPIL_UV = 0.13, 0.045
+
+# the expression that closes both eyes (on ICT's generic face the upper lids cover the eyeballs at eyeBlink 1.0), and
+# the width (cm) of the dark band drawn along each upper lid's front edge (lashes and lash line; see __init__)
+CLOSED_EYES = {"eyeBlink_L": 1.0, "eyeBlink_R": 1.0}
+LASH_CM = 0.4
+# point density (x the face's) of the face triangles within LID_CM of an eye's margins
+LID_DENSITY, LID_CM = 3.0, 1.2
 
 # part ids of the rendered point cloud (P_IRIS: ICT's inner eyeball shell, hidden inside the outer one)
 P_FACE, P_HEAD, P_MOUTH, P_GUMS, P_TEETH, P_SCLERA, P_IRIS = range(7)
@@ -142,7 +152,17 @@ class FaceRenderer:
         parts = np.concatenate(parts)
         dens = np.concatenate(dens)
         v = ict.neutral
-        area = 0.5 * np.linalg.norm(np.cross(v[tris[:, 1]] - v[tris[:, 0]], v[tris[:, 2]] - v[tris[:, 0]]), axis=1)
+        # sampling density from the larger of each triangle's areas with the eyes open and closed: the upper lids
+        # stretch several-fold in a blink, and sampled at their open-eye area the eyeball showed through them
+        closed = ict.shape(expression=ict.expression_weights(CLOSED_EYES))
+        area = np.maximum(_areas(v, tris), _areas(closed, tris))
+        # and LID_DENSITY times as dense about the eyes: the eyeball lies within a pixel's depth under a closed lid,
+        # so where no lid point lands the hole filling cannot tell it from a gap and it speckles the lid
+        margins = eye_margins(ict)
+        centre = v[tris].mean(1)
+        lid = (parts == P_FACE) & (np.min([_polyline_distance(centre, v[np.concatenate([u, lo[::-1]])])
+                                           for u, lo in margins], 0) < LID_CM)
+        dens = np.where(lid, dens * LID_DENSITY, dens)
         n_per = rng.poisson(area * density * dens) + (rng.random(len(area)) < 0.5)
         tri_id = np.repeat(np.arange(len(tris)), n_per)
         r1, r2 = rng.random(len(tri_id)), rng.random(len(tri_id))
@@ -176,11 +196,18 @@ class FaceRenderer:
         brow = (_inside(suv, brows[0]) | _inside(suv, brows[1])) & fm
         beard_poly = np.concatenate([kp[2:15] + [0, 2], kp[[35, 34, 33, 32, 31]] + [0, 2]])
         beard = _inside(suv, beard_poly) & fm & ~lips
-        # lash lines: a band along the upper lids (and a thinner one along the lower lids) in UV pixels
+        # lash lines along the lids' front edges. ICT's lid margins (the rims of the face's eye holes) are their back
+        # edges, against the eyeball; a blink slides the upper lid's front down over the lower margin while its back
+        # edge stays up. So the upper lash line is the upper lid's points within LASH_CM of the lower margin with the
+        # eyes closed, which is its lowest, front edge open or shut; the lower one, the lower lid's points within
+        # LASH_CM / 3 of its margin
         lash = np.zeros(M, bool)
-        for a in (36, 42):
-            upper, lower = kp[a:a + 4], np.concatenate([kp[a + 3:a + 6], kp[[a]]])
-            lash |= (_polyline_distance(suv, upper) < 2.2) | (_polyline_distance(suv, lower) < 1.0)
+        shut = (closed[s_tri] * bary[..., None]).sum(1)
+        for upper, lower in margins:
+            to_lower = _polyline_distance(canon, v[lower])
+            upper_lid = _polyline_distance(canon, v[upper]) < to_lower
+            lash |= upper_lid & (_polyline_distance(shut, closed[lower]) < LASH_CM) \
+                | ~upper_lid & (to_lower < LASH_CM / 3)
         lash &= fm & ~brow
         skinpart = parts[tri_id] <= P_HEAD
         # iris and pupil: discs about the gaze axis of the outer eyeball shell (IRIS_UV)
@@ -604,8 +631,54 @@ def cavity(verts: np.ndarray, tris: np.ndarray, radius: float = 1.5) -> np.ndarr
     return np.clip(occ / max(np.percentile(occ[used], 99), 1e-9), 0, 1)
 
 
+def _areas(v: np.ndarray, tris: np.ndarray) -> np.ndarray:
+    """(T,) triangle areas of vertices ``v`` (V,3)."""
+    return 0.5 * np.linalg.norm(np.cross(v[tris[:, 1]] - v[tris[:, 0]], v[tris[:, 2]] - v[tris[:, 0]]), axis=1)
+
+
+def eye_margins(ict: ICTModel) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per eye, the lid margins as ordered vertex ids (upper lid, lower lid), each running from corner to corner:
+    the two arcs of the boundary loop around an eye hole of ICT's Face geometry, split at the loop's extreme x
+    vertices (the eye corners); the upper arc is the one higher on the neutral face. The Face geometry's boundary
+    has four loops: the outline, the mouth and the two eyes, which are the loops nearest iBUG landmarks 36-47."""
+    f = ict.faces[np.where(ict.faces >= 0, ict.faces < FACE_VERTS, True).all(1)]
+    edges = []
+    for k in range(4):
+        a, b = f[:, k], f[:, (k + 1) % 4]
+        b = np.where(b >= 0, b, f[:, 0])                  # a triangle's third edge closes on its first vertex
+        ok = a >= 0
+        edges.append(np.sort(np.stack([a[ok], b[ok]], 1), 1))
+    e, n = np.unique(np.concatenate(edges), axis=0, return_counts=True)
+    nbr: dict[int, list[int]] = {}
+    for a, b in e[n == 1]:                                # boundary edges: used by one polygon
+        nbr.setdefault(int(a), []).append(int(b))
+        nbr.setdefault(int(b), []).append(int(a))
+    v, eye_lm = ict.neutral, ict.neutral[ict.landmarks68[36:48]]
+    out, seen = [], set()
+    for start in nbr:
+        if start in seen:
+            continue
+        loop = [start]
+        while True:                                       # walk the loop
+            nxt = [w for w in nbr[loop[-1]] if w not in loop[-2:]]
+            if not nxt or nxt[0] == start:
+                break
+            loop.append(nxt[0])
+        seen.update(loop)
+        loop = np.asarray(loop)
+        if np.linalg.norm(eye_lm - v[loop].mean(0), axis=1).min() > 1.5:      # not an eye hole
+            continue
+        i, j = sorted((int(np.argmin(v[loop, 0])), int(np.argmax(v[loop, 0]))))
+        arcs = loop[i:j + 1], np.concatenate([loop[j:], loop[:i + 1]])[::-1]
+        up = int(v[arcs[1], 1].mean() > v[arcs[0], 1].mean())
+        out.append((arcs[up], arcs[1 - up]))
+    if len(out) != 2:
+        raise ValueError(f"expected two eye holes in the ICT face geometry, found {len(out)}")
+    return out
+
+
 def _polyline_distance(pts: np.ndarray, line: np.ndarray) -> np.ndarray:
-    """(N,) distance of (N,2) points to the open polyline (K,2)."""
+    """(N,) distance of (N,D) points to the open polyline (K,D)."""
     out = np.full(len(pts), np.inf)
     for a, b in zip(line[:-1], line[1:]):
         ab = b - a

@@ -175,7 +175,7 @@ def build_ict_layout(ict: ICTModel) -> UVLayout:
 
     # Do not connect grid neighbours across the mouth slit or the eye holes: veto edges that stretch when the
     # jaw opens and the eyes widen.
-    opened = ict.shape(expression=_one_hot(ict, {"jawOpen": 1.0, "eyeWide_L": 1.0, "eyeWide_R": 1.0}))
+    opened = ict.shape(expression=ict.expression_weights({"jawOpen": 1.0, "eyeWide_L": 1.0, "eyeWide_R": 1.0}))
     pos_o = np.zeros((n * n, 3), np.float32)
     pos_o[face_ind] = g.apply(opened)
     pos_c = np.zeros((n * n, 3), np.float32)
@@ -222,11 +222,6 @@ def build_ict_layout(ict: ICTModel) -> UVLayout:
     return lay
 
 
-def _one_hot(ict: ICTModel, weights: dict) -> np.ndarray:
-    e = np.zeros(len(ict.expression_names), np.float32)
-    for k, w in weights.items():
-        e[ict.expression_index(k)] = w
-    return e
 
 
 def main(argv=None) -> None:
