@@ -559,11 +559,12 @@ def test_gpu_session_script_dry_run_on_the_cpu(tmp_path, shared):
         return (*load_model(out / "cand.safetensors"), parts)
 
     W = int(read_metadata(DEFAULT_WEIGHTS)["width"])
-    # a continuation of the shipped model, 20 s: at least 2 steps of batch 2 even on 2 cores that other jobs share
+    # a continuation of the shipped model, 20 s. How many steps fit depends on what else the 2 cores run (alone
+    # several; 1 in two fresh-clone CI runs beside two training jobs), so the test asks for the glue, not a count
     model, _, md, parts = run(tmp_path / "out", WIDTH=str(W), TRAIN_S="20")
     assert len(parts) >= 2 or W < 16                                 # a full-width model comes back in parts
     steps = [json.loads(x)["step"] for x in (tmp_path / "out/train_log.jsonl").read_text().splitlines()]
-    assert model.width == W and md["meta"]["steps"] == steps[-1] >= 2
+    assert model.width == W and md["meta"]["steps"] == steps[-1] >= 1
     parent = md["meta"]["parent"]
     assert parent["sha256"] == sha256(DEFAULT_WEIGHTS) and not parent["widened"]
     assert md["meta"]["seed"] == read_metadata(DEFAULT_WEIGHTS)["meta"]["seed"] + 1   # a new synthetic stream
