@@ -201,14 +201,18 @@ class FaceRenderer:
         # edge stays up. So the upper lash line is the upper lid's points within LASH_CM of the lower margin with the
         # eyes closed, which is its lowest, front edge open or shut; the lower one, the lower lid's points within
         # LASH_CM / 3 of its margin
-        lash = np.zeros(M, bool)
-        shut = (closed[s_tri] * bary[..., None]).sum(1)
+        # LASH_CM, even shut, keeps within the lid triangles about the eyes: only their face points are measured
+        near = np.flatnonzero(fm & lid[tri_id])
+        at, shut = canon[near], (closed[s_tri[near]] * bary[near, :, None]).sum(1)
+        band = np.zeros(len(near), bool)
         for upper, lower in margins:
-            to_lower = _polyline_distance(canon, v[lower])
-            upper_lid = _polyline_distance(canon, v[upper]) < to_lower
-            lash |= upper_lid & (_polyline_distance(shut, closed[lower]) < LASH_CM) \
+            to_lower = _polyline_distance(at, v[lower])
+            upper_lid = _polyline_distance(at, v[upper]) < to_lower
+            band |= upper_lid & (_polyline_distance(shut, closed[lower]) < LASH_CM) \
                 | ~upper_lid & (to_lower < LASH_CM / 3)
-        lash &= fm & ~brow
+        lash = np.zeros(M, bool)
+        lash[near] = band
+        lash &= ~brow
         skinpart = parts[tri_id] <= P_HEAD
         # iris and pupil: discs about the gaze axis of the outer eyeball shell (IRIS_UV)
         shell = parts[tri_id] == P_SCLERA
@@ -641,14 +645,8 @@ def eye_margins(ict: ICTModel) -> list[tuple[np.ndarray, np.ndarray]]:
     the two arcs of the boundary loop around an eye hole of ICT's Face geometry, split at the loop's extreme x
     vertices (the eye corners); the upper arc is the one higher on the neutral face. The Face geometry's boundary
     has four loops: the outline, the mouth and the two eyes, which are the loops nearest iBUG landmarks 36-47."""
-    f = ict.faces[np.where(ict.faces >= 0, ict.faces < FACE_VERTS, True).all(1)]
-    edges = []
-    for k in range(4):
-        a, b = f[:, k], f[:, (k + 1) % 4]
-        b = np.where(b >= 0, b, f[:, 0])                  # a triangle's third edge closes on its first vertex
-        ok = a >= 0
-        edges.append(np.sort(np.stack([a[ok], b[ok]], 1), 1))
-    e, n = np.unique(np.concatenate(edges), axis=0, return_counts=True)
+    t = ict.triangles(FACE_VERTS)[0]                      # a quad's diagonal is in two triangles: never a boundary
+    e, n = np.unique(np.sort(t[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), 1), axis=0, return_counts=True)
     nbr: dict[int, list[int]] = {}
     for a, b in e[n == 1]:                                # boundary edges: used by one polygon
         nbr.setdefault(int(a), []).append(int(b))

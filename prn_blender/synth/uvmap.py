@@ -222,8 +222,6 @@ def build_ict_layout(ict: ICTModel) -> UVLayout:
     return lay
 
 
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", help="development data folder (default: $PRN_BLENDER_SHARED or ../shared)")
