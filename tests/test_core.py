@@ -218,7 +218,7 @@ def test_ship_a_soup_with_its_ingredients_card_and_curve(tmp_path, monkeypatch):
         if k:                                 # a run on dressed scenes, more of them turned: its recipe says so
             meta.update(generator="ictsynth-11 with detail with photo-backgrounds 0.5 with context-blur 0.5 "
                                   "with jpeg 0.5 with body 0.5 with shadows 0.25",
-                        yaw_uniform=0.6)
+                        yaw_uniform=0.6, lid_weight=2.0)
         save_weights(ResFCN256(2), run / "weights.safetensors", "ict-face-v2", meta, dtype=torch.float32)
         (run / "log.jsonl").write_text("".join(json.dumps({"step": s, "samples": 8 * s, "loss": 1.0 / s, "lr": 1e-4,
                                                            "elapsed": 15.0 * s}) + "\n" for s in range(1, 5)))
@@ -244,7 +244,7 @@ def test_ship_a_soup_with_its_ingredients_card_and_curve(tmp_path, monkeypatch):
         assert f"| ingredient `{r.name}` | sha256 `{sha256(r / 'weights.safetensors')[:12]}...`; 4 steps, batch 8, " \
                "32 images seen" in card
         assert f"python train.py --out runs/{r.name} --width 2 --batch 8 " in card
-    assert "--warmup 1 --context-blur 0.5 --detail --photo-backgrounds 0.5 --jpeg 0.5 --body 0.5 --shadows 0.25 " \
+    assert "--warmup 1 --lid-weight 2 --context-blur 0.5 --detail --photo-backgrounds 0.5 --jpeg 0.5 --body 0.5 --shadows 0.25 " \
         "--yaw-uniform 0.6 --schedule cosine" in card
     assert "the uniform mean of the weights of 2 fine-tunes of the model below" in card
     assert "(Wortsman et al. 2022, \"Model soups\"), BatchNorm statistics the ones every ingredient has, kept |" \

@@ -434,6 +434,40 @@ def test_weighted_losses():
         weighted_loss(pred, target, weight, "l1")
 
 
+def test_lid_loss_weighs_the_eyes_opening_only():
+    """lid_loss: mean over the batch and the four lid pairs of the squared error of the upper-to-lower lid vector.
+    A whole-map offset costs nothing (pose is the main loss's), lids drawn open on a shut eye cost their gap, and
+    its gradient reaches only the eight lid landmark pixels."""
+    from prn_blender.core.constants import LID_PAIRS
+    from prn_blender.core.layout import load_layout
+    from prn_blender.synth.uvmap import LAYOUT_NAME
+    from prn_blender.train.loop import lid_loss
+    kpt = torch.from_numpy(load_layout(LAYOUT_NAME).kpt_xy.astype("int64"))
+    target = torch.randn(2, 3, 256, 256)
+    assert lid_loss(target + 5.0, target, kpt).item() == pytest.approx(0.0, abs=1e-9)
+    pred = target.clone()
+    x, y = kpt[LID_PAIRS[0][0]].tolist()
+    pred[0, 1, y, x] -= 3.0                          # face 0: one upper lid 3 units higher than the truth
+    assert lid_loss(pred, target, kpt).item() == pytest.approx(9.0 / 8)
+    p = pred.clone().requires_grad_()
+    lid_loss(p, target, kpt).backward()
+    lids = {tuple(kpt[i].tolist()) for pair in LID_PAIRS for i in pair}
+    touched = {(int(c), int(r)) for r, c in zip(*torch.nonzero(p.grad.abs().sum((0, 1))).T)}
+    assert touched == {(x, y), tuple(kpt[LID_PAIRS[0][1]].tolist())} and touched <= lids
+
+
+def test_lid_weight_trains_and_is_recorded(tmp_path):
+    """The same first step (same seed, data and start) with the term costs more: the term is in the loss."""
+    log = _train(tmp_path / "l", "--steps", "1", "--lid-weight", "2")
+    plain = _train(tmp_path / "m", "--steps", "1")
+    assert math.isfinite(log[0]["loss"]) and log[0]["loss"] > plain[0]["loss"]
+    from prn_blender.core.weights import load_model
+    assert load_model(tmp_path / "l/weights.safetensors")[2]["meta"]["lid_weight"] == 2
+    p = subprocess.run(_train_cmd(tmp_path / "n", "--lid-weight", "-1"), check=False, cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode != 0 and "--lid-weight -1" in p.stderr and not (tmp_path / "n").exists()
+
+
 def test_euclid_loss_trains_and_is_recorded(tmp_path):
     log = _train(tmp_path / "e", "--steps", "2", "--loss", "euclid")
     assert len(log) == 2 and all(math.isfinite(r["loss"]) for r in log)

@@ -124,6 +124,10 @@ WEIGHT_PRESETS = {
     "study-10-3-2": (10.0, 3.0, 2.0, 0.0),
 }
 
+#: iBUG-68 (upper, lower) lid landmark pairs: their distances are the eyes' opening (train.loop.lid_loss,
+#: evaluate.expression_response.eye_aperture).
+LID_PAIRS = ((37, 41), (38, 40), (43, 47), (44, 46))
+
 #: iBUG-68 index of each landmark's mirror image (left <-> right).
 IBUG68_MIRROR = (
     16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0,

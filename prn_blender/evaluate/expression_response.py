@@ -16,10 +16,12 @@ import sys
 
 import numpy as np
 
+from ..core.constants import LID_PAIRS
+
 
 def eye_aperture(lm: np.ndarray) -> float:
     """Mean lid gap (pixels) of the iBUG-68 landmarks' four lid pairs."""
-    return float(np.mean([np.linalg.norm(lm[a, :2] - lm[b, :2]) for a, b in ((37, 41), (38, 40), (43, 47), (44, 46))]))
+    return float(np.mean([np.linalg.norm(lm[a, :2] - lm[b, :2]) for a, b in LID_PAIRS]))
 
 
 def mouth_width(lm: np.ndarray) -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..core.constants import POS_SCALE, WEIGHT_PRESETS
+from ..core.constants import LID_PAIRS, POS_SCALE, WEIGHT_PRESETS
 from ..core.layout import load_layout
 from ..core.network import ResFCN256, count_parameters, cpu_bf16
 from ..core.paths import SharedDataMissing, shared_file
@@ -60,6 +60,18 @@ def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
     if kind != "mse":
         raise ValueError(f"unknown loss {kind!r}; expected one of {tuple(LOSSES)}")
     return (sq * weight).mean()
+
+
+def lid_loss(pred: torch.Tensor, target: torch.Tensor, kpt_xy: torch.Tensor) -> torch.Tensor:
+    """pred, target: (B,3,H,W) position maps normalized by POS_SCALE; kpt_xy (68,2) long (x, y) UV pixels of the
+    landmarks. Mean over the batch and LID_PAIRS of the squared error of the upper-to-lower lid vector (x, y, z).
+    A blink moves the lid landmarks by a few pixels over a small patch of the map: under the region weights alone
+    a network that always draws open eyes loses little; this term weighs the lids' opening itself."""
+    flat = kpt_xy[:, 1] * pred.shape[-1] + kpt_xy[:, 0]
+    up, lo = (flat[[pair[i] for pair in LID_PAIRS]] for i in (0, 1))
+    p, t = pred.float().flatten(2), target.flatten(2)
+    err = (p[:, :, up] - p[:, :, lo]) - (t[:, :, up] - t[:, :, lo])
+    return (err ** 2).sum(1).mean()
 
 
 @torch.no_grad()
@@ -119,6 +131,9 @@ def build_argparser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
     ap.add_argument("--loss", choices=list(LOSSES), default=DEFAULT_LOSS,
                     help="per-pixel error under the region weights: squared (mse) or Euclidean distance (euclid)")
+    ap.add_argument("--lid-weight", type=float, default=0.0, metavar="W",
+                    help="add W x the squared error of the lids' opening (lid_loss: upper-to-lower lid landmark "
+                         "vectors) to the loss, so that blinks weigh; 0 = off")
     ap.add_argument("--epoch-size", type=int, default=20000, help="samples per (virtual) epoch")
     ap.add_argument("--halve-every", type=float, default=5, help="halve lr every this many epochs")
     ap.add_argument("--schedule", choices=SCHEDULES, default="halve",
@@ -188,6 +203,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if a.render_batches < 1:
         ap.error(f"--render-batches {a.render_batches}: give a number of batches >= 1")
+    if a.lid_weight < 0:
+        ap.error(f"--lid-weight {a.lid_weight:g}: give a weight >= 0 (0 = off)")
     if a.max_time < 0:
         ap.error(f"--max-time {a.max_time:g}: give seconds > 0 (0 = off)")
     if a.steps is None and not a.max_time:
@@ -297,6 +314,7 @@ def main(argv=None) -> int:
     layout = load_layout(LAYOUT_NAME)
     regions, lr = PRESETS[a.preset][0], a.lr
     weight = torch.from_numpy(layout.weight_mask(regions)).to(dev)
+    kpt_xy = torch.from_numpy(layout.kpt_xy.astype("int64")).to(dev)
     # channels_last: x1.24 faster training steps than NCHW on this 2-core CPU (width 8 and 16, batch 8, bf16;
     # benchmarks/bench_core.py)
     model = ResFCN256(a.width).to(dev)
@@ -364,6 +382,8 @@ def main(argv=None) -> int:
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             pred = net(img)
         loss = weighted_loss(pred, target, weight, a.loss)
+        if a.lid_weight:
+            loss = loss + a.lid_weight * lid_loss(pred, target, kpt_xy)
         opt.zero_grad(set_to_none=True)
         if scaler:
             scaler.scale(loss).backward()
@@ -419,6 +439,7 @@ def main(argv=None) -> int:
                         **({"render_batches": a.render_batches} if a.render_batches > 1 else {}),
                         **({"yaw_uniform": a.yaw_uniform} if a.yaw_uniform != YAW_UNIFORM else {}),
                         **({"loss": a.loss} if a.loss != DEFAULT_LOSS else {}),
+                        **({"lid_weight": a.lid_weight} if a.lid_weight else {}),
                         **({"bn_frozen": True} if a.freeze_bn else {}),
                         "wall_time_s": round(time.time() - t_start, 1), **({"parent": parent} if parent else {})}
                 save_weights(model, out / "weights.safetensors", LAYOUT_NAME, meta)

@@ -151,6 +151,7 @@ def _train_command(meta: dict, run: str, width: int, batch: int, reuse: int, fir
             + (f"--preset {meta['preset']} " if cosine else "") + f"--lr {first_lr:g}"
             + (f" --warmup {warmup}" if warmup else "")
             + (f" --loss {loss}" if loss != DEFAULT_LOSS else "")
+            + (f" --lid-weight {meta['lid_weight']:g}" if meta.get("lid_weight") else "")
             + (f" --without {','.join(without)}" if without else "")
             + (f" --context-blur {blur:g}" if blur else "")
             + (" --detail" if detail else "")
