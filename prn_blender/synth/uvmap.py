@@ -10,6 +10,12 @@ Landmarks (v2): the 68 points follow the 3D iBUG-68 convention of BFM-based data
 ``prnet-bfm`` asset, MIT) onto the ICT surface: fit ICT's identity and expression modes and a similarity to those
 landmarks, take the nearest point of the fitted surface to each one, repeat from the new points until they settle.
 
+Eyes: ICT's tile-0 UVs leave each eye opening a slit under one UV pixel tall (lid margins at rows 71.43 and 72.40,
+16 columns), so the position map steps by the eye's whole opening (8.5 +- 2.3 crop px on training scenes) between
+rows 71 and 73. A conv decoder draws that step as a ramp: the shipped model draws 3.0 px there, its eyes come out
+3 px less open than the truth and their opening barely varies. Opening the slits to 7 rows (a UV warp around the
+eyes, tried in stop 53, not kept) makes a fine-tune draw the opening's right size (8.4-8.8 px) but not vary it.
+
 Run ``python -m prn_blender.synth.uvmap`` to regenerate ``assets/layouts/ict-face-v2.npz``; then
 ``python -m prn_blender.synth.prnet_layout`` (its canonical shape is scaled onto these landmarks).
 """
