@@ -463,6 +463,10 @@ def test_lid_weight_trains_and_is_recorded(tmp_path):
     assert math.isfinite(log[0]["loss"]) and log[0]["loss"] > plain[0]["loss"]
     from prn_blender.core.weights import load_model
     assert load_model(tmp_path / "l/weights.safetensors")[2]["meta"]["lid_weight"] == 2
+    # a resume cannot drop or change the term (the weights would misreport it)
+    p = subprocess.run(_train_cmd(tmp_path / "l", "--steps", "2", "--resume"), check=False, cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode != 0 and "this run trained with --lid-weight 2.0" in p.stderr
     p = subprocess.run(_train_cmd(tmp_path / "n", "--lid-weight", "-1"), check=False, cwd=REPO,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode != 0 and "--lid-weight -1" in p.stderr and not (tmp_path / "n").exists()

@@ -333,10 +333,11 @@ def main(argv=None) -> int:
     step, t_start, samples = 0, time.time(), 0
     history = [[0, a.preset, generator]]   # [first step, preset, generator]: a resumed run may switch
     if state is not None:
-        trained = state["args"].get("loss", DEFAULT_LOSS)
-        if trained != a.loss:                          # the weights record one loss for the whole run
-            raise SystemExit(f"--loss {a.loss}: this run trained with --loss {trained}; "
-                             "to switch, start a new run from its weights (--init)")
+        for flag, key, default in (("--loss", "loss", DEFAULT_LOSS), ("--lid-weight", "lid_weight", 0.0)):
+            trained, asked = state["args"].get(key, default), getattr(a, key)
+            if trained != asked:                       # the weights record one loss for the whole run
+                raise SystemExit(f"{flag} {asked}: this run trained with {flag} {trained}; "
+                                 "to switch, start a new run from its weights (--init)")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, samples = state["step"], state["samples"]
